@@ -1,0 +1,3 @@
+from diffsketch.cli import app
+
+app()

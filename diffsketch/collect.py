@@ -1,0 +1,157 @@
+"""The `sample` stage: plan trajectories, check every input, sample, and fill the feature store.
+
+Inputs are checked cheapest-first (params, prompts, output path, model path), then the model is
+loaded and its layer table checked against the pooling, all before the first denoising step. A
+rerun over an interrupted store samples only the incomplete trajectories; completed ones are
+never rewritten.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffsketch import __version__, store
+from diffsketch.config import Params, fingerprint
+from diffsketch.features import check_pool, unet_layers, vae_layers
+from diffsketch.models import check_model_reachable, load_model
+from diffsketch.prompts import load_prompts, plan_trajectories
+from diffsketch.sampling import prompt_token_lengths, sample
+
+log = logging.getLogger(__name__)
+
+
+class SampleInputError(ValueError):
+    """A sampling input is unusable; the message names it and the fix."""
+
+
+def _halves(params: Params) -> list[str]:
+    names = {"cond": ["cond"], "uncond": ["uncond"], "both": ["uncond", "cond"]}[params.sample.halves]
+    if params.sample.guidance <= 1.0 and params.sample.halves != "cond":
+        raise SampleInputError(
+            f"sample.halves={params.sample.halves} needs classifier-free guidance; set sample.guidance > 1 or sample.halves=cond"
+        )
+    return names
+
+
+def run_sample(params: Params, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
+    """Fill (or resume) the feature store at ``out``; returns its path."""
+    cfg = params.sample
+    out = Path(out)
+    halves = _halves(params)
+    prompts = load_prompts(cfg.prompts)
+    plan = plan_trajectories(prompts, cfg.trajectories, cfg.seed)
+    store.check_writable(out)
+    check_model_reachable(params.model)
+    unique_prompts = sorted({p.text for p in prompts})
+    classes = sorted({p.label for p in prompts})
+    key = fingerprint(params.model.model_copy(update={"device": "any"}), cfg, extra=[(t.prompt, t.label) for t in plan])
+
+    root = None
+    if out.exists() and (out / "zarr.json").is_file():
+        try:
+            root = store.open_store(out, mode="r+")
+        except store.StoreError as err:
+            if not overwrite:
+                raise
+            log.warning("replacing unusable store %s (%s)", out, err)
+        if root is not None and root.attrs.get("fingerprint") != key:
+            if not overwrite:
+                raise store.StoreError(
+                    f"{out} was sampled with other settings (model, sample params or prompts changed); "
+                    "pass --overwrite to replace it, or choose another --out"
+                )
+            log.warning("settings changed: replacing %s", out)
+            root = None
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise store.StoreError(f"{out} exists and is not a feature store; remove it or choose another --out")
+
+    model = load_model(params.model)
+    too_long = [p for p, n in zip(unique_prompts, prompt_token_lengths(model, unique_prompts)) if n > 77]
+    if too_long:
+        raise SampleInputError(f"{len(too_long)} prompt(s) exceed CLIP's 77 tokens, e.g. {too_long[0]!r}; shorten them")
+    unet_specs = unet_layers(model.unet.config, cfg.resolution, model.vae_scale_factor, cfg.capture)
+    vae_specs = vae_layers(model.vae.config, cfg.resolution)
+    check_pool(unet_specs, cfg.pool, "UNet")
+    check_pool(vae_specs, cfg.pool, "VAE")
+    model.scheduler.set_timesteps(cfg.steps)
+    timesteps = [int(t) for t in model.scheduler.timesteps]
+
+    if root is None:
+        side = cfg.resolution // model.vae_scale_factor
+        layout = store.StoreLayout(
+            trajectories=cfg.trajectories,
+            timesteps=timesteps,
+            halves=halves,
+            unet=unet_specs,
+            vae=vae_specs,
+            pool=cfg.pool,
+            resolution=cfg.resolution,
+            latent_shape=(model.latent_channels, side, side),
+        )
+        attrs = dict(
+            fingerprint=key,
+            package_version=__version__,
+            model=params.model.id,
+            dtype=str(model.dtype).removeprefix("torch."),
+            scheduler=dict(model.scheduler.config),
+            guidance=cfg.guidance,
+            eta=cfg.eta,
+            steps=cfg.steps,
+            resolution=cfg.resolution,
+            pool=cfg.pool,
+            capture=cfg.capture,
+            unet_layers=[vars(s) for s in unet_specs],
+            vae_layers=[vars(s) for s in vae_specs],
+            prompts=unique_prompts,
+            classes=classes,
+        )
+        root = store.create(out, layout, attrs, overwrite=True)
+        root["seeds"][:] = np.array([t.seed for t in plan], dtype=np.int64)
+        root["labels"][:] = np.array([classes.index(t.label) for t in plan], dtype=np.int64)
+        root["prompt_ids"][:] = np.array([unique_prompts.index(t.prompt) for t in plan], dtype=np.int64)
+
+    done = store.complete_mask(root)
+    # Batches are fixed blocks of the plan, so a resumed run denoises exactly the batches an
+    # uninterrupted run would (bit-identical results), and writes only the missing trajectories.
+    batches = [plan[i : i + cfg.batch_size] for i in range(0, len(plan), cfg.batch_size)]
+    todo = [b for b in batches if not all(done[t.index] for t in b)]
+    if done.all():
+        log.info("%s is complete (%d trajectories); nothing to do", out, len(done))
+    bar = tqdm(total=int((~done).sum()), desc="trajectories", unit="traj", disable=not progress)
+    for batch in todo:
+        result = sample(
+            model,
+            [t.prompt for t in batch],
+            [t.seed for t in batch],
+            cfg.resolution,
+            cfg.steps,
+            cfg.guidance,
+            cfg.eta,
+            unet_specs,
+            vae_specs,
+            cfg.pool,
+            cfg.halves,
+            progress=progress,
+        )
+        images = result.images_uint8()
+        for b, trajectory in enumerate(batch):
+            if done[trajectory.index]:
+                continue
+            store.write_trajectory(
+                root,
+                trajectory.index,
+                {name: x[b] for name, x in result.unet.items()},
+                {name: x[b] for name, x in result.vae.items()},
+                images[b],
+                result.noise[b],
+                result.latents[b],
+            )
+            bar.update(1)
+    bar.close()
+    return out
+

@@ -1,0 +1,155 @@
+"""One typed schema for ``params.yaml``.
+
+Every stage and CLI command reads its settings through :func:`load_params`; nothing else parses
+YAML. Unknown keys, wrong types and out-of-range values fail with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Pool = Annotated[int, Field(ge=1)] | Literal["full"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    """Which Stable Diffusion to load and where to run it."""
+
+    id: str = Field(
+        "tiny",
+        description="'tiny' (offline random SD-shaped model), a hub id, a local diffusers folder, "
+        "or a single .safetensors/.ckpt checkpoint",
+    )
+    config_dir: str | None = Field(
+        None,
+        description="local diffusers folder holding the configs for a single-file checkpoint "
+        "(without it diffusers goes online to fetch them)",
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
+    seed: int = Field(0, ge=0, description="initialisation seed of the tiny model")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "mps") and not (value == "cuda" or value.startswith("cuda:")):
+            raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda, cuda:N or mps")
+        return value
+
+
+class SampleConfig(_Section):
+    """The `sample` stage: DDIM trajectories with captured features."""
+
+    prompts: str = Field("data/prompts", description="folder of <class>.txt files, or one .txt file")
+    trajectories: int = Field(24, ge=1, description="number of sampled images")
+    steps: int = Field(50, ge=1, le=1000, description="DDIM steps")
+    guidance: float = Field(5.0, ge=1.0, description="classifier-free guidance scale (1 = no guidance)")
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM eta (0 = deterministic)")
+    resolution: int = Field(512, ge=64, description="image side in pixels, a multiple of 64")
+    pool: Pool = Field(8, description="features are average-pooled to a pool x pool grid, or 'full'")
+    halves: Literal["cond", "uncond", "both"] = Field("cond", description="which CFG half to keep")
+    capture: Literal["residual", "output"] = Field(
+        "residual",
+        description="UNet feature: the ResNet residual branch before the skip addition (the paper's "
+        "out_layers) or the full ResNet output",
+    )
+    batch_size: int = Field(4, ge=1, description="trajectories denoised together")
+    seed: int = Field(0, ge=0, description="trajectory i uses seed + i")
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_64(cls, value: int) -> int:
+        if value % 64:
+            lower, upper = value - value % 64, value - value % 64 + 64
+            raise ValueError(f"must be a multiple of 64 (the VAE and UNet downsample by 64); try {lower or 64} or {upper}")
+        return value
+
+
+class AnalyzeConfig(_Section):
+    """The `analyze` stage: choosing the representative timesteps (issue 3)."""
+
+    pca_dims: int = Field(25, ge=2)
+    k_min: int = Field(2, ge=2)
+    k_max: int = Field(20, ge=2)
+    k: Literal["auto"] | Annotated[int, Field(ge=2)] = 13
+    strategy: Literal["kmeans", "uniform", "random", "fixed"] = "kmeans"
+    fixed: list[int] = Field(default_factory=list, description="timesteps for strategy 'fixed'")
+    layer_weighting: Literal["equal", "raw"] = "equal"
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _k_range(self) -> AnalyzeConfig:
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max})")
+        return self
+
+
+class Params(_Section):
+    model: ModelConfig = ModelConfig()
+    sample: SampleConfig = SampleConfig()
+    analyze: AnalyzeConfig = AnalyzeConfig()
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message says which key and how to fix it."""
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source} is invalid:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the README's parameter table)"
+        lines.append(f"  - {key}: {msg} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def parse_params(data: dict[str, Any] | None, source: str = "params") -> Params:
+    try:
+        return Params.model_validate(data or {})
+    except ValidationError as err:
+        raise ParamsError(_format_errors(err, source)) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (value parsed as YAML) to a raw params dict."""
+    data = json.loads(json.dumps(data or {}))
+    for item in overrides:
+        if "=" not in item:
+            raise ParamsError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file {path} not found; run from the project root or pass --params PATH")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ParamsError(f"{path} must be a mapping of sections (model, sample, ...)")
+    return parse_params(apply_overrides(data or {}, overrides or []), str(path))
+
+
+def fingerprint(*sections: BaseModel, extra: Any = None) -> str:
+    """A stable hash of settings, used to tell whether an existing output was made with them."""
+    payload = [s.model_dump(mode="json") for s in sections] + [extra]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,255 @@
+"""Loading Stable Diffusion 1.x: a tiny offline stand-in, or the real weights.
+
+``model.id`` is one of
+- ``tiny``: a seeded, random-initialised model with SD 1.x's block structure (4 UNet up blocks of
+  3 ResNets with cross-attention, a VAE decoder with a mid block and 4 up blocks, a 77-token CLIP
+  text encoder, SD's scheduler and VAE scaling factor) and the real CLIP BPE tokenizer. No files.
+- a local diffusers folder (with ``model_index.json``),
+- a single ``.safetensors`` / ``.ckpt`` checkpoint (``model.config_dir`` names a local diffusers
+  folder for its configs, since diffusers otherwise fetches them online),
+- a Hugging Face hub id (needs the hub or a filled cache).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from diffsketch.config import ModelConfig
+
+SD_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="epsilon",
+    timestep_spacing="leading",
+)
+
+# Same block layout as SD 1.x (block_out_channels (320, 640, 1280, 1280), 2 layers per block,
+# attention in the first three down / last three up blocks), just narrow.
+TINY_UNET_CONFIG = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 32, 64, 64),
+    layers_per_block=2,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=4,
+    norm_num_groups=8,
+)
+TINY_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(16, 16, 32, 32),
+    layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=8,
+    sample_size=128,
+    scaling_factor=0.18215,
+)
+TINY_TEXT_CONFIG = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    vocab_size=49408,
+    max_position_embeddings=77,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+)
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found or loaded; the message says what was tried and how to fix it."""
+
+
+@dataclass
+class SDModel:
+    """The parts of a Stable Diffusion 1.x pipeline that diffsketch uses, on one device and dtype."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: object  # a DDIMScheduler
+    source: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    def as_pipeline(self):
+        """A diffusers StableDiffusionPipeline over the same modules (for reference runs)."""
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=self.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            image_encoder=None,
+            requires_safety_checker=False,
+        )
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"model.device is {name!r} but CUDA is not available here; use model.device=auto or cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def clip_tokenizer():
+    """SD's CLIP tokenizer built offline from the BPE vocabulary that open_clip ships.
+
+    Gives the same ids as ``openai/clip-vit-large-patch14``: bos 49406, eos = pad 49407, 77 tokens.
+    """
+    import open_clip
+    from transformers import CLIPTokenizer
+
+    bpe = open_clip.tokenizer.SimpleTokenizer()
+    rename = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {rename.get(token, token): index for token, index in bpe.encoder.items()}
+    merges = [tuple(pair) for pair, _ in sorted(bpe.bpe_ranks.items(), key=lambda item: item[1])]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, pad_token="<|endoftext|>")
+
+
+def build_tiny(seed: int = 0) -> dict:
+    """The tiny model's components, random-initialised from ``seed`` (same seed, same weights)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+        torch.manual_seed(seed + 1)
+        vae = AutoencoderKL(**TINY_VAE_CONFIG)
+        torch.manual_seed(seed + 2)
+        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
+    )
+
+
+def _looks_like_path(model_id: str) -> bool:
+    return (
+        model_id.startswith((".", "/", "~"))
+        or model_id.endswith((".safetensors", ".ckpt"))
+        or model_id.count("/") != 1
+    )
+
+
+def _hint_for_hub(model_id: str) -> str:
+    return (
+        f"download it once where the hub is reachable (`hf download {model_id} --local-dir models/{model_id.split('/')[-1]}`), "
+        "copy the folder here and set model.id to that folder; or use model.id=tiny for an offline run"
+    )
+
+
+def _load_pipeline(cfg: ModelConfig, dtype: torch.dtype):
+    from diffusers import StableDiffusionPipeline
+
+    common = dict(dtype=dtype, safety_checker=None, requires_safety_checker=False)
+    path = Path(cfg.id).expanduser()
+    if path.exists():
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise ModelLoadError(
+                    f"model folder {path} has no model_index.json, so it is not a diffusers pipeline folder; "
+                    "point model.id at the folder that holds model_index.json, unet/, vae/, text_encoder/, tokenizer/"
+                )
+            return StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True, **common)
+        if path.suffix not in (".safetensors", ".ckpt"):
+            raise ModelLoadError(f"model file {path} is neither .safetensors nor .ckpt")
+        if cfg.config_dir is None:
+            raise ModelLoadError(
+                f"single-file checkpoint {path} needs model.config_dir: a local diffusers folder with the SD 1.x "
+                "configs (model_index.json, unet/config.json, ...); without it diffusers would go online for them"
+            )
+        config_dir = Path(cfg.config_dir).expanduser()
+        if not (config_dir / "model_index.json").is_file():
+            raise ModelLoadError(f"model.config_dir {config_dir} has no model_index.json; point it at a diffusers folder")
+        return StableDiffusionPipeline.from_single_file(
+            str(path), config=str(config_dir), local_files_only=True, **common
+        )
+    if _looks_like_path(cfg.id):
+        raise ModelLoadError(
+            f"model path {cfg.id!r} does not exist; fix model.id (a diffusers folder, a .safetensors/.ckpt file, "
+            "a hub id like stable-diffusion-v1-5/stable-diffusion-v1-5, or 'tiny')"
+        )
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        return StableDiffusionPipeline.from_pretrained(cfg.id, local_files_only=offline, **common)
+    except Exception as err:  # diffusers raises OSError, ValueError or hub errors here
+        raise ModelLoadError(
+            f"no local path {cfg.id!r} exists, and loading it as a hub id failed ({'offline: HF_HUB_OFFLINE is set, and it is not in the local cache' if offline else type(err).__name__ + ': ' + str(err).splitlines()[0]}); "
+            + _hint_for_hub(cfg.id)
+        ) from err
+
+
+def check_model_reachable(cfg: ModelConfig) -> None:
+    """Cheap checks on ``model.id`` before any expensive work (paths exist, config folder given)."""
+    if cfg.id == "tiny":
+        return
+    path = Path(cfg.id).expanduser()
+    if not path.exists() and _looks_like_path(cfg.id):
+        raise ModelLoadError(f"model path {cfg.id!r} does not exist; fix model.id or use model.id=tiny")
+    if path.is_file() and cfg.config_dir is None:
+        raise ModelLoadError(f"single-file checkpoint {path} needs model.config_dir (a local diffusers folder)")
+
+
+def load_model(cfg: ModelConfig) -> SDModel:
+    """Load the model named by ``cfg`` in eval mode, gradients off, on its device and dtype."""
+    from diffusers import DDIMScheduler
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.id == "tiny":
+        parts = build_tiny(cfg.seed)
+    else:
+        pipe = _load_pipeline(cfg, dtype)
+        parts = dict(
+            unet=pipe.unet,
+            vae=pipe.vae,
+            text_encoder=pipe.text_encoder,
+            tokenizer=pipe.tokenizer,
+            scheduler=DDIMScheduler.from_config(pipe.scheduler.config),
+        )
+    for name in ("unet", "vae", "text_encoder"):
+        module = parts[name].to(device).eval().requires_grad_(False)
+        if module.dtype != dtype:
+            module.to(dtype)
+    return SDModel(**parts, source=cfg.id, device=device, dtype=dtype)
