@@ -26,7 +26,7 @@ class ModelConfig(_Section):
 
     id: str = Field(
         "tiny",
-        description="'tiny' (offline random SD-shaped model), a hub id, a local diffusers folder, "
+        description="'tiny' (offline random SD-shaped model), 'sd15-random' (full-size SD 1.5, random weights), a hub id, a local diffusers folder, "
         "or a single .safetensors/.ckpt checkpoint",
     )
     config_dir: str | None = Field(

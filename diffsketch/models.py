@@ -1,6 +1,7 @@
 """Loading Stable Diffusion 1.x: a tiny offline stand-in, or the real weights.
 
 ``model.id`` is one of
+- ``sd15-random``: the full-size SD 1.5 architecture with random weights (shape checks, timings),
 - ``tiny``: a seeded, random-initialised model with SD 1.x's block structure (4 UNet up blocks of
   3 ResNets with cross-attention, a VAE decoder with a mid block and 4 up blocks, a 77-token CLIP
   text encoder, SD's scheduler and VAE scaling factor) and the real CLIP BPE tokenizer. No files.
@@ -58,6 +59,44 @@ TINY_VAE_CONFIG = dict(
     sample_size=128,
     scaling_factor=0.18215,
 )
+# The full-size SD 1.5 architecture (for shape checks on the meta device and random-weight timings).
+SD15_UNET_CONFIG = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+SD15_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    norm_num_groups=32,
+    sample_size=512,
+    scaling_factor=0.18215,
+)
+SD15_TEXT_CONFIG = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_attention_heads=12,
+    num_hidden_layers=12,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+    vocab_size=49408,
+    max_position_embeddings=77,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+)
 TINY_TEXT_CONFIG = dict(
     hidden_size=32,
     intermediate_size=64,
@@ -69,6 +108,12 @@ TINY_TEXT_CONFIG = dict(
     eos_token_id=49407,
     pad_token_id=49407,
 )
+
+
+ARCHITECTURES = {
+    "tiny": (TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_TEXT_CONFIG),
+    "sd15-random": (SD15_UNET_CONFIG, SD15_VAE_CONFIG, SD15_TEXT_CONFIG),
+}
 
 
 class ModelLoadError(RuntimeError):
@@ -143,18 +188,19 @@ def clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77, pad_token="<|endoftext|>")
 
 
-def build_tiny(seed: int = 0) -> dict:
-    """The tiny model's components, random-initialised from ``seed`` (same seed, same weights)."""
+def build_random(arch: str = "tiny", seed: int = 0) -> dict:
+    """Random-initialised components of ``arch`` ('tiny' or 'sd15-random'); same seed, same weights."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    unet_config, vae_config, text_config = ARCHITECTURES[arch]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+        unet = UNet2DConditionModel(**unet_config)
         torch.manual_seed(seed + 1)
-        vae = AutoencoderKL(**TINY_VAE_CONFIG)
+        vae = AutoencoderKL(**vae_config)
         torch.manual_seed(seed + 2)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**TINY_TEXT_CONFIG))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     return dict(
         unet=unet,
         vae=vae,
@@ -162,6 +208,10 @@ def build_tiny(seed: int = 0) -> dict:
         tokenizer=clip_tokenizer(),
         scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
     )
+
+
+def build_tiny(seed: int = 0) -> dict:
+    return build_random("tiny", seed)
 
 
 def _looks_like_path(model_id: str) -> bool:
@@ -222,7 +272,7 @@ def _load_pipeline(cfg: ModelConfig, dtype: torch.dtype):
 
 def check_model_reachable(cfg: ModelConfig) -> None:
     """Cheap checks on ``model.id`` before any expensive work (paths exist, config folder given)."""
-    if cfg.id == "tiny":
+    if cfg.id in ARCHITECTURES:
         return
     path = Path(cfg.id).expanduser()
     if not path.exists() and _looks_like_path(cfg.id):
@@ -237,8 +287,8 @@ def load_model(cfg: ModelConfig) -> SDModel:
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    if cfg.id == "tiny":
-        parts = build_tiny(cfg.seed)
+    if cfg.id in ARCHITECTURES:
+        parts = build_random(cfg.id, cfg.seed)
     else:
         pipe = _load_pipeline(cfg, dtype)
         parts = dict(

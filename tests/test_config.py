@@ -1,0 +1,53 @@
+import pytest
+
+from conftest import REPO
+from diffsketch.config import ParamsError, fingerprint, load_params, parse_params
+
+
+def test_project_params_and_paper_preset_validate():
+    smoke = load_params(REPO / "params.yaml")
+    assert smoke.model.id == "tiny"
+    paper = load_params(REPO / "presets" / "paper.yaml")
+    assert (paper.sample.resolution, paper.sample.steps, paper.sample.guidance, paper.sample.eta) == (512, 50, 5.0, 0.0)
+    assert "stable-diffusion-v1-4" in paper.model.id
+
+
+@pytest.mark.parametrize(
+    "data, key, hint",
+    [
+        ({"sample": {"stepz": 3}}, "sample.stepz", "unknown key"),
+        ({"bogus": {}}, "bogus", "unknown key"),
+        ({"sample": {"steps": "many"}}, "sample.steps", "integer"),
+        ({"sample": {"steps": 0}}, "sample.steps", "greater than or equal to 1"),
+        ({"sample": {"resolution": 500}}, "sample.resolution", "multiple of 64"),
+        ({"sample": {"pool": "half"}}, "sample.pool", "full"),
+        ({"sample": {"halves": "left"}}, "sample.halves", "cond"),
+        ({"model": {"device": "tpu"}}, "model.device", "cuda"),
+        ({"analyze": {"k_min": 9, "k_max": 3}}, "analyze", "k_min"),
+    ],
+)
+def test_invalid_params_name_the_key(data, key, hint):
+    with pytest.raises(ParamsError) as err:
+        parse_params(data)
+    message = str(err.value)
+    assert key in message and hint in message
+
+
+def test_load_params_overrides_and_missing_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("sample:\n  steps: 7\n")
+    params = load_params(path, ["sample.pool=full", "model.id=tiny", "sample.guidance=1.5"])
+    assert params.sample.steps == 7 and params.sample.pool == "full" and params.sample.guidance == 1.5
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    path.write_text("sample: [1, 2\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(path)
+    with pytest.raises(ParamsError, match="section.key=value"):
+        load_params(REPO / "params.yaml", ["steps"])
+
+
+def test_fingerprint_tracks_values():
+    a, b = parse_params({}), parse_params({"sample": {"steps": 10}})
+    assert fingerprint(a.sample) == fingerprint(parse_params({}).sample)
+    assert fingerprint(a.sample) != fingerprint(b.sample)

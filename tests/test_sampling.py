@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+import torch
+
+from diffsketch.features import unet_layers, vae_layers
+from diffsketch.sampling import ddim_loop, decode, encode_image, encode_prompts, invert, sample
+
+PROMPTS = ["a photo of a horse in mud", "a bowl of ramen"]
+
+
+@pytest.mark.parametrize("guidance", [5.0, 1.0])
+def test_images_equal_diffusers_pipeline(tiny, guidance):
+    ours = sample(tiny, PROMPTS, [3, 4], 128, 12, guidance)
+    reference = tiny.as_pipeline()(
+        PROMPTS,
+        height=128,
+        width=128,
+        num_inference_steps=12,
+        guidance_scale=guidance,
+        generator=[torch.Generator().manual_seed(s) for s in (3, 4)],
+        output_type="np",
+    ).images
+    diff = np.abs(reference - ours.images.permute(0, 2, 3, 1).numpy()).max()
+    assert diff <= 1e-4
+    assert ours.images.std() > 0.01  # not a constant image
+
+
+def test_seed_and_prompt_change_the_image(tiny):
+    a = sample(tiny, PROMPTS[:1], [3], 64, 4, 5.0).images
+    assert not torch.equal(a, sample(tiny, PROMPTS[:1], [4], 64, 4, 5.0).images)
+    assert not torch.equal(a, sample(tiny, PROMPTS[1:], [3], 64, 4, 5.0).images)
+
+
+def test_captured_features_shapes_and_halves(tiny):
+    specs = unet_layers(tiny.unet.config, 128, tiny.vae_scale_factor)
+    vspecs = vae_layers(tiny.vae.config, 128)
+    both = sample(tiny, PROMPTS, [3, 4], 128, 5, 5.0, unet_specs=specs, vae_specs=vspecs, pool=2, halves="both")
+    cond = sample(tiny, PROMPTS, [3, 4], 128, 5, 5.0, unet_specs=specs, vae_specs=vspecs, pool=2, halves="cond")
+    assert set(both.unet) == {s.name for s in specs} and set(both.vae) == {s.name for s in vspecs}
+    for s in specs:
+        assert both.unet[s.name].shape == (2, 5, 2, s.channels, 2, 2)
+        assert torch.equal(both.unet[s.name][:, :, 1:], cond.unet[s.name])
+        assert not torch.equal(both.unet[s.name][:, :, 0], both.unet[s.name][:, :, 1])  # uncond differs
+    for s in vspecs:
+        assert both.vae[s.name].shape == (2, s.channels, 2, 2)
+    assert both.timesteps == [801, 601, 401, 201, 1]
+    assert both.images_uint8().shape == (2, 128, 128, 3) and both.images_uint8().dtype == torch.uint8
+
+
+def test_features_do_not_depend_on_batch_composition(tiny):
+    specs = unet_layers(tiny.unet.config, 64, tiny.vae_scale_factor)
+    together = sample(tiny, PROMPTS, [3, 4], 64, 4, 5.0, unet_specs=specs, pool=1)
+    alone = sample(tiny, PROMPTS[1:], [4], 64, 4, 5.0, unet_specs=specs, pool=1)
+    assert torch.allclose(together.images[1:], alone.images, atol=1e-5)
+    assert torch.allclose(together.unet["up3_res2"][1:].float(), alone.unet["up3_res2"].float(), atol=1e-2)
+
+
+def test_eta_noise_is_seeded(tiny):
+    a = sample(tiny, PROMPTS[:1], [3], 64, 4, 5.0, eta=1.0).images
+    b = sample(tiny, PROMPTS[:1], [3], 64, 4, 5.0, eta=1.0).images
+    c = sample(tiny, PROMPTS[:1], [3], 64, 4, 5.0, eta=0.0).images
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_halves_without_guidance_refused(tiny):
+    with pytest.raises(ValueError, match="guidance"):
+        sample(tiny, PROMPTS, [1, 2], 64, 2, 1.0, halves="both")
+
+
+def test_inversion_regenerates_the_latent(tiny):
+    """Invert a clean latent to x_T, denoise again: back close to the start (far closer than from noise)."""
+    start = sample(tiny, PROMPTS[:1], [7], 128, 20, 1.0).latents
+    cond = encode_prompts(tiny, PROMPTS[:1])
+    x_t = invert(tiny, start, PROMPTS[:1], steps=20)
+    back = ddim_loop(tiny, x_t, cond, None, 20, 1.0)
+    from_noise = ddim_loop(tiny, torch.randn_like(x_t), cond, None, 20, 1.0)
+    error = ((back - start).norm() / start.norm()).item()
+    baseline = ((from_noise - start).norm() / start.norm()).item()
+    assert error < 0.1 and error < baseline / 10
+
+
+def test_real_image_round_trip_through_vae(tiny):
+    image = torch.rand(1, 3, 64, 64)
+    latent = encode_image(tiny, image)
+    assert latent.shape == (1, 4, 8, 8)
+    assert decode(tiny, latent).shape == (1, 3, 64, 64)

@@ -1,0 +1,202 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from conftest import REPO, small_params
+from diffsketch import store
+from diffsketch.collect import SampleInputError, run_sample
+
+
+def _arrays(path):
+    """Every array of a store as numpy, by path."""
+    root = zarr.open_group(str(path), mode="r")
+    out = {}
+    for group in (root, root["unet"], root["vae"]):
+        prefix = "" if group is root else group.basename + "/"
+        for name, array in group.arrays():
+            out[prefix + name] = array[...]
+    return out
+
+
+def _assert_equal_stores(a, b):
+    xa, xb = _arrays(a), _arrays(b)
+    assert xa.keys() == xb.keys()
+    for key in xa:
+        np.testing.assert_array_equal(xa[key], xb[key], err_msg=key)
+
+
+def test_store_layout_and_contents(prompts_dir, tmp_path, tiny):
+    from diffsketch.sampling import sample
+
+    params = small_params(prompts_dir, halves="both", trajectories=3)
+    out = run_sample(params, tmp_path / "f.zarr", progress=False)
+    root = store.open_store(out)
+    assert store.complete_mask(root).all()
+    up = root["unet/up3_res2"]
+    assert up.shape == (3, 4, 2, 32, 1, 1) and up.dtype == np.float16
+    assert up.chunks == (1, 1, 2, 32, 1, 1) and up.shards == (1, 4, 2, 32, 1, 1)
+    assert root["vae/up3_res2"].shape == (3, 16, 1, 1)
+    assert root["images"].shape == (3, 64, 64, 3) and root["images"].dtype == np.uint8
+    assert root["timesteps"][:].tolist() == [751, 501, 251, 1]
+    attrs = root.attrs
+    assert attrs["model"] == "tiny" and attrs["guidance"] == 5.0 and attrs["pool"] == 1 and attrs["resolution"] == 64
+    assert attrs["halves"] == ["uncond", "cond"] and attrs["scheduler"]["steps_offset"] == 1
+    assert attrs["classes"] == ["animals", "food", "vehicles"] and attrs["package_version"]
+    assert len(attrs["unet_layers"]) == 12 and len(attrs["vae_layers"]) == 14
+    prompts = [attrs["prompts"][i] for i in root["prompt_ids"][:]]
+    assert prompts == ["a photo of a horse in mud", "a bowl of ramen", "a red bicycle"]
+    assert [attrs["classes"][i] for i in root["labels"][:]] == ["animals", "food", "vehicles"]
+    assert root["seeds"][:].tolist() == [0, 1, 2]
+    # the stored trajectories are exactly what the sampler gives for their prompts and seeds (same batch)
+    ref = sample(tiny, prompts[:2], [0, 1], 64, 4, 5.0)
+    np.testing.assert_array_equal(root["images"][:2], ref.images_uint8().numpy())
+    np.testing.assert_array_equal(root["noise"][:2], ref.noise.numpy())
+    np.testing.assert_array_equal(root["latents"][:2], ref.latents.numpy())
+    # compressed with zstd
+    assert "blosc" in str(up.metadata.to_dict()).lower() and "zstd" in str(up.metadata.to_dict())
+
+
+def test_interrupted_run_resumes_to_the_same_store(prompts_dir, tmp_path, monkeypatch):
+    params = small_params(prompts_dir, trajectories=5)
+    run_sample(params, tmp_path / "full.zarr", progress=False)
+
+    calls = {"n": 0}
+    original = store.write_trajectory
+
+    def crash_midway(root, index, unet, vae, *rest):
+        calls["n"] += 1
+        if calls["n"] == 3:  # write some arrays of the 3rd trajectory, then die
+            root[f"unet/{next(iter(unet))}"][index] = np.asarray(next(iter(unet.values())))
+            raise KeyboardInterrupt
+        original(root, index, unet, vae, *rest)
+
+    monkeypatch.setattr(store, "write_trajectory", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        run_sample(params, tmp_path / "part.zarr", progress=False)
+    assert store.complete_mask(store.open_store(tmp_path / "part.zarr")).tolist() == [True, True, False, False, False]
+    before = _arrays(tmp_path / "part.zarr")
+    monkeypatch.setattr(store, "write_trajectory", original)
+
+    written = []
+    monkeypatch.setattr(store, "write_trajectory", lambda root, i, *a: (written.append(i), original(root, i, *a)))
+    run_sample(params, tmp_path / "part.zarr", progress=False)
+    assert written == [2, 3, 4]  # only the incomplete ones
+    _assert_equal_stores(tmp_path / "full.zarr", tmp_path / "part.zarr")
+    after = _arrays(tmp_path / "part.zarr")
+    for key in before:  # completed trajectories untouched
+        np.testing.assert_array_equal(before[key][:2], after[key][:2]) if before[key].shape[:1] == (5,) else None
+
+    written.clear()
+    run_sample(params, tmp_path / "part.zarr", progress=False)  # complete: nothing to do
+    assert written == []
+
+
+@pytest.mark.slow
+def test_killed_process_resumes(prompts_dir, tmp_path):
+    """SIGKILL a real `diffsketch sample` part-way; the rerun completes it and equals a clean run."""
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        f"model: {{id: tiny, device: cpu}}\nsample: {{prompts: {prompts_dir}, trajectories: 8, steps: 30, "
+        "resolution: 64, pool: 1, batch_size: 1}\n"
+    )
+    cmd = [sys.executable, "-m", "diffsketch", "sample", "--params", str(params), "--no-progress", "--out"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd + [str(tmp_path / "killed.zarr")], env=env, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            done = int(store.complete_mask(store.open_store(tmp_path / "killed.zarr")).sum())
+        except Exception:
+            done = 0
+        if done >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = int(store.complete_mask(store.open_store(tmp_path / "killed.zarr")).sum())
+    assert 1 <= partial < 8, "the kill should land part-way"
+    subprocess.run(cmd + [str(tmp_path / "killed.zarr")], env=env, check=True, capture_output=True)
+    subprocess.run(cmd + [str(tmp_path / "clean.zarr")], env=env, check=True, capture_output=True)
+    _assert_equal_stores(tmp_path / "clean.zarr", tmp_path / "killed.zarr")
+
+
+def test_changed_settings_are_refused_without_overwrite(prompts_dir, tmp_path):
+    out = tmp_path / "f.zarr"
+    run_sample(small_params(prompts_dir, trajectories=2), out, progress=False)
+    before = _arrays(out)
+    with pytest.raises(store.StoreError, match="other settings.*--overwrite"):
+        run_sample(small_params(prompts_dir, trajectories=2, steps=3), out, progress=False)
+    _assert_equal_stores(out, out)  # still readable
+    after = _arrays(out)
+    for key in before:
+        np.testing.assert_array_equal(before[key], after[key])
+    run_sample(small_params(prompts_dir, trajectories=2, steps=3), out, overwrite=True, progress=False)
+    assert store.open_store(out)["timesteps"].shape == (3,)
+
+
+def test_bad_inputs_fail_before_the_model_loads(prompts_dir, tmp_path, monkeypatch):
+    import diffsketch.collect as collect
+
+    def no_load(*a, **k):
+        raise AssertionError("the model must not load for bad input")
+
+    monkeypatch.setattr(collect, "load_model", no_load)
+    from diffsketch.models import ModelLoadError
+    from diffsketch.prompts import PromptsError
+
+    with pytest.raises(PromptsError, match="does not exist"):
+        run_sample(small_params(tmp_path / "missing"), tmp_path / "a.zarr")
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(PromptsError, match="no prompts"):
+        run_sample(small_params(tmp_path / "empty.txt"), tmp_path / "a.zarr")
+    params = small_params(prompts_dir).model_copy(
+        update={"model": small_params(prompts_dir).model.model_copy(update={"id": str(tmp_path / "nowhere")})}
+    )
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        run_sample(params, tmp_path / "a.zarr")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(store.StoreError, match="not a folder"):
+        run_sample(small_params(prompts_dir), tmp_path / "file")
+    if os.geteuid() != 0:  # root can write anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        with pytest.raises(store.StoreError, match="not writable"):
+            run_sample(small_params(prompts_dir), ro / "a.zarr")
+    with pytest.raises(SampleInputError, match="guidance"):
+        run_sample(small_params(prompts_dir, guidance=1.0, halves="both"), tmp_path / "a.zarr")
+    assert not (tmp_path / "a.zarr").exists()
+
+
+def test_unwritable_output_is_refused(prompts_dir, tmp_path, monkeypatch):
+    def deny(self, *a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("pathlib.Path.touch", deny)
+    with pytest.raises(store.StoreError, match="not writable"):
+        run_sample(small_params(prompts_dir), tmp_path / "out.zarr")
+
+
+def test_pool_larger_than_layer_is_refused_before_sampling(prompts_dir, tmp_path, monkeypatch):
+    import diffsketch.collect as collect
+
+    monkeypatch.setattr(collect, "sample", lambda *a, **k: pytest.fail("sampling started"))
+    with pytest.raises(ValueError, match="sample.pool=2 is larger than UNet layer up0_res0"):
+        run_sample(small_params(prompts_dir, pool=2), tmp_path / "a.zarr")
+    assert not (tmp_path / "a.zarr").exists()
+
+
+def test_corrupt_store_message(tmp_path):
+    bad = tmp_path / "bad.zarr"
+    bad.mkdir()
+    (bad / "zarr.json").write_text("{not json")
+    with pytest.raises(store.StoreError, match="could not be opened"):
+        store.open_store(bad)
+    with pytest.raises(store.StoreError, match="no zarr.json"):
+        store.open_store(tmp_path)
