@@ -76,8 +76,11 @@ def run_sample(params: Params, out: str | Path, overwrite: bool = False, progres
         raise SampleInputError(f"{len(too_long)} prompt(s) exceed CLIP's 77 tokens, e.g. {too_long[0]!r}; shorten them")
     unet_specs = unet_layers(model.unet.config, cfg.resolution, model.vae_scale_factor, cfg.capture)
     vae_specs = vae_layers(model.vae.config, cfg.resolution)
-    check_pool(unet_specs, cfg.pool, "UNet")
-    check_pool(vae_specs, cfg.pool, "VAE")
+    try:
+        check_pool(unet_specs, cfg.pool, "UNet")
+        check_pool(vae_specs, cfg.pool, "VAE")
+    except ValueError as err:
+        raise SampleInputError(str(err)) from None
     model.scheduler.set_timesteps(cfg.steps)
     timesteps = [int(t) for t in model.scheduler.timesteps]
 

@@ -1,0 +1,47 @@
+from typer.testing import CliRunner
+
+from diffsketch.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_commands():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("sample", "inspect"):
+        assert command in result.output
+
+
+def _params(tmp_path, text):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_sample_and_inspect(prompts_dir, tmp_path):
+    params = _params(tmp_path, f"model: {{id: tiny, device: cpu}}\nsample: {{prompts: {prompts_dir}, trajectories: 2, steps: 2, resolution: 64, pool: 1}}\n")
+    out = tmp_path / "f.zarr"
+    result = runner.invoke(app, ["sample", "-p", params, "-o", str(out), "--no-progress", "-S", "sample.steps=3"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["inspect", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "2/2 complete" in result.output and "3 DDIM steps" in result.output
+    assert "unet/up3_res2" in result.output and "vae/mid_res0" in result.output
+    assert "compression ratio" in result.output and "MB on disk" in result.output
+
+
+def test_clear_errors_exit_1_without_traceback(prompts_dir, tmp_path):
+    cases = [
+        ("sample: {resolution: 500}\n", "multiple of 64"),
+        ("sample: {bogus: 1}\n", "sample.bogus: unknown key"),
+        (f"sample: {{prompts: {tmp_path / 'none'}}}\n", "does not exist"),
+        (f"model: {{id: ./no/model}}\nsample: {{prompts: {prompts_dir}}}\n", "model path './no/model' does not exist"),
+        (f"model: {{id: tiny, device: cpu}}\nsample: {{prompts: {prompts_dir}, resolution: 64, pool: 4}}\n", "sample.pool=4 is larger"),
+    ]
+    for text, message in cases:
+        result = runner.invoke(app, ["sample", "-p", _params(tmp_path, text), "-o", str(tmp_path / "x.zarr"), "--no-progress"])
+        assert result.exit_code == 1, (text, result.output)
+        assert message in result.output, (message, result.output)
+        assert "Traceback" not in result.output
+    result = runner.invoke(app, ["inspect", str(tmp_path)])
+    assert result.exit_code == 1 and "not a diffsketch feature store" in result.output
