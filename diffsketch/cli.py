@@ -7,6 +7,7 @@ with code 1, without a traceback.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -26,12 +27,22 @@ def _fail(message: str) -> None:
 
 
 def _expected_errors():
+    from diffsketch.analysis import AnalysisInputError
     from diffsketch.collect import SampleInputError
     from diffsketch.models import ModelLoadError
     from diffsketch.prompts import PromptsError
     from diffsketch.store import StoreError
 
-    return (ParamsError, SampleInputError, ModelLoadError, PromptsError, StoreError)
+    return (ParamsError, SampleInputError, ModelLoadError, PromptsError, StoreError, AnalysisInputError)
+
+
+@contextmanager
+def _clean_errors():
+    """Expected failures print one message and exit 1; anything else keeps its traceback."""
+    try:
+        yield
+    except _expected_errors() as err:
+        _fail(str(err))
 
 
 @app.callback()
@@ -48,26 +59,58 @@ def sample(
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
     """Sample SD trajectories and store UNet/VAE features in a Zarr store (resumable)."""
-    errors = _expected_errors()
-    try:
-        from diffsketch.collect import run_sample
+    from diffsketch.collect import run_sample
 
-        cfg = load_params(params, set_)
-        path = run_sample(cfg, out, overwrite=overwrite, progress=progress)
-    except errors as err:
-        _fail(str(err))
+    with _clean_errors():
+        path = run_sample(load_params(params, set_), out, overwrite=overwrite, progress=progress)
     typer.echo(f"wrote {path}")
+
+
+@app.command()
+def analyze(
+    params: ParamsOption = Path("params.yaml"),
+    store: Annotated[Path, typer.Option(help="feature store written by `sample`")] = Path("data/features.zarr"),
+    results: Annotated[Path, typer.Option(help="folder for the saved analysis")] = Path("data/analysis"),
+    timesteps: Annotated[Path, typer.Option(help="the chosen timesteps, read by training")] = Path("data/timesteps.json"),
+    reports: Annotated[Path, typer.Option(help="folder for the HTML report, metrics and plots")] = Path("reports/analysis"),
+    set_: SetOption = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Choose the representative timesteps (PCA + k-means) and write the feature-analysis report."""
+    from diffsketch.analysis import analyze as run_analysis
+    from diffsketch.analysis import write_outputs
+    from diffsketch.report import write_report
+
+    with _clean_errors():
+        cfg = load_params(params, set_)
+        result = run_analysis(store, cfg.analyze, model_id=cfg.model.id, progress=progress)
+        write_outputs(result, results, timesteps, reports)
+        page = write_report(result, reports)
+    chosen = result.timesteps_json()
+    typer.echo(f"k={chosen['k']} timesteps {chosen['timesteps']} -> {timesteps}; report {page}")
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Option(help="folder of a saved analysis")] = Path("data/analysis"),
+    reports: Annotated[Path, typer.Option(help="folder for the HTML report")] = Path("reports/analysis"),
+) -> None:
+    """Regenerate the feature-analysis HTML report from saved results, without recomputing."""
+    from diffsketch.analysis import AnalysisResult
+    from diffsketch.report import write_report
+
+    with _clean_errors():
+        page = write_report(AnalysisResult.load(results), reports)
+    typer.echo(f"wrote {page}")
 
 
 @app.command()
 def inspect(store: Annotated[Path, typer.Argument(help="feature store (.zarr folder)")]) -> None:
     """Summarise a feature store: arrays, shapes, dtypes, completed trajectories, size on disk."""
-    from diffsketch.store import StoreError, summary
+    from diffsketch.store import summary
 
-    try:
+    with _clean_errors():
         info = summary(store)
-    except StoreError as err:
-        _fail(str(err))
     attrs = info["attrs"]
     typer.echo(f"store        {info['path']}")
     typer.echo(f"model        {attrs.get('model')} ({attrs.get('dtype')}), diffsketch {attrs.get('package_version')}")

@@ -33,26 +33,38 @@ def _set(repo, section, key, value):
 
 def test_dvc_repro_and_param_granularity(repo_copy):
     repo = repo_copy
-    for key, value in dict(trajectories=3, steps=3, resolution=64, pool=1).items():
+    for key, value in dict(trajectories=4, steps=4, resolution=64, pool=1).items():
         _set(repo, "sample", key, value)
+    for key, value in dict(pca_dims=3, k_min=2, k_max=3).items():
+        _set(repo, "analyze", key, value)
     _run(["git", "init", "-q"], repo)
     _dvc("init", "-q", cwd=repo)
     _dvc("repro", cwd=repo)
     assert (repo / "dvc.lock").is_file()
     from diffsketch import store
 
-    assert store.complete_mask(store.open_store(repo / "data" / "features.zarr")).sum() == 3
+    assert store.complete_mask(store.open_store(repo / "data" / "features.zarr")).sum() == 4
+    timesteps = json.loads((repo / "data" / "timesteps.json").read_text())
+    assert timesteps["steps"] == 4 and 2 <= timesteps["k"] <= 3
+    assert (repo / "reports" / "analysis" / "index.html").is_file()
+    assert json.loads(_dvc("status", "--json", cwd=repo)) == {}
+
+    metrics = json.loads(_dvc("metrics", "show", "--json", cwd=repo))
+    assert "k" in json.dumps(metrics) and "silhouette" in json.dumps(metrics)
+    _dvc("plots", "show", "-o", "plots_html", cwd=repo)
+    assert (repo / "plots_html" / "index.html").is_file()
+
+    _set(repo, "analyze", "seed", 3)  # a param `sample` does not read
     status = json.loads(_dvc("status", "--json", cwd=repo))
-    assert status == {}
-
-    _set(repo, "analyze", "k_max", 7)  # a param `sample` does not read
-    assert json.loads(_dvc("status", "--json", cwd=repo)) == {}
-    assert "Running stage 'sample'" not in _dvc("repro", cwd=repo)
+    assert set(status) == {"analyze"}
+    log = _dvc("repro", cwd=repo)
+    assert "Running stage 'sample'" not in log and "Running stage 'analyze'" in log
     assert json.loads(_dvc("status", "--json", cwd=repo)) == {}
 
-    _set(repo, "sample", "steps", 2)  # a param it does read
+    _set(repo, "sample", "steps", 5)  # a param it does read
     status = json.loads(_dvc("status", "--json", cwd=repo))
     assert "sample" in status
     assert {"changed deps": {"params.yaml": {"sample.steps": "modified"}}} in status["sample"]
     _dvc("repro", cwd=repo)
-    assert store.open_store(repo / "data" / "features.zarr")["timesteps"].shape == (2,)
+    assert store.open_store(repo / "data" / "features.zarr")["timesteps"].shape == (5,)
+    assert json.loads((repo / "data" / "timesteps.json").read_text())["steps"] == 5

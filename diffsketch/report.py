@@ -1,0 +1,481 @@
+"""The HTML report of an analysis: one self-contained page to read the timestep choice.
+
+``write_report(result, out_dir)`` writes ``out_dir/index.html``. The page needs nothing else to
+be read offline: no external CSS, scripts or fonts, and every figure is a matplotlib PNG inlined
+as a ``data:image/png;base64,`` URI. Each figure sits in a ``<figure id="...">`` whose
+``<figcaption>`` says how to read it:
+
+- ``pca-class`` / ``pca-timestep``: PC1 vs PC2 of every (trajectory, timestep) point, coloured by
+  prompt class and by timestep (the paper's Figure 2 (a) and (b)), side by side;
+- ``pca-3d``: PC1-3 coloured by timestep (only when the analysis kept at least 3 components);
+- ``explained-variance``: variance ratio of each principal component and the cumulative total;
+- ``elbow`` / ``silhouette``: the k-means sweep, with the chosen k, the elbow and the best-silhouette k;
+- ``timeline``: the chosen timesteps on the whole denoising trajectory;
+- ``cluster-histograms``: for each cluster, how many of its points come from each timestep.
+
+Two tables follow: ``summary`` (model, store, sizes, parameters, scores) and ``timesteps``
+(one row per chosen timestep). All text put into the page is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is set)
+
+from diffsketch.analysis import AnalysisResult  # noqa: E402
+
+MAX_SCATTER_POINTS = 20_000  # scatter plots above this show a seeded random subsample
+SUBSAMPLE_SEED = 0
+T_START = 1000  # the timeline spans the whole DDPM schedule, t = 1000 (noise) down to 0 (image)
+
+CHOSEN_COLOR = "tab:orange"
+BAR_COLOR = "tab:blue"
+
+STYLE = """
+body { font-family: sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; line-height: 1.4; }
+figure { margin: 1.5em 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #ddd; }
+figcaption { font-size: 0.9em; color: #444; margin-top: 0.4em; }
+.side-by-side { display: flex; flex-wrap: wrap; gap: 1em; }
+.side-by-side figure { flex: 1 1 480px; margin: 0; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+"""
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _esc(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _mpl_text(text: str) -> str:
+    """Text for a matplotlib label: a ``$`` would otherwise start mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+def _png(fig) -> str:
+    """The figure as a base64 PNG data URI; the figure is closed."""
+    buffer = io.BytesIO()
+    # No "Software" metadata: it would carry a URL into the PNG.
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _figure_html(fig_id: str, src: str, alt: str, caption: str) -> str:
+    return (
+        f'<figure id="{_esc(fig_id)}">\n'
+        f'<img src="{src}" alt="{_esc(alt)}">\n'
+        f"<figcaption>{_esc(caption)}</figcaption>\n"
+        "</figure>"
+    )
+
+
+def _class_names(result: AnalysisResult) -> list[str]:
+    """A name per class id that occurs (ids beyond ``classes`` get a generic name)."""
+    n = max(len(result.classes), int(result.row_label.max()) + 1 if len(result.row_label) else 0)
+    return [str(result.classes[i]) if i < len(result.classes) else f"class {i}" for i in range(n)]
+
+
+def _scatter_rows(result: AnalysisResult) -> np.ndarray:
+    """Rows to scatter, in a seeded random order (no class or timestep is always drawn on top)."""
+    order = np.random.default_rng(SUBSAMPLE_SEED).permutation(len(result.row_step))
+    return order[:MAX_SCATTER_POINTS]
+
+
+def _subsample_note(result: AnalysisResult, rows: np.ndarray) -> str:
+    total = len(result.row_step)
+    if len(rows) < total:
+        return f" Showing a seeded random subsample of {len(rows):,} of the {total:,} points."
+    return f" All {total:,} points are shown."
+
+
+def _marker_size(n: int) -> float:
+    return float(np.clip(3000 / max(n, 1), 1.0, 25.0))
+
+
+def _chosen_k_index(result: AnalysisResult) -> int | None:
+    at_k = np.flatnonzero(result.k_values == result.k)
+    return int(at_k[0]) if len(at_k) else None
+
+
+def _silhouette_at_k(result: AnalysisResult) -> float:
+    i = _chosen_k_index(result)
+    return float(result.silhouette[i]) if i is not None else float("nan")
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+
+def fig_pca_timestep(result: AnalysisResult, rows: np.ndarray) -> str:
+    fig, ax = plt.subplots(figsize=(6.2, 5))
+    t = result.timesteps[result.row_step[rows]]
+    points = ax.scatter(
+        result.projection[rows, 0],
+        result.projection[rows, 1],
+        c=t,
+        cmap="viridis",
+        s=_marker_size(len(rows)),
+        alpha=0.75,
+        linewidths=0,
+    )
+    fig.colorbar(points, ax=ax, label="timestep t")
+    ax.set_xlabel("PC1")
+    ax.set_ylabel("PC2")
+    ax.set_title("(b) coloured by timestep")
+    return _png(fig)
+
+
+def fig_pca_class(result: AnalysisResult, rows: np.ndarray) -> str:
+    names = _class_names(result)
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    fig, ax = plt.subplots(figsize=(6.2, 5))
+    labels = result.row_label[rows]
+    size = _marker_size(len(rows))
+    for class_id, name in enumerate(names):
+        mine = rows[labels == class_id]
+        if len(mine) == 0:
+            continue
+        color = cmap(class_id % cmap.N) if len(names) <= 20 else plt.get_cmap("hsv")(class_id / len(names))
+        ax.scatter(
+            result.projection[mine, 0],
+            result.projection[mine, 1],
+            color=color,
+            s=size,
+            alpha=0.75,
+            linewidths=0,
+            label=_mpl_text(name),
+        )
+    if names:
+        ax.legend(
+            title="class",
+            fontsize="small",
+            markerscale=max(1.0, 6 / math.sqrt(size)),
+            loc="center left",
+            bbox_to_anchor=(1.01, 0.5),
+            ncol=1 if len(names) <= 15 else 2,
+        )
+    ax.set_xlabel("PC1")
+    ax.set_ylabel("PC2")
+    ax.set_title("(a) coloured by prompt class")
+    return _png(fig)
+
+
+def fig_pca_3d(result: AnalysisResult, rows: np.ndarray) -> str:
+    fig = plt.figure(figsize=(7, 6))
+    ax = fig.add_subplot(projection="3d")
+    p = result.projection[rows]
+    points = ax.scatter(
+        p[:, 0],
+        p[:, 1],
+        p[:, 2],
+        c=result.timesteps[result.row_step[rows]],
+        cmap="viridis",
+        s=_marker_size(len(rows)),
+        alpha=0.75,
+        linewidths=0,
+    )
+    fig.colorbar(points, ax=ax, label="timestep t", shrink=0.7, pad=0.1)
+    ax.set_xlabel("PC1")
+    ax.set_ylabel("PC2")
+    ax.set_zlabel("PC3")
+    return _png(fig)
+
+
+def fig_explained_variance(result: AnalysisResult) -> str:
+    ratio = np.asarray(result.explained_variance_ratio, dtype=float) * 100
+    components = np.arange(1, len(ratio) + 1)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(components, ratio, color=BAR_COLOR, label="per component")
+    ax.plot(components, np.cumsum(ratio), color=CHOSEN_COLOR, marker="o", markersize=3, label="cumulative")
+    ax.set_xlabel("principal component")
+    ax.set_ylabel("explained variance (%)")
+    ax.set_ylim(0, max(100.0, float(np.cumsum(ratio)[-1]) * 1.05) if len(ratio) else 100.0)
+    ax.set_xticks(components if len(components) <= 30 else components[:: math.ceil(len(components) / 30)])
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def _sweep_plot(result: AnalysisResult, values: np.ndarray, ylabel: str, mark_k: int, mark_label: str) -> str:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(result.k_values, values, marker="o", color=BAR_COLOR)
+    ax.axvline(result.k, color="tab:red", linestyle="--", label=f"chosen k = {result.k}")
+    at_mark = np.flatnonzero(result.k_values == mark_k)
+    if len(at_mark):
+        ax.plot(
+            mark_k,
+            values[at_mark[0]],
+            marker="*",
+            markersize=16,
+            color=CHOSEN_COLOR,
+            linestyle="none",
+            label=f"{mark_label} = {mark_k}",
+        )
+    ax.set_xlabel("k (clusters)")
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(result.k_values)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
+def fig_elbow(result: AnalysisResult) -> str:
+    knee_k = result.meta.get("knee_k")
+    return _sweep_plot(result, result.inertia, "inertia (sum of squared distances)", knee_k, "elbow")
+
+
+def fig_silhouette(result: AnalysisResult) -> str:
+    k_auto = result.meta.get("k_auto")
+    return _sweep_plot(result, result.silhouette, "silhouette score", k_auto, "best silhouette")
+
+
+def fig_timeline(result: AnalysisResult) -> str:
+    timesteps = np.asarray(result.timesteps)
+    chosen = timesteps[result.selected]
+    fig, ax = plt.subplots(figsize=(11, 2.4))
+    ax.axhline(0, color="#999", linewidth=1, zorder=0)
+    ax.plot(timesteps, np.zeros(len(timesteps)), linestyle="none", marker="|", markersize=10, color="#555")
+    ax.plot(chosen, np.zeros(len(chosen)), linestyle="none", marker="o", markersize=11, color=CHOSEN_COLOR, zorder=3)
+    # Chosen timesteps from left (high t) to right; alternate label heights so close ones stay legible.
+    for i, t in enumerate(sorted(chosen, reverse=True)):
+        height = 0.45 if i % 2 == 0 else 0.85
+        ax.annotate(
+            f"t={int(t)}",
+            xy=(t, 0),
+            xytext=(t, height),
+            ha="center",
+            fontsize=9,
+            arrowprops=dict(arrowstyle="-", color="#aaa", linewidth=0.8),
+        )
+    ax.set_xlim(max(T_START, float(timesteps.max())) + 10, min(0, float(timesteps.min())) - 10)
+    ax.set_ylim(-0.6, 1.2)
+    ax.set_yticks([])
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    ax.set_xlabel("timestep t  (denoising runs left to right: noise → image)")
+    return _png(fig)
+
+
+def fig_cluster_histograms(result: AnalysisResult) -> str:
+    timesteps = np.asarray(result.timesteps)
+    n_clusters = int(result.k)
+    cols = min(n_clusters, 4)
+    rows = math.ceil(n_clusters / cols)
+    gaps = np.diff(np.sort(timesteps))
+    width = 0.8 * float(gaps.min()) if len(gaps) and gaps.min() > 0 else 8.0
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.4 * rows), sharex=True, squeeze=False)
+    for c, ax in enumerate(axes.flat):
+        if c >= n_clusters:
+            ax.set_visible(False)
+            continue
+        in_cluster = result.row_cluster == c
+        counts = np.bincount(result.row_step[in_cluster], minlength=len(timesteps))[: len(timesteps)]
+        picks = result.selected[result.selected_cluster == c]
+        colors = np.full(len(timesteps), BAR_COLOR, dtype=object)
+        colors[picks] = CHOSEN_COLOR
+        ax.bar(timesteps, counts, width=width, color=list(colors))
+        title = f"cluster {c}: {int(in_cluster.sum())} pts"
+        if len(picks):
+            title += ", t=" + ",".join(str(int(timesteps[p])) for p in picks)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=8)
+    axes.flat[0].set_xlim(float(timesteps.max()) + width, float(timesteps.min()) - width)
+    fig.supxlabel("timestep t (high t = start of denoising on the left)", fontsize=9)
+    fig.supylabel("points", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+
+def _table_html(table_id: str, header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "\n".join("<tr>" + "".join(f"<td>{_esc(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table id="{_esc(table_id)}">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>'
+
+
+def _chosen_rows(result: AnalysisResult) -> list[list]:
+    rows = []
+    for index, cluster, size in zip(result.selected, result.selected_cluster, result.cluster_sizes):
+        rows.append([int(result.timesteps[index]), int(index), int(cluster) if cluster >= 0 else "—", int(size)])
+    return rows
+
+
+def summary_table(result: AnalysisResult) -> str:
+    meta = result.meta
+    k_auto, knee_k = meta.get("k_auto", "—"), meta.get("knee_k", "—")
+    names = _class_names(result)
+    class_counts = np.bincount(result.row_label, minlength=len(names)) if len(result.row_label) else []
+    chosen = ", ".join(
+        f"t={t} (DDIM index {i}, {size} points)" for t, i, _cluster, size in _chosen_rows(result)
+    )
+    rows = [
+        ["model", meta.get("model", "—")],
+        ["store", meta.get("store", "—")],
+        ["trajectories", meta.get("trajectories", "—")],
+        ["points (trajectory × timestep)", f"{len(result.row_step):,}"],
+        ["denoising steps", len(result.timesteps)],
+        ["classes", ", ".join(f"{n} ({int(c)} points)" for n, c in zip(names, class_counts)) or "—"],
+        ["feature dim", meta.get("feature_dim", "—")],
+        ["layers", ", ".join(map(str, meta.get("layers", []))) or "—"],
+        ["CFG half", meta.get("half", "—")],
+        ["PCA dims", result.projection.shape[1]],
+        ["explained variance (total)", f"{float(np.sum(result.explained_variance_ratio)):.1%}"],
+        ["strategy", meta.get("strategy", "—")],
+        ["layer weighting", meta.get("layer_weighting", "—")],
+        ["chosen k", f"{result.k} (best silhouette k_auto = {k_auto}, elbow knee_k = {knee_k})"],
+        ["silhouette at chosen k", f"{_silhouette_at_k(result):.3f}"],
+        ["chosen timesteps", chosen],
+    ]
+    return _table_html("summary", ["", "value"], rows)
+
+
+def timesteps_table(result: AnalysisResult) -> str:
+    return _table_html("timesteps", ["timestep", "DDIM index", "cluster", "cluster size"], _chosen_rows(result))
+
+
+# --- page -----------------------------------------------------------------------------------------
+
+
+def _figures(result: AnalysisResult) -> str:
+    rows = _scatter_rows(result)
+    note = _subsample_note(result, rows)
+    n_steps = len(result.timesteps)
+    parts = [
+        "<h2>PCA of the features</h2>",
+        '<div class="side-by-side">',
+        _figure_html(
+            "pca-class",
+            fig_pca_class(result, rows),
+            "PCA scatter coloured by prompt class",
+            "(a) Each point is one (trajectory, timestep) feature vector projected on the first two principal "
+            "components, coloured by the class of the trajectory's prompt. Classes that mix show the features "
+            "depend little on the prompt; separate groups show class-specific features." + note,
+        ),
+        _figure_html(
+            "pca-timestep",
+            fig_pca_timestep(result, rows),
+            "PCA scatter coloured by timestep",
+            "(b) The same points coloured by timestep (colour bar: t; yellow = high t, start of denoising; "
+            "purple = low t, the end). A smooth colour gradient means the features move steadily along the "
+            "denoising trajectory; bands of one colour are phases the timestep choice should cover." + note,
+        ),
+        "</div>",
+    ]
+    if result.projection.shape[1] >= 3:
+        parts.append(
+            _figure_html(
+                "pca-3d",
+                fig_pca_3d(result, rows),
+                "3-D PCA scatter coloured by timestep",
+                "The first three principal components, coloured by timestep as in (b). The third axis can separate "
+                "timesteps that overlap in the 2-D view." + note,
+            )
+        )
+    parts += [
+        "<h2>Choosing k</h2>",
+        _figure_html(
+            "explained-variance",
+            fig_explained_variance(result),
+            "explained variance per principal component",
+            "Bars: the share of the feature variance each principal component explains; line: the cumulative "
+            f"share. The clustering runs on these {result.projection.shape[1]} components, which keep "
+            f"{float(np.sum(result.explained_variance_ratio)):.1%} of the variance.",
+        ),
+        '<div class="side-by-side">',
+        _figure_html(
+            "elbow",
+            fig_elbow(result),
+            "k-means inertia against k",
+            "k-means inertia (sum of squared distances of the points to their cluster centre) for each k of the "
+            "sweep; lower is tighter. The dashed line marks the chosen k, the star the elbow (knee_k = "
+            f"{result.meta.get('knee_k', '—')}): the k beyond which more clusters stop paying off.",
+        ),
+        _figure_html(
+            "silhouette",
+            fig_silhouette(result),
+            "silhouette score against k",
+            "Mean silhouette score (from −1 to 1; higher means better separated clusters, computed on a seeded "
+            "sample of points) for each k. The dashed line marks the chosen k, the star the best score (k_auto = "
+            f"{result.meta.get('k_auto', '—')}), which `k: auto` would choose.",
+        ),
+        "</div>",
+        "<h2>The chosen timesteps</h2>",
+        _figure_html(
+            "timeline",
+            fig_timeline(result),
+            "chosen timesteps on the denoising timeline",
+            f"The whole denoising trajectory from t = {T_START} (pure noise, left) to t = 0 (the image, right). "
+            f"Small ticks are the {n_steps} sampled timesteps; the large orange dots, labelled with t, are the "
+            f"{len(result.selected)} chosen ones.",
+        ),
+        _figure_html(
+            "cluster-histograms",
+            fig_cluster_histograms(result),
+            "per-cluster histograms of timesteps",
+            f"One panel per cluster of the k = {result.k} clustering: bar height is how many of the cluster's "
+            "points come from each timestep (high t on the left, as on the timeline). The orange bar is the "
+            "timestep chosen to represent the cluster; a cluster concentrated on a few neighbouring timesteps "
+            "is a distinct denoising phase." + _no_cluster_note(result),
+        ),
+    ]
+    return "\n".join(parts)
+
+
+def _no_cluster_note(result: AnalysisResult) -> str:
+    if np.any(result.selected_cluster >= 0):
+        return ""
+    strategy = result.meta.get("strategy")
+    return f" Strategy '{strategy}' picks timesteps without the clusters, so no bar is highlighted."
+
+
+def render_html(result: AnalysisResult) -> str:
+    """The whole report page as a string."""
+    model = result.meta.get("model", "unknown model")
+    chosen = ", ".join(str(int(result.timesteps[i])) for i in result.selected)
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>diffsketch analysis: {_esc(model)}</title>",
+            f"<style>{STYLE}</style>",
+            "</head>",
+            "<body>",
+            f"<h1>diffsketch analysis: {_esc(model)}</h1>",
+            f"<p>Chosen timesteps (k = {_esc(result.k)}, strategy {_esc(result.meta.get('strategy', '—'))}): "
+            f"<strong>{_esc(chosen)}</strong></p>",
+            "<h2>Summary</h2>",
+            summary_table(result),
+            timesteps_table(result),
+            _figures(result),
+            "</body>",
+            "</html>",
+            "",
+        ]
+    )
+
+
+def write_report(result: AnalysisResult, out_dir: str | Path) -> Path:
+    """Write ``out_dir/index.html`` (creating ``out_dir``) and return its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "index.html"
+    path.write_text(render_html(result), encoding="utf-8")
+    return path

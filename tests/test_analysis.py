@@ -1,0 +1,132 @@
+import json
+
+import numpy as np
+import pytest
+
+from diffsketch import store
+from diffsketch.analysis import AnalysisInputError, AnalysisResult, analyze, knee, write_outputs
+from diffsketch.config import AnalyzeConfig
+from diffsketch.features import LayerSpec
+
+TIMESTEPS = [951, 901, 851, 801, 751, 701, 651, 601, 551, 501, 451, 401, 351, 301, 251, 201, 151, 101, 51, 1]
+GROUPS = np.repeat(np.arange(4), 5)  # timesteps form 4 blocks of 5 along the trajectory
+
+
+def synthetic_store(path, trajectories=12, complete=None, group_of_step=GROUPS, model="tiny", noise=0.05, seed=0):
+    """A store whose UNet features cluster by timestep group; two layers with very different scales."""
+    rng = np.random.default_rng(seed)
+    specs = [LayerSpec("up0_res0", "m", 8, 2), LayerSpec("up3_res0", "m", 4, 4)]
+    layout = store.StoreLayout(trajectories, TIMESTEPS, ["uncond", "cond"], specs, [], 2, 64, (4, 8, 8))
+    attrs = dict(fingerprint="synthetic", model=model, classes=["a", "b"], unet_layers=[vars(s) for s in specs])
+    root = store.create(path, layout, attrs)
+    root["labels"][:] = np.arange(trajectories) % 2
+    centres = {name: rng.normal(size=(4, 2 if name == "up0_res0" else 4, spec.channels, 2, 2)) for name, spec in
+               [(s.name, s) for s in specs]}  # fmt: skip
+    scale = {"up0_res0": 1.0, "up3_res0": 100.0}
+    for i in range(trajectories):
+        if complete is not None and not complete[i]:
+            continue
+        unet = {}
+        for s in specs:
+            c = centres[s.name][group_of_step]  # (T, halves, C, 2, 2)
+            x = c + noise * rng.normal(size=c.shape)
+            unet[s.name] = (scale[s.name] * x).astype(np.float16)
+        store.write_trajectory(root, i, unet, {}, np.zeros((64, 64, 3), np.uint8), np.zeros((4, 8, 8)), np.zeros((4, 8, 8)))
+    return path
+
+
+def cfg(**kw):
+    base = dict(pca_dims=5, k_min=2, k_max=8, k="auto", strategy="kmeans", seed=0)
+    base.update(kw)
+    return AnalyzeConfig(**base)
+
+
+def test_auto_finds_the_four_groups_and_one_timestep_each(tmp_path):
+    path = synthetic_store(tmp_path / "s.zarr")
+    result = analyze(path, cfg(), progress=False)
+    assert result.k == 4
+    chosen_groups = sorted(GROUPS[result.selected])
+    assert chosen_groups == [0, 1, 2, 3]
+    assert list(np.asarray(TIMESTEPS)[result.selected]) == sorted(np.asarray(TIMESTEPS)[result.selected])
+    assert result.cluster_sizes.sum() == 12 * 20 and set(result.cluster_sizes) == {12 * 5}
+    assert result.silhouette[list(result.k_values).index(4)] == result.silhouette.max()
+    info = result.timesteps_json()
+    assert info["timesteps"] == [TIMESTEPS[i] for i in result.selected] and info["ddim_indices"] == list(result.selected)
+
+
+def test_same_seed_same_timesteps(tmp_path):
+    path = synthetic_store(tmp_path / "s.zarr", noise=0.8)
+    a = analyze(path, cfg(k=6), progress=False)
+    b = analyze(path, cfg(k=6), progress=False)
+    assert np.array_equal(a.selected, b.selected) and np.array_equal(a.silhouette, b.silhouette)
+
+
+def test_fixed_k_and_baseline_strategies(tmp_path):
+    path = synthetic_store(tmp_path / "s.zarr")
+    assert analyze(path, cfg(k=6), progress=False).selected.size == 6
+    uniform = analyze(path, cfg(k=5, strategy="uniform"), progress=False)
+    assert sorted(uniform.selected.tolist()) == [0, 5, 10, 14, 19]
+    rnd = analyze(path, cfg(k=5, strategy="random"), progress=False)
+    assert len(set(rnd.selected.tolist())) == 5
+    fixed = analyze(path, cfg(strategy="fixed", fixed=[1, 501, 951]), progress=False)
+    assert [TIMESTEPS[i] for i in fixed.selected] == [1, 501, 951]
+
+
+def test_equal_weighting_lets_the_small_layer_count(tmp_path):
+    """The large-scale layer carries only noise; the small one carries the groups. Only `equal` sees them."""
+    rng = np.random.default_rng(1)
+    path = synthetic_store(tmp_path / "s.zarr", noise=0.02)
+    root = store.open_store(path, mode="r+")
+    big = root["unet/up3_res0"]
+    big[:] = (300 * rng.normal(size=big.shape)).astype(np.float16)
+    equal = analyze(path, cfg(layer_weighting="equal"), progress=False)
+    raw = analyze(path, cfg(layer_weighting="raw"), progress=False)
+    assert equal.k == 4 and sorted(GROUPS[equal.selected]) == [0, 1, 2, 3]
+    assert raw.silhouette.max() < equal.silhouette.max()
+
+
+def test_incomplete_trajectories_are_skipped(tmp_path):
+    path = synthetic_store(tmp_path / "s.zarr", complete=[True, False] * 6)
+    result = analyze(path, cfg(), progress=False)
+    assert set(result.row_trajectory.tolist()) == {0, 2, 4, 6, 8, 10}
+
+
+@pytest.mark.parametrize(
+    "setup, config, message",
+    [
+        (dict(complete=[False] * 12), cfg(), "no complete trajectories"),
+        ({}, cfg(k_max=20), "k_max=20 must be below the number of timesteps"),
+        ({}, cfg(pca_dims=200), "pca_dims=200 is larger than the data allows"),
+        ({}, cfg(strategy="fixed", fixed=[2]), "not in it: [2]"),
+    ],
+)
+def test_bad_input_is_refused_before_work(tmp_path, setup, config, message):
+    path = synthetic_store(tmp_path / "s.zarr", **setup)
+    with pytest.raises(AnalysisInputError) as err:
+        analyze(path, config, progress=False)
+    assert message in str(err.value)
+
+
+def test_store_from_another_model(tmp_path):
+    path = synthetic_store(tmp_path / "s.zarr", model="other/model")
+    with pytest.raises(AnalysisInputError, match="sampled with model 'other/model'"):
+        analyze(path, cfg(), model_id="tiny", progress=False)
+
+
+def test_outputs_round_trip(tmp_path):
+    result = analyze(synthetic_store(tmp_path / "s.zarr"), cfg(), progress=False)
+    write_outputs(result, tmp_path / "res", tmp_path / "timesteps.json", tmp_path / "plots")
+    info = json.loads((tmp_path / "timesteps.json").read_text())
+    assert info["k"] == 4 and len(info["timesteps"]) == 4 and info["model"] == "tiny"
+    metrics = json.loads((tmp_path / "plots" / "metrics.json").read_text())
+    assert metrics["k"] == 4 and 0 < metrics["explained_variance"] <= 1 and metrics["silhouette"] > 0.5
+    elbow = json.loads((tmp_path / "plots" / "elbow.json").read_text())
+    assert [row["k"] for row in elbow] == list(range(2, 9))
+    loaded = AnalysisResult.load(tmp_path / "res")
+    assert loaded.k == 4 and np.array_equal(loaded.selected, result.selected) and loaded.meta == result.meta
+
+
+def test_knee():
+    k = np.arange(2, 10)
+    inertia = np.array([100, 60, 30, 10, 9, 8, 7, 6], dtype=float)
+    assert knee(k, inertia) == 5

@@ -1,0 +1,212 @@
+"""The HTML report: every figure present as an inline PNG, tables, escaping, offline, saved results."""
+
+import base64
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from diffsketch.analysis import AnalysisResult
+from diffsketch.report import write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FIGURES = [
+    "pca-timestep",
+    "pca-class",
+    "pca-3d",
+    "explained-variance",
+    "elbow",
+    "silhouette",
+    "timeline",
+    "cluster-histograms",
+]
+EVIL_CLASS = "<script>alert('x')</script>"
+
+
+def make_result(pca_dims: int = 3, steps: int = 10, trajectories: int = 6) -> AnalysisResult:
+    """A small, made-up analysis: 10 DDIM steps, 6 trajectories of 3 classes, k = 4."""
+    rng = np.random.default_rng(0)
+    timesteps = np.arange(steps)[::-1] * 100 + 1  # 901, 801, ..., 1 (denoising order)
+    row_step = np.tile(np.arange(steps), trajectories)
+    row_trajectory = np.repeat(np.arange(trajectories), steps)
+    row_label = row_trajectory % 3
+    projection = (rng.normal(size=(len(row_step), pca_dims)) + row_step[:, None] * 0.5).astype(np.float32)
+    row_cluster = np.minimum(row_step * 4 // steps, 3)  # 4 clusters of neighbouring timesteps
+    selected = np.array([1, 4, 6, 8])
+    order = np.argsort(timesteps[selected])
+    selected = selected[order]
+    selected_cluster = row_cluster[selected]
+    cluster_sizes = np.array([(row_cluster == c).sum() for c in selected_cluster])
+    ratio = np.array([0.4, 0.2, 0.1, 0.05, 0.03][:pca_dims])
+    return AnalysisResult(
+        timesteps=timesteps,
+        row_step=row_step,
+        row_trajectory=row_trajectory,
+        row_label=row_label,
+        classes=["animals", "food", EVIL_CLASS],
+        projection=projection,
+        explained_variance_ratio=ratio,
+        k_values=np.arange(2, 6),
+        inertia=np.array([100.0, 60.0, 45.0, 40.0]),
+        silhouette=np.array([0.30, 0.42, 0.47, 0.41]),
+        k=4,
+        row_cluster=row_cluster,
+        selected=selected,
+        selected_cluster=selected_cluster,
+        cluster_sizes=cluster_sizes,
+        meta=dict(
+            strategy="kmeans",
+            layer_weighting="equal",
+            seed=0,
+            k_auto=4,
+            knee_k=3,
+            model="tiny",
+            store="data/store.zarr",
+            store_fingerprint="abc123",
+            trajectories=trajectories,
+            feature_dim=1234,
+            layers=["up_blocks.0", "up_blocks.1"],
+            half="cond",
+        ),
+    )
+
+
+class PageParser(HTMLParser):
+    """Collects the <img> sources inside each <figure id=...>, and the text of each <table id=...>."""
+
+    def __init__(self):
+        super().__init__()
+        self.figures: dict[str, list[str]] = {}
+        self.tables: dict[str, str] = {}
+        self.figure: str | None = None
+        self.table: str | None = None
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "figure":
+            self.figure = attrs.get("id")
+            self.figures[self.figure] = []
+        elif tag == "img" and self.figure is not None:
+            self.figures[self.figure].append(attrs.get("src", ""))
+        elif tag == "table":
+            self.table = attrs.get("id")
+            self.tables[self.table] = ""
+
+    def handle_endtag(self, tag):
+        if tag == "figure":
+            self.figure = None
+        elif tag == "table":
+            self.table = None
+
+    def handle_data(self, data):
+        if self.table is not None:
+            self.tables[self.table] += data + " "
+        self.text.append(data)
+
+
+def parse(path) -> PageParser:
+    parser = PageParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    parser.close()
+    return parser
+
+
+def decode_png(src: str) -> bytes:
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix), src[:60]
+    return base64.b64decode(src[len(prefix) :], validate=True)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    result = make_result()
+    path = write_report(result, tmp_path_factory.mktemp("report") / "out")
+    return result, path
+
+
+def test_every_figure_is_an_inline_png(report):
+    _, path = report
+    assert path.name == "index.html" and path.is_file()
+    page = parse(path)
+    for fig_id in FIGURES:
+        assert fig_id in page.figures, f"figure {fig_id} missing"
+        assert page.figures[fig_id], f"figure {fig_id} has no <img>"
+        png = decode_png(page.figures[fig_id][0])
+        assert png[:8] == PNG_MAGIC
+        assert len(png) > 5_000, f"{fig_id}: suspiciously small PNG ({len(png)} bytes)"
+
+
+def test_figures_have_captions(report):
+    _, path = report
+    text = path.read_text(encoding="utf-8")
+    assert text.count("<figcaption>") == len(FIGURES)
+    assert "side-by-side" in text  # the two PCA scatters are placed next to each other
+
+
+def test_tables_list_the_chosen_timesteps(report):
+    result, path = report
+    page = parse(path)
+    assert {"summary", "timesteps"} <= set(page.tables)
+    summary, rows = page.tables["summary"], page.tables["timesteps"]
+    for index, size in zip(result.selected, result.cluster_sizes):
+        t = str(int(result.timesteps[index]))
+        assert f"t={t}" in summary
+        assert t in rows.split() and str(int(index)) in rows.split() and str(int(size)) in rows.split()
+    for needle in ["tiny", "data/store.zarr", "1234", "kmeans", "equal", "k_auto = 4", "knee_k = 3", "0.470", "70.0%"]:
+        assert needle in summary, needle
+
+
+def test_text_is_escaped(report):
+    _, path = report
+    text = path.read_text(encoding="utf-8")
+    assert "<script" not in text
+    assert "&lt;script&gt;" in text
+    assert EVIL_CLASS in " ".join(parse(path).text)  # shown as text, unescaped by the parser
+
+
+def test_page_is_offline(report):
+    _, path = report
+    text = path.read_text(encoding="utf-8")
+    assert "http://" not in text and "https://" not in text
+    for src in parse(path).figures.values():
+        assert b"http" not in decode_png(src[0])  # no URL in the PNG metadata either
+
+
+def test_no_3d_figure_with_two_pca_dims(tmp_path):
+    page = parse(write_report(make_result(pca_dims=2), tmp_path))
+    assert "pca-3d" not in page.figures
+    assert set(FIGURES) - {"pca-3d"} <= set(page.figures)
+
+
+def test_report_from_saved_analysis(tmp_path):
+    result = make_result()
+    result.save(tmp_path / "analysis")
+    loaded = AnalysisResult.load(tmp_path / "analysis")
+    assert loaded.classes == result.classes and loaded.k == result.k
+    assert loaded.meta == result.meta
+    np.testing.assert_array_equal(loaded.selected, result.selected)
+    np.testing.assert_array_equal(loaded.projection, result.projection)
+    page = parse(write_report(loaded, tmp_path / "report"))
+    assert set(FIGURES) <= set(page.figures)
+    assert str(int(loaded.timesteps[loaded.selected[0]])) in page.tables["timesteps"].split()
+
+
+def test_large_scatter_is_subsampled(tmp_path, monkeypatch):
+    import diffsketch.report as report_module
+
+    monkeypatch.setattr(report_module, "MAX_SCATTER_POINTS", 25)
+    text = write_report(make_result(), tmp_path).read_text(encoding="utf-8")
+    assert "subsample of 25 of the 60 points" in text
+
+
+def test_strategy_without_clusters(tmp_path):
+    """uniform/random/fixed: no cluster per timestep (-1); the tables show a dash, sizes are points per step."""
+    result = make_result(pca_dims=2)
+    result.meta["strategy"] = "uniform"
+    result.selected_cluster = np.full(len(result.selected), -1)
+    result.cluster_sizes = np.full(len(result.selected), 6)
+    path = write_report(result, tmp_path)
+    page = parse(path)
+    assert page.tables["timesteps"].split().count("—") == len(result.selected)
+    assert "no bar is highlighted" in path.read_text(encoding="utf-8")
