@@ -3,9 +3,9 @@
 For each model this times, on the same prompts, seeds, steps and guidance:
 
     A (bare)  diffusers' StableDiffusionPipeline over our model's modules, output_type="np"
-    B (ours)  diffsketch.sampling.sample(...) with every UNet up-block ResNet and every VAE decoder
-              ResNet hooked and pooled, then a fresh feature store (diffsketch.store.create) and
-              one diffsketch.store.write_trajectory per trajectory, in a temp dir
+    B (ours)  the `sample` stage itself (diffsketch.collect.run_sample on the already loaded model):
+              every UNet up-block ResNet and VAE decoder ResNet hooked and pooled, a fresh feature
+              store created, batches written by the background writer, in a temp dir
 
 The machine may be noisy, so after one untimed warm-up of each the runs are interleaved
 (A, B, A, B, ...) and medians are reported, with the ratio B/A (target <= 1.10); minimums are
@@ -14,7 +14,7 @@ measured after each B run: MB on disk per trajectory, uncompressed MB per trajec
 arrays' nbytes) and their ratio.
 
 Models:
-    tiny     the random-weight tiny SD-shaped model, 128 px, 2 prompts x 20 steps, pool 2
+    tiny     the random-weight tiny SD-shaped model, 128 px, 8 prompts x 20 steps in batches of 4, pool 2
              (and pool 'full' as an extra B line against the same A runs)
     sd15     full-size SD 1.5 with random weights, 512 px, 1 prompt x 2 steps, pool 8
              (about 4 GB of RAM and up to a minute or two per run on a small CPU)
@@ -36,53 +36,44 @@ import torch
 
 from diffsketch import store
 from diffsketch.config import ModelConfig
-from diffsketch.features import check_pool, unet_layers, vae_layers
+from diffsketch.collect import run_sample
+from diffsketch.config import parse_params
 from diffsketch.models import load_model
-from diffsketch.sampling import sample
 
 TARGET = 1.10  # B/A
-PROMPTS = ["a photo of a red bicycle leaning against a wall", "a watercolor painting of a lighthouse at dusk"]
+PROMPTS = [
+    "a photo of a red bicycle leaning against a wall",
+    "a watercolor painting of a lighthouse at dusk",
+    "a bowl of ramen with a soft boiled egg",
+    "a portrait of an old fisherman in a yellow raincoat",
+    "a snowy mountain village at night",
+    "a cartoon robot waving hello",
+    "a green tram crossing a bridge",
+    "a cozy reading corner with a lamp",
+]
 
 # name -> settings; every pool in `pools` is one B variant, all timed against the same A runs
 CASES = {
-    "tiny": dict(model_id="tiny", resolution=128, steps=20, guidance=7.5, prompts=2, pools=[2, "full"]),
-    "sd15": dict(model_id="sd15-random", resolution=512, steps=2, guidance=7.5, prompts=1, pools=[8]),
+    "tiny": dict(model_id="tiny", resolution=128, steps=20, guidance=7.5, prompts=8, batch_size=4, pools=[2, "full"]),
+    "sd15": dict(model_id="sd15-random", resolution=512, steps=2, guidance=7.5, prompts=1, batch_size=1, pools=[8]),
 }
 
 # -----------------------------------------------------------------------------
 
 
-def run_bare(pipe, prompts, seeds, resolution, steps, guidance):
-    generator = [torch.Generator().manual_seed(s) for s in seeds]
-    out = pipe(prompts, height=resolution, width=resolution, num_inference_steps=steps,
-               guidance_scale=guidance, generator=generator, output_type="np")
-    return out.images
+def run_bare(pipe, prompts, resolution, steps, guidance, batch_size):
+    """The diffusers pipeline over the same batches of prompts and seeds as ours."""
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        generator = [torch.Generator().manual_seed(start + b) for b in range(len(batch))]
+        pipe(batch, height=resolution, width=resolution, num_inference_steps=steps,
+             guidance_scale=guidance, generator=generator, output_type="np")
 
 
-def run_ours(model, prompts, seeds, resolution, steps, guidance, pool, unet_specs, vae_specs, path):
-    """Sample with capture, then write every trajectory into a fresh store at `path`."""
-    result = sample(model, prompts, seeds, resolution, steps, guidance, 0.0, unet_specs, vae_specs, pool, "cond")
-    side = resolution // model.vae_scale_factor
-    layout = store.StoreLayout(
-        trajectories=len(prompts),
-        timesteps=result.timesteps,
-        halves=["cond"],
-        unet=unet_specs,
-        vae=vae_specs,
-        pool=pool,
-        resolution=resolution,
-        latent_shape=(model.latent_channels, side, side),
-    )
-    root = store.create(path, layout, dict(fingerprint="benchmark", pool=pool), overwrite=True)
-    images = result.images_uint8()
-    for b in range(len(prompts)):
-        store.write_trajectory(
-            root, b,
-            {name: x[b] for name, x in result.unet.items()},
-            {name: x[b] for name, x in result.vae.items()},
-            images[b], result.noise[b], result.latents[b],
-        )  # fmt: skip
-    return root
+def run_ours(model, params, path):
+    """The `sample` stage itself (planning, capture, store creation, background writes), on a loaded model."""
+    run_sample(params, path, overwrite=True, progress=False, model=model)
+    return store.open_store(path)
 
 
 def store_sizes(root, path, trajectories):
@@ -110,25 +101,26 @@ def bench(name, case, repeats, tmp):
     pipe.set_progress_bar_config(disable=True)
     print(f"loaded in {time.perf_counter() - t0:.1f} s, torch threads {torch.get_num_threads()}", flush=True)
 
-    R, S, G = case["resolution"], case["steps"], case["guidance"]
+    R, S, G, B = case["resolution"], case["steps"], case["guidance"], case["batch_size"]
     prompts = PROMPTS[: case["prompts"]]
-    seeds = list(range(len(prompts)))
-    unet_specs = unet_layers(model.unet.config, R, model.vae_scale_factor)
-    vae_specs = vae_layers(model.vae.config, R)
-    for pool in case["pools"]:
-        check_pool(unet_specs, pool, "UNet")
-        check_pool(vae_specs, pool, "VAE")
+    prompts_file = Path(tmp) / f"{name}-prompts.txt"
+    prompts_file.write_text("\n".join(prompts) + "\n")
+
+    def params(pool):
+        sample = dict(prompts=str(prompts_file), trajectories=len(prompts), steps=S, guidance=G, resolution=R,
+                      pool=pool, batch_size=B, seed=0)
+        return parse_params({"model": {"id": case["model_id"], "device": "cpu"}, "sample": sample})
 
     times = {"A": []} | {pool: [] for pool in case["pools"]}
     sizes = {}
     for rep in range(repeats + 1):  # rep 0 is the warm-up
-        dt, _ = timed(run_bare, pipe, prompts, seeds, R, S, G)
+        dt, _ = timed(run_bare, pipe, prompts, R, S, G, B)
         line = [f"A {dt:7.2f}s"]
         if rep:
             times["A"].append(dt)
         for pool in case["pools"]:
             path = Path(tmp) / f"{name}-pool{pool}.zarr"
-            dt, root = timed(run_ours, model, prompts, seeds, R, S, G, pool, unet_specs, vae_specs, path)
+            dt, root = timed(run_ours, model, params(pool), path)
             line.append(f"B[pool {pool}] {dt:7.2f}s")
             if rep:
                 times[pool].append(dt)

@@ -38,8 +38,11 @@ def _halves(params: Params) -> list[str]:
     return names
 
 
-def run_sample(params: Params, out: str | Path, overwrite: bool = False, progress: bool = True) -> Path:
-    """Fill (or resume) the feature store at ``out``; returns its path."""
+def run_sample(params: Params, out: str | Path, overwrite: bool = False, progress: bool = True, model=None) -> Path:
+    """Fill (or resume) the feature store at ``out``; returns its path.
+
+    ``model``: an already loaded :class:`SDModel` matching ``params.model`` (benchmarks, notebooks).
+    """
     cfg = params.sample
     out = Path(out)
     halves = _halves(params)
@@ -70,7 +73,7 @@ def run_sample(params: Params, out: str | Path, overwrite: bool = False, progres
     elif out.exists() and any(out.iterdir()) and not overwrite:
         raise store.StoreError(f"{out} exists and is not a feature store; remove it or choose another --out")
 
-    model = load_model(params.model)
+    model = model if model is not None else load_model(params.model)
     too_long = [p for p, n in zip(unique_prompts, prompt_token_lengths(model, unique_prompts)) if n > 77]
     if too_long:
         raise SampleInputError(f"{len(too_long)} prompt(s) exceed CLIP's 77 tokens, e.g. {too_long[0]!r}; shorten them")
@@ -126,35 +129,32 @@ def run_sample(params: Params, out: str | Path, overwrite: bool = False, progres
     if done.all():
         log.info("%s is complete (%d trajectories); nothing to do", out, len(done))
     bar = tqdm(total=int((~done).sum()), desc="trajectories", unit="traj", disable=not progress)
-    for batch in todo:
-        result = sample(
-            model,
-            [t.prompt for t in batch],
-            [t.seed for t in batch],
-            cfg.resolution,
-            cfg.steps,
-            cfg.guidance,
-            cfg.eta,
-            unet_specs,
-            vae_specs,
-            cfg.pool,
-            cfg.halves,
-            progress=progress,
-        )
-        images = result.images_uint8()
-        for b, trajectory in enumerate(batch):
-            if done[trajectory.index]:
-                continue
-            store.write_trajectory(
-                root,
-                trajectory.index,
-                {name: x[b] for name, x in result.unet.items()},
-                {name: x[b] for name, x in result.vae.items()},
-                images[b],
-                result.noise[b],
-                result.latents[b],
+    with store.BatchWriter(root, background=model.device.type != "cpu") as writer:
+        for batch in todo:
+            result = sample(
+                model,
+                [t.prompt for t in batch],
+                [t.seed for t in batch],
+                cfg.resolution,
+                cfg.steps,
+                cfg.guidance,
+                cfg.eta,
+                unet_specs,
+                vae_specs,
+                cfg.pool,
+                cfg.halves,
+                progress=progress,
             )
-            bar.update(1)
+            keep = [b for b, t in enumerate(batch) if not done[t.index]]
+            writer.submit(
+                [batch[b].index for b in keep],
+                {name: x[keep].numpy() for name, x in result.unet.items()},
+                {name: x[keep].numpy() for name, x in result.vae.items()},
+                result.images_uint8()[keep].numpy(),
+                result.noise[keep].numpy(),
+                result.latents[keep].numpy(),
+            )
+            bar.update(len(keep))
     bar.close()
     return out
 

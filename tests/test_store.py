@@ -67,30 +67,31 @@ def test_interrupted_run_resumes_to_the_same_store(prompts_dir, tmp_path, monkey
     run_sample(params, tmp_path / "full.zarr", progress=False)
 
     calls = {"n": 0}
-    original = store.write_trajectory
+    original = store.write_trajectories
 
-    def crash_midway(root, index, unet, vae, *rest):
+    def crash_midway(root, indices, unet, *rest):
         calls["n"] += 1
-        if calls["n"] == 3:  # write some arrays of the 3rd trajectory, then die
-            root[f"unet/{next(iter(unet))}"][index] = np.asarray(next(iter(unet.values())))
+        if calls["n"] == 2:  # the 2nd batch: write one array of it, then die
+            name, value = next(iter(unet.items()))
+            root[f"unet/{name}"][indices[0] : indices[-1] + 1] = value
             raise KeyboardInterrupt
-        original(root, index, unet, vae, *rest)
+        original(root, indices, unet, *rest)
 
-    monkeypatch.setattr(store, "write_trajectory", crash_midway)
+    monkeypatch.setattr(store, "write_trajectories", crash_midway)
     with pytest.raises(KeyboardInterrupt):
         run_sample(params, tmp_path / "part.zarr", progress=False)
     assert store.complete_mask(store.open_store(tmp_path / "part.zarr")).tolist() == [True, True, False, False, False]
     before = _arrays(tmp_path / "part.zarr")
-    monkeypatch.setattr(store, "write_trajectory", original)
 
     written = []
-    monkeypatch.setattr(store, "write_trajectory", lambda root, i, *a: (written.append(i), original(root, i, *a)))
+    monkeypatch.setattr(store, "write_trajectories", lambda root, i, *a: (written.append(list(i)), original(root, i, *a)))
     run_sample(params, tmp_path / "part.zarr", progress=False)
-    assert written == [2, 3, 4]  # only the incomplete ones
+    assert written == [[2, 3], [4]]  # only the incomplete ones
     _assert_equal_stores(tmp_path / "full.zarr", tmp_path / "part.zarr")
     after = _arrays(tmp_path / "part.zarr")
     for key in before:  # completed trajectories untouched
-        np.testing.assert_array_equal(before[key][:2], after[key][:2]) if before[key].shape[:1] == (5,) else None
+        if before[key].shape[:1] == (5,):
+            np.testing.assert_array_equal(before[key][:2], after[key][:2])
 
     written.clear()
     run_sample(params, tmp_path / "part.zarr", progress=False)  # complete: nothing to do
@@ -200,3 +201,27 @@ def test_corrupt_store_message(tmp_path):
         store.open_store(bad)
     with pytest.raises(store.StoreError, match="no zarr.json"):
         store.open_store(tmp_path)
+
+
+def test_partly_complete_batch_writes_only_the_missing(prompts_dir, tmp_path, monkeypatch):
+    """Resuming a batch whose first trajectory is complete rewrites only the second."""
+    params = small_params(prompts_dir, trajectories=4)
+    out = run_sample(params, tmp_path / "f.zarr", progress=False)
+    reference = _arrays(out)
+    root = store.open_store(out, mode="r+")
+    root["complete"][3] = False
+    root["images"][3] = 0
+    root["images"][2] = 7  # a completed trajectory must not be rewritten
+    written = []
+    original = store.write_trajectories
+    monkeypatch.setattr(store, "write_trajectories", lambda r, i, *a: (written.append(list(i)), original(r, i, *a)))
+    run_sample(params, out, progress=False)
+    assert written == [[3]]
+    after = _arrays(out)
+    np.testing.assert_array_equal(after["images"][3], reference["images"][3])
+    assert (after["images"][2] == 7).all()
+
+
+def test_runs_of_indices():
+    assert store._runs([2, 3, 4, 7, 9, 10]) == [(0, 2, 5), (3, 7, 8), (4, 9, 11)]
+    assert store._runs([5]) == [(0, 5, 6)]
