@@ -1,3 +1,4 @@
+import pytest
 from typer.testing import CliRunner
 
 from diffsketch.cli import app
@@ -45,3 +46,25 @@ def test_clear_errors_exit_1_without_traceback(prompts_dir, tmp_path):
         assert "Traceback" not in result.output
     result = runner.invoke(app, ["inspect", str(tmp_path)])
     assert result.exit_code == 1 and "not a diffsketch feature store" in result.output
+
+
+def test_analyze_then_report_regenerates_without_recomputing(tmp_path, monkeypatch):
+    from test_analysis import synthetic_store
+
+    import diffsketch.analysis
+
+    synthetic_store(tmp_path / "s.zarr")
+    params = _params(tmp_path, "analyze: {pca_dims: 5, k_min: 2, k_max: 6, k: auto}\n")
+    folders = ["--results", str(tmp_path / "res"), "--timesteps", str(tmp_path / "t.json"), "--reports", str(tmp_path / "rep")]
+    result = runner.invoke(app, ["analyze", "-p", params, "--store", str(tmp_path / "s.zarr"), "--no-progress", *folders])
+    assert result.exit_code == 0, result.output
+    assert "k=4" in result.output and (tmp_path / "t.json").is_file()
+    result = runner.invoke(app, ["analyze", "-p", params, "--store", str(tmp_path / "s.zarr"), "-S", "analyze.k_max=30", *folders])
+    assert result.exit_code == 1 and "k_max=30 must be below" in result.output
+    (tmp_path / "rep" / "index.html").unlink()
+    monkeypatch.setattr(diffsketch.analysis, "analyze", lambda *a, **k: pytest.fail("report must not recompute"))
+    result = runner.invoke(app, ["report", "--results", str(tmp_path / "res"), "--reports", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert "pca-timestep" in (tmp_path / "rep" / "index.html").read_text()
+    result = runner.invoke(app, ["report", "--results", str(tmp_path / "nothing")])
+    assert result.exit_code == 1 and "no saved analysis" in result.output
