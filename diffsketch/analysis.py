@@ -54,6 +54,7 @@ class FeatureReader:
     root: object
     layers: list[str]
     half: int
+    timesteps: np.ndarray  # (T,) in denoising order
     scales: dict[str, float] = field(default_factory=dict)
     means: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -63,11 +64,7 @@ class FeatureReader:
         halves = list(root.attrs["halves"])
         half = halves.index("cond") if "cond" in halves else 0
         layers = [spec["name"] for spec in root.attrs["unet_layers"]]
-        return cls(root, layers, half)
-
-    @property
-    def timesteps(self) -> np.ndarray:
-        return np.asarray(self.root["timesteps"][:])
+        return cls(root, layers, half, np.asarray(root["timesteps"][:]))
 
     @property
     def trajectories(self) -> np.ndarray:

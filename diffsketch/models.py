@@ -33,32 +33,6 @@ SD_SCHEDULER_CONFIG = dict(
     timestep_spacing="leading",
 )
 
-# Same block layout as SD 1.x (block_out_channels (320, 640, 1280, 1280), 2 layers per block,
-# attention in the first three down / last three up blocks), just narrow.
-TINY_UNET_CONFIG = dict(
-    sample_size=16,
-    in_channels=4,
-    out_channels=4,
-    block_out_channels=(32, 32, 64, 64),
-    layers_per_block=2,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32,
-    attention_head_dim=4,
-    norm_num_groups=8,
-)
-TINY_VAE_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    latent_channels=4,
-    block_out_channels=(16, 16, 32, 32),
-    layers_per_block=2,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    norm_num_groups=8,
-    sample_size=128,
-    scaling_factor=0.18215,
-)
 # The full-size SD 1.5 architecture (for shape checks on the meta device and random-weight timings).
 SD15_UNET_CONFIG = dict(
     sample_size=64,
@@ -97,16 +71,14 @@ SD15_TEXT_CONFIG = dict(
     eos_token_id=49407,
     pad_token_id=49407,
 )
-TINY_TEXT_CONFIG = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_attention_heads=4,
-    num_hidden_layers=2,
-    vocab_size=49408,
-    max_position_embeddings=77,
-    bos_token_id=49406,
-    eos_token_id=49407,
-    pad_token_id=49407,
+# The tiny model: SD 1.5's exact block layout (4 blocks of 2 layers, attention in the first three
+# down / last three up blocks, 77-token CLIP), only narrow.
+TINY_UNET_CONFIG = SD15_UNET_CONFIG | dict(
+    sample_size=16, block_out_channels=(32, 32, 64, 64), cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8
+)
+TINY_VAE_CONFIG = SD15_VAE_CONFIG | dict(block_out_channels=(16, 16, 32, 32), norm_num_groups=8, sample_size=128)
+TINY_TEXT_CONFIG = SD15_TEXT_CONFIG | dict(
+    hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, projection_dim=512
 )
 
 
@@ -208,10 +180,6 @@ def build_random(arch: str = "tiny", seed: int = 0) -> dict:
         tokenizer=clip_tokenizer(),
         scheduler=DDIMScheduler(**SD_SCHEDULER_CONFIG),
     )
-
-
-def build_tiny(seed: int = 0) -> dict:
-    return build_random("tiny", seed)
 
 
 def _looks_like_path(model_id: str) -> bool:

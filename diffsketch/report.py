@@ -106,16 +106,6 @@ def _marker_size(n: int) -> float:
     return float(np.clip(3000 / max(n, 1), 1.0, 25.0))
 
 
-def _chosen_k_index(result: AnalysisResult) -> int | None:
-    at_k = np.flatnonzero(result.k_values == result.k)
-    return int(at_k[0]) if len(at_k) else None
-
-
-def _silhouette_at_k(result: AnalysisResult) -> float:
-    i = _chosen_k_index(result)
-    return float(result.silhouette[i]) if i is not None else float("nan")
-
-
 # --- figures --------------------------------------------------------------------------------------
 
 
@@ -338,7 +328,7 @@ def summary_table(result: AnalysisResult) -> str:
         ["strategy", meta.get("strategy", "—")],
         ["layer weighting", meta.get("layer_weighting", "—")],
         ["chosen k", f"{result.k} (best silhouette k_auto = {k_auto}, elbow knee_k = {knee_k})"],
-        ["silhouette at chosen k", f"{_silhouette_at_k(result):.3f}"],
+        ["silhouette at chosen k", f"{result.metrics()['silhouette']:.3f}"],
         ["chosen timesteps", chosen],
     ]
     return _table_html("summary", ["", "value"], rows)
