@@ -31,9 +31,18 @@ def _expected_errors():
     from diffsketch.collect import SampleInputError
     from diffsketch.models import ModelLoadError
     from diffsketch.prompts import PromptsError
+    from diffsketch.example import ExampleError
+    from diffsketch.generator import GeneratorLoadError
+    from diffsketch.losses import LossSetupError
+    from diffsketch.prior import PriorError
     from diffsketch.store import StoreError
+    from diffsketch.styles import StyleError
+    from diffsketch.training import TrainInputError
 
-    return (ParamsError, SampleInputError, ModelLoadError, PromptsError, StoreError, AnalysisInputError)
+    return (
+        ParamsError, SampleInputError, ModelLoadError, PromptsError, StoreError, AnalysisInputError,
+        PriorError, ExampleError, StyleError, LossSetupError, TrainInputError, GeneratorLoadError,
+    )  # fmt: skip
 
 
 @contextmanager
@@ -88,6 +97,45 @@ def analyze(
         page = write_report(result, reports)
     chosen = result.timesteps_json()
     typer.echo(f"k={chosen['k']} timesteps {chosen['timesteps']} -> {timesteps}; report {page}")
+
+
+@app.command()
+def prior(
+    params: ParamsOption = Path("params.yaml"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="where to save the prior")] = Path("models/prior.safetensors"),
+    set_: SetOption = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Fit the text-condition prior (PCA-Gaussian of CLIP text embeddings) that CDST samples from."""
+    from diffsketch.prior import run_prior
+
+    with _clean_errors():
+        fitted = run_prior(load_params(params, set_), out, progress=progress)
+    typer.echo(
+        f"prior: {fitted.meta['captions']} captions, {fitted.n_components} components "
+        f"({100 * fitted.meta['explained_variance_ratio']:.1f}% of the variance) -> {out}"
+    )
+
+
+@app.command()
+def train(
+    params: ParamsOption = Path("params.yaml"),
+    timesteps: Annotated[Path, typer.Option(help="representative timesteps from `analyze`")] = Path("data/timesteps.json"),
+    prior_path: Annotated[Path, typer.Option("--prior", help="text prior from `prior`")] = Path("models/prior.safetensors"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="trained generator weights")] = Path("models/generator.safetensors"),
+    checkpoints: Annotated[Path, typer.Option(help="folder of resumable checkpoints")] = Path("models/checkpoints"),
+    live: Annotated[Path, typer.Option(help="dvclive folder: loss curves, sample grids")] = Path("reports/train"),
+    overwrite: Annotated[bool, typer.Option(help="discard checkpoints made with other settings")] = False,
+    set_: SetOption = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Train the sketch generator on the one example with CDST (resumes from the latest checkpoint)."""
+    from diffsketch.training import TrainPaths, run_train
+
+    paths = TrainPaths(timesteps=timesteps, prior=prior_path, generator=out, checkpoints=checkpoints, live=live)
+    with _clean_errors():
+        record = run_train(load_params(params, set_), paths, overwrite=overwrite, progress=progress)
+    typer.echo(f"final loss {record.get('loss', float('nan')):.4f} (L1 {record.get('l1', float('nan')):.4f}) -> {out}")
 
 
 @app.command()

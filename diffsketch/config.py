@@ -93,10 +93,69 @@ class AnalyzeConfig(_Section):
         return self
 
 
+class ExampleConfig(_Section):
+    """The one (image, sketch) example the generator learns the style from (issue 4)."""
+
+    prompt: str = Field("a photo of a horse in mud", description="prompt of the example image (and the CDST pivot condition)")
+    seed: int = Field(50, ge=0, description="seed of the generated example image")
+    image: str | None = Field(
+        None, description="a real photo to bring in by DDIM inversion; null = generate the image from prompt and seed"
+    )
+    sketch: str = Field(
+        "xdog", description="a built-in style (xdog, canny, dog, hed, anime) applied to the image, or the path of a drawing"
+    )
+    style_weights: str | None = Field(None, description="weights file for the hed or anime style")
+
+
+class PriorConfig(_Section):
+    """The `prior` stage: a Gaussian over CLIP text embeddings, for CDST's random conditions."""
+
+    captions: str = Field("data/captions", description="folder of .txt files (one caption per line), or one .txt file")
+    components: int = Field(512, ge=1, description="PCA components kept (the paper's 512); needs more captions than this")
+    seed: int = Field(0, ge=0)
+
+
+class LossConfig(_Section):
+    """Loss weights and the frozen networks behind the perceptual terms."""
+
+    l1: float = Field(30.0, ge=0, description="L1 between the generated and the example sketch")
+    lpips: float = Field(15.0, ge=0, description="LPIPS between the generated and the example sketch")
+    clip: float = Field(30.0, ge=0, description="CLIP reconstruction, 1 - cos")
+    across: float = Field(1.0, ge=0, description="directional CLIP across domains (sketch - image)")
+    within: float = Field(1.0, ge=0, description="directional CLIP within domains (new - example)")
+    clip_model: str = Field(
+        "auto",
+        description="'auto' (ViT-B-32:openai when its weights are available, else tiny), 'tiny', "
+        "'<open_clip arch>:<pretrained tag or local checkpoint>'",
+    )
+    lpips_net: Literal["auto", "alex", "random"] = Field(
+        "auto", description="'auto' (AlexNet when its torchvision weights are cached, else random), 'alex', 'random'"
+    )
+
+
+class TrainConfig(_Section):
+    """The `train` stage: one-shot training of the sketch generator with CDST."""
+
+    iterations: int = Field(1200, ge=1)
+    batch: int = Field(1, ge=1, description="freshly sampled images per iteration")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate")
+    cdst_horizon: int = Field(1000, ge=0, description="iterations over which conditions drift from the example to random")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="generator autocast: auto (bf16 on cuda if supported, else fp32), fp32, bf16, fp16 (with loss scaling)"
+    )
+    checkpoint_every: int = Field(100, ge=1, description="save a resumable checkpoint every N iterations")
+    sample_every: int = Field(100, ge=1, description="save a grid of (sampled image, generated sketch) every N iterations")
+    seed: int = Field(0, ge=0, description="seeds the random conditions, noise and generator initialisation")
+
+
 class Params(_Section):
     model: ModelConfig = ModelConfig()
     sample: SampleConfig = SampleConfig()
     analyze: AnalyzeConfig = AnalyzeConfig()
+    example: ExampleConfig = ExampleConfig()
+    prior: PriorConfig = PriorConfig()
+    losses: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
 
 
 class ParamsError(ValueError):

@@ -83,13 +83,23 @@ class FeatureCapture:
 
     Used as a context manager; hooks are removed on exit. ``halves`` names the classifier-free
     guidance halves to keep when the batch is ``[uncond; cond]`` (``"single"``: a batch without
-    CFG; ``None``: no halves axis). After a run, ``stacked()`` gives ``{name: (B, calls, halves,
-    C, g, g)}``, or ``{name: (B, calls, C, g, g)}`` with ``halves=None``.
+    CFG; ``None``: no halves axis). ``keep`` lists the forward calls (0-based: the denoising step
+    indices) to keep; the default keeps every call. After a run, ``stacked()`` gives ``{name: (B,
+    calls, halves, C, g, g)}``, or ``{name: (B, calls, C, g, g)}`` with ``halves=None``.
     """
 
-    def __init__(self, root: torch.nn.Module, specs: list[LayerSpec], pool: int | str, halves: str | None = None):
+    def __init__(
+        self,
+        root: torch.nn.Module,
+        specs: list[LayerSpec],
+        pool: int | str,
+        halves: str | None = None,
+        keep: list[int] | None = None,
+    ):
         self.root, self.specs, self.pool, self.halves = root, specs, pool, halves
+        self.keep = None if keep is None else set(keep)
         self.buffers: dict[str, list[torch.Tensor]] = defaultdict(list)
+        self.calls: dict[str, int] = defaultdict(int)
         self.enabled = True
         self._handles = []
 
@@ -97,7 +107,9 @@ class FeatureCapture:
         grid = spec.grid(self.pool)
 
         def hook(module, inputs, output):
-            if not self.enabled:
+            call = self.calls[spec.name]
+            self.calls[spec.name] += 1
+            if not self.enabled or (self.keep is not None and call not in self.keep):
                 return
             x = pool_features(output.detach(), grid).to(torch.float16)
             if self.halves is not None:

@@ -67,14 +67,15 @@ def ddim_loop(
     callback: StepCallback | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Denoise ``latents`` with DDIM; CFG batches are ``[uncond; cond]`` as in diffusers.
+    """Denoise ``latents`` with DDIM; CFG batches are ``[uncond; cond]`` as in diffusers
+    (guidance is applied whenever ``uncond`` is given).
 
     ``callback(i, t, latents, pred_x0)`` runs after each step. With ``eta > 0`` the per-step
     noise of trajectory b comes from a generator seeded with ``seeds[b] + 1``.
     """
     sched = model.scheduler
     sched.set_timesteps(steps, device=model.device)
-    do_cfg = guidance > 1.0
+    do_cfg = uncond is not None
     context = torch.cat([uncond, cond]) if do_cfg else cond
     latents = latents.to(model.device, model.dtype) * sched.init_noise_sigma
     generators = [torch.Generator("cpu").manual_seed(s + 1) for s in seeds] if eta > 0 and seeds else None
@@ -120,12 +121,38 @@ def sample(
     features while the final latent is decoded."""
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
-    noise = initial_noise(model, seeds, resolution)
-    cond = encode_prompts(model, prompts)
-    uncond = encode_prompts(model, [""] * len(prompts)) if guidance > 1.0 else None
     if guidance <= 1.0 and halves != "cond":
         raise ValueError(f"sample.halves={halves!r} needs classifier-free guidance (guidance > 1)")
-    with FeatureCapture(model.unet, unet_specs or [], pool, halves if guidance > 1.0 else "single") as unet_cap:
+    cond = encode_prompts(model, prompts)
+    return sample_conditions(
+        model, cond, initial_noise(model, seeds, resolution), steps, guidance, eta, seeds,
+        unet_specs, vae_specs, pool, halves, cfg=guidance > 1.0, progress=progress,
+    )  # fmt: skip
+
+
+def sample_conditions(
+    model: SDModel,
+    cond: torch.Tensor,
+    noise: torch.Tensor,
+    steps: int,
+    guidance: float,
+    eta: float = 0.0,
+    seeds: list[int] | None = None,
+    unet_specs: list[LayerSpec] | None = None,
+    vae_specs: list[LayerSpec] | None = None,
+    pool: int | str = "full",
+    halves: str = "cond",
+    cfg: bool = True,
+    keep: list[int] | None = None,
+    on_cpu: bool = True,
+    progress: bool = False,
+) -> SampleResult:
+    """Sample from text embeddings ``cond`` (B, 77, D) and initial ``noise``; the unconditional
+    half is the empty prompt. ``cfg=True`` runs the ``[uncond; cond]`` batch even at guidance 1 (so
+    both halves' features exist); ``keep`` limits UNet capture to those step indices. With
+    ``on_cpu=False`` features stay on the model's device (training reads them there)."""
+    uncond = encode_prompts(model, [""] * len(cond)) if cfg else None
+    with FeatureCapture(model.unet, unet_specs or [], pool, halves if cfg else "single", keep) as unet_cap:
         latents = ddim_loop(model, noise, cond, uncond, steps, guidance, eta, seeds, progress=progress)
     with FeatureCapture(model.vae, vae_specs or [], pool) as vae_cap:
         images = decode(model, latents)
@@ -134,8 +161,8 @@ def sample(
         latents=latents.float().cpu(),
         noise=noise,
         timesteps=[int(t) for t in model.scheduler.timesteps],
-        unet={k: v.cpu() for k, v in unet_cap.stacked().items()},
-        vae={k: v[:, 0].cpu() for k, v in vae_cap.stacked().items()},
+        unet={k: v.cpu() if on_cpu else v for k, v in unet_cap.stacked().items()},
+        vae={k: v[:, 0].cpu() if on_cpu else v[:, 0] for k, v in vae_cap.stacked().items()},
     )
 
 

@@ -1,0 +1,179 @@
+"""One-shot training: inputs checked before the model loads, exact resume, dvclive outputs."""
+
+import json
+
+import pytest
+import torch
+
+from diffsketch.config import parse_params
+from diffsketch.prior import fit_prior
+from diffsketch.training import TrainInputError, TrainPaths, run_train
+
+
+def make_params(**sections):
+    settings = {
+        "model": {"id": "tiny", "device": "cpu"},
+        "sample": {"steps": 4, "resolution": 64, "guidance": 5.0},
+        "example": {"prompt": "a photo of a horse in mud", "seed": 50, "sketch": "xdog"},
+        "losses": {"clip_model": "tiny", "lpips_net": "random"},
+        "train": {"iterations": 4, "checkpoint_every": 2, "sample_every": 2, "lr": 1e-3, "cdst_horizon": 3},
+    }
+    for section, values in sections.items():
+        settings[section] = {**settings.get(section, {}), **values}
+    return parse_params(settings)
+
+
+def prepare(folder, model="tiny", steps=4, indices=(0, 2)):
+    """A timesteps.json and a text prior, as `analyze` and `prior` would write them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "timesteps.json").write_text(
+        json.dumps(dict(model=model, steps=steps, ddim_indices=list(indices), timesteps=[981, 501], k=len(indices)))
+    )
+    embeddings = torch.randn(20, 77, 32, generator=torch.Generator().manual_seed(0))
+    fit_prior(embeddings, 8, meta={"model": model}).save(folder / "prior.safetensors")
+    return TrainPaths(
+        timesteps=folder / "timesteps.json",
+        prior=folder / "prior.safetensors",
+        generator=folder / "models" / "generator.safetensors",
+        checkpoints=folder / "models" / "checkpoints",
+        live=folder / "reports" / "train",
+    )
+
+
+def _state(paths):
+    from diffsketch.generator import load_generator
+
+    gen, meta = load_generator(paths.generator)
+    return gen.state_dict(), meta
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny, tmp_path):
+    params = make_params()
+    straight = prepare(tmp_path / "straight")
+    run_train(params, straight, progress=False, model=tiny)
+    expected, meta = _state(straight)
+    assert meta["ddim_indices"] == [0, 2] and meta["iterations"] == 4 and meta["model"] == "tiny"
+
+    interrupted = prepare(tmp_path / "interrupted")
+
+    def crash(i, record):
+        if i == 2:  # iteration 3 ran but its checkpoint (at 4) was never written
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_train(params, interrupted, progress=False, model=tiny, on_iteration=crash)
+    assert not interrupted.generator.exists()
+    assert sorted(p.name for p in interrupted.checkpoints.iterdir()) == ["checkpoint-000002.safetensors"]
+    run_train(params, interrupted, progress=False, model=tiny)
+    resumed, _ = _state(interrupted)
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+
+    # the dvclive log has each iteration once, even across the interruption
+    l1 = (interrupted.live / "plots" / "metrics" / "train" / "l1.tsv").read_text().splitlines()
+    assert [row.split("\t")[0] for row in l1[1:]] == ["0", "1", "2", "3"]
+    straight_l1 = (straight.live / "plots" / "metrics" / "train" / "l1.tsv").read_text().splitlines()
+    assert l1 == straight_l1
+
+    # more iterations later: resumes from the final checkpoint instead of starting over
+    longer = run_train(params.model_copy(update={"train": params.train.model_copy(update={"iterations": 5})}),
+                       interrupted, progress=False, model=tiny)  # fmt: skip
+    assert longer["cdst_weight"] == 0.0  # iteration 4 is past the horizon of 3
+
+
+def test_changed_settings_refuse_to_resume_unless_overwrite(tiny, tmp_path):
+    paths = prepare(tmp_path)
+    params = make_params(train={"iterations": 2})
+    run_train(params, paths, progress=False, model=tiny)
+    changed = make_params(train={"iterations": 2, "lr": 5e-4})
+    with pytest.raises(TrainInputError, match="other settings"):
+        run_train(changed, paths, progress=False, model=tiny)
+    run_train(changed, paths, overwrite=True, progress=False, model=tiny)
+    assert _state(paths)[1]["iterations"] == 2
+
+
+def test_outputs_metrics_and_sample_grids(tiny, tmp_path):
+    paths = prepare(tmp_path)
+    record = run_train(make_params(), paths, progress=False, model=tiny)
+    assert {"loss", "l1", "lpips", "clip", "across", "within", "cdst_weight"} <= set(record)
+    assert record["time_sampling"] > 0 and record["time_generator"] > 0 and record["time_losses"] > 0
+    metrics = json.loads((paths.live / "metrics.json").read_text())
+    assert metrics["step"] == 3 and "l1" in metrics["train"]
+    for term in ("loss", "l1", "lpips", "clip", "across", "within", "cdst_weight"):
+        rows = (paths.live / "plots" / "metrics" / "train" / f"{term}.tsv").read_text().splitlines()
+        assert len(rows) == 5, term
+    images = paths.live / "plots" / "images"
+    assert (images / "samples" / "iter_000002.png").is_file() and (images / "samples" / "iter_000004.png").is_file()
+    assert (images / "example" / "image.png").is_file() and (images / "example" / "sketch.png").is_file()
+    weights = json.loads((tmp_path / "models" / "generator.json").read_text())
+    assert weights["meta"]["clip"] == "tiny" and weights["meta"]["lpips_backbone"] == "random"
+
+
+def test_generator_learns_the_example(tiny, tmp_path):
+    """On the tiny model the L1 to the example sketch at least halves within a short run."""
+    paths = prepare(tmp_path)
+    params = make_params(train={"iterations": 30, "checkpoint_every": 100, "sample_every": 100, "lr": 3e-3})
+    run_train(params, paths, progress=False, model=tiny)
+    rows = (paths.live / "plots" / "metrics" / "train" / "l1.tsv").read_text().splitlines()[1:]
+    l1 = [float(r.split("\t")[-1]) for r in rows]
+    assert l1[-1] < 0.5 * l1[0], l1
+    loss = [float(r.split("\t")[-1]) for r in (paths.live / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()[1:]]
+    assert loss[-1] < loss[0]
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Input errors must come before the model loads."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr("diffsketch.training.load_model", refuse)
+
+
+def test_bad_inputs_fail_before_the_model_loads(tmp_path, no_model_load):
+    paths = prepare(tmp_path)
+    params = make_params()
+    with pytest.raises(TrainInputError, match="run the analyze stage"):
+        run_train(params, TrainPaths(timesteps=tmp_path / "none.json", prior=paths.prior), progress=False)
+    other = prepare(tmp_path / "other", model="sd15-random")
+    with pytest.raises(TrainInputError, match="analysed for model 'sd15-random'"):
+        run_train(params, TrainPaths(timesteps=other.timesteps, prior=paths.prior), progress=False)
+    with pytest.raises(TrainInputError, match="fitted with model 'sd15-random'"):
+        run_train(params, TrainPaths(timesteps=paths.timesteps, prior=other.prior), progress=False)
+    with pytest.raises(TrainInputError, match="sample.steps=6"):
+        run_train(make_params(sample={"steps": 6}), paths, progress=False)
+
+    from diffsketch.example import ExampleError
+
+    with pytest.raises(ExampleError, match="77"):
+        run_train(make_params(example={"prompt": "a horse " * 60}), paths, progress=False)
+    with pytest.raises(ExampleError, match="neither a built-in style"):
+        run_train(make_params(example={"sketch": "sketchy"}), paths, progress=False)
+    with pytest.raises(ExampleError, match="missing.png"):
+        run_train(make_params(example={"sketch": str(tmp_path / "missing.png")}), paths, progress=False)
+    with pytest.raises(ExampleError, match="style_weights"):
+        run_train(make_params(example={"sketch": "hed"}), paths, progress=False)
+
+    from PIL import Image
+
+    Image.new("RGBA", (80, 40), (0, 0, 0, 0)).save(tmp_path / "wide.png")
+    with pytest.raises(ExampleError, match="80x40"):
+        run_train(make_params(example={"sketch": str(tmp_path / "wide.png")}), paths, progress=False)
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ExampleError, match="corrupt.png"):
+        run_train(make_params(example={"sketch": str(tmp_path / "corrupt.png")}), paths, progress=False)
+
+
+def test_drawing_file_in_any_mode_is_accepted(tiny, tmp_path):
+    """An RGBA drawing of another size (square, like the generated source) trains."""
+    from PIL import Image, ImageDraw
+
+    drawing = Image.new("RGBA", (100, 100), (0, 0, 0, 0))
+    ImageDraw.Draw(drawing).line((10, 10, 90, 90), fill=(0, 0, 0, 255), width=3)
+    drawing.save(tmp_path / "drawing.png")
+    paths = prepare(tmp_path)
+    params = make_params(example={"sketch": str(tmp_path / "drawing.png")}, train={"iterations": 1})
+    record = run_train(params, paths, progress=False, model=tiny)
+    assert record["l1"] > 0
