@@ -19,6 +19,7 @@ real networks (name them explicitly to make a missing download an error).
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import torch
@@ -138,7 +139,8 @@ def load_lpips(net: str, device: torch.device | str = "cpu") -> nn.Module:
             "fallback, values not comparable to published LPIPS)",
             Path(torch.hub.get_dir()) / "checkpoints",
         )
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(pretrained|weights).*", category=UserWarning)  # lpips's legacy call
         torch.manual_seed(0)
         model = lpips.LPIPS(net="alex", pnet_rand=not real, verbose=False)
     model.backbone = "alex" if real else "random"

@@ -227,6 +227,28 @@ def _grid(images: torch.Tensor, sketches: torch.Tensor, example: Example, pred_e
     return _uint8(make_grid(torch.cat(rows).clamp(0, 1), nrow=3, padding=2, pad_value=1.0))
 
 
+def _live(folder: Path, resume: bool):
+    """A dvclive logger that writes only its folder (the stage's dvc.yaml declares the plots).
+
+    dvclive 3.49 raises ``SCMError: Empty git repo`` inside a git repo without commits (a fresh
+    ``git init && dvc init && dvc repro``; treeverse/dvclive#522); such a repo is treated like
+    one without git.
+    """
+    from dvclive import Live
+    from scmrepo.exceptions import SCMError
+
+    class _Live(Live):
+        def _init_dvc(self):
+            try:
+                super()._init_dvc()
+            except SCMError:
+                self._exp_name = self._exp_name or "train"
+                self._dvc_file = self._init_dvc_file()
+                self._save_dvc_exp = False
+
+    return _Live(str(folder), dvcyaml=False, save_dvc_exp=False, report=None, resume=resume)
+
+
 def check_train_inputs(params: Params, paths: TrainPaths) -> list[int]:
     """Everything checkable before the model loads: timesteps, prior, example, loss weights."""
     indices = read_timesteps(paths.timesteps, params)
@@ -253,8 +275,6 @@ def run_train(
     ``overwrite``: checkpoints made with other settings are deleted instead of refused.
     ``on_iteration(i, record)`` is called after each iteration (tests use it to interrupt a run).
     """
-    from dvclive import Live
-
     cfg = params.train
     indices = check_train_inputs(params, paths)
     prior = TextPrior.load(paths.prior)
@@ -289,7 +309,7 @@ def run_train(
         shutil.rmtree(paths.live, ignore_errors=True)
     if start > 0:
         _trim_live(paths.live, start)
-    live = Live(str(paths.live), dvcyaml=False, save_dvc_exp=False, report=None, resume=start > 0)
+    live = _live(paths.live, resume=start > 0)
     live.step = start
     if start == 0:
         live.log_params(dict(clip=clip.name, lpips_backbone=lpips_net.backbone, precision=trainer.precision, timesteps=indices))

@@ -43,12 +43,13 @@ def small_params(prompts, **sample):
 
 @pytest.fixture
 def repo_copy(tmp_path):
-    """A copy of the project's pipeline files (dvc.yaml, params.yaml, stages, prompts) in a fresh folder."""
+    """A copy of the project's pipeline files (dvc.yaml, params.yaml, stages, library, data) in a fresh folder."""
     dst = tmp_path / "repo"
     dst.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, dst / name)
     shutil.copytree(REPO / "stages", dst / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "diffsketch", dst / "diffsketch", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "data" / "prompts", dst / "data" / "prompts")
+    for data in ("prompts", "captions", "example"):
+        shutil.copytree(REPO / "data" / data, dst / "data" / data)
     return dst

@@ -37,6 +37,9 @@ def test_dvc_repro_and_param_granularity(repo_copy):
         _set(repo, "sample", key, value)
     for key, value in dict(pca_dims=3, k_min=2, k_max=3).items():
         _set(repo, "analyze", key, value)
+    _set(repo, "prior", "components", 8)
+    for key, value in dict(iterations=2, checkpoint_every=1, sample_every=1).items():
+        _set(repo, "train", key, value)
     _run(["git", "init", "-q"], repo)
     _dvc("init", "-q", cwd=repo)
     _dvc("repro", cwd=repo)
@@ -47,12 +50,24 @@ def test_dvc_repro_and_param_granularity(repo_copy):
     timesteps = json.loads((repo / "data" / "timesteps.json").read_text())
     assert timesteps["steps"] == 4 and 2 <= timesteps["k"] <= 3
     assert (repo / "reports" / "analysis" / "index.html").is_file()
+    assert (repo / "models" / "prior.safetensors").is_file()
+    assert json.loads((repo / "models" / "generator.json").read_text())["meta"]["iterations"] == 2
+    assert (repo / "reports" / "train" / "plots" / "images" / "samples" / "iter_000002.png").is_file()
     assert json.loads(_dvc("status", "--json", cwd=repo)) == {}
 
     metrics = json.loads(_dvc("metrics", "show", "--json", cwd=repo))
     assert "k" in json.dumps(metrics) and "silhouette" in json.dumps(metrics)
+    assert '"l1"' in json.dumps(metrics) and '"lpips"' in json.dumps(metrics)
     _dvc("plots", "show", "-o", "plots_html", cwd=repo)
-    assert (repo / "plots_html" / "index.html").is_file()
+    page = (repo / "plots_html" / "index.html").read_text()
+    assert "train/l1.tsv" in page and "iter_000002.png" in page
+
+    _set(repo, "train", "lr", 0.002)  # only training reads it
+    assert set(json.loads(_dvc("status", "--json", cwd=repo))) == {"train"}
+    _set(repo, "prior", "components", 6)  # the prior, and so training
+    assert set(json.loads(_dvc("status", "--json", cwd=repo))) == {"prior", "train"}
+    log = _dvc("repro", cwd=repo)
+    assert "Running stage 'sample'" not in log and "Running stage 'prior'" in log and "Running stage 'train'" in log
 
     _set(repo, "analyze", "seed", 3)  # a param `sample` does not read
     status = json.loads(_dvc("status", "--json", cwd=repo))
