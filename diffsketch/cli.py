@@ -32,16 +32,21 @@ def _expected_errors():
     from diffsketch.models import ModelLoadError
     from diffsketch.prompts import PromptsError
     from diffsketch.example import ExampleError
+    from diffsketch.export import ExportError
+    from diffsketch.extract import ExtractError
     from diffsketch.generator import GeneratorLoadError
     from diffsketch.losses import LossSetupError
     from diffsketch.prior import PriorError
     from diffsketch.store import StoreError
     from diffsketch.styles import StyleError
+    from diffsketch.pairs import PairsError
+    from diffsketch.student import StudentLoadError
     from diffsketch.training import TrainInputError
 
     return (
         ParamsError, SampleInputError, ModelLoadError, PromptsError, StoreError, AnalysisInputError,
-        PriorError, ExampleError, StyleError, LossSetupError, TrainInputError, GeneratorLoadError,
+        PriorError, ExampleError, StyleError, LossSetupError, TrainInputError, GeneratorLoadError, PairsError,
+        StudentLoadError, ExtractError, ExportError,
     )  # fmt: skip
 
 
@@ -139,6 +144,41 @@ def train(
 
 
 @app.command()
+def pairs(
+    params: ParamsOption = Path("params.yaml"),
+    generator: Annotated[Path, typer.Option(help="trained generator")] = Path("models/generator.safetensors"),
+    prior_path: Annotated[Path, typer.Option("--prior", help="text prior")] = Path("models/prior.safetensors"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="pairs store to write")] = Path("data/pairs.zarr"),
+    overwrite: Annotated[bool, typer.Option(help="replace a store made from another generator, prior or settings")] = False,
+    set_: SetOption = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Generate (image, sketch) pairs with the trained generator for distillation (resumable)."""
+    from diffsketch.pairs import run_pairs
+
+    with _clean_errors():
+        path = run_pairs(load_params(params, set_), generator, prior_path, out, overwrite=overwrite, progress=progress)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+def distill(
+    params: ParamsOption = Path("params.yaml"),
+    pairs_path: Annotated[Path, typer.Option("--pairs", help="pairs store from `pairs`")] = Path("data/pairs.zarr"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="student weights")] = Path("models/student.safetensors"),
+    live: Annotated[Path, typer.Option(help="dvclive folder")] = Path("reports/distill"),
+    set_: SetOption = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Train the fast image-to-sketch student on the generated pairs."""
+    from diffsketch.distillation import run_distill
+
+    with _clean_errors():
+        result = run_distill(load_params(params, set_), pairs_path, out, live, progress=progress)
+    typer.echo(f"held-out L1 {result['l1']:.4f} (blank output {result['blank_l1']:.4f}) -> {out}")
+
+
+@app.command()
 def report(
     results: Annotated[Path, typer.Option(help="folder of a saved analysis")] = Path("data/analysis"),
     reports: Annotated[Path, typer.Option(help="folder for the HTML report")] = Path("reports/analysis"),
@@ -173,3 +213,71 @@ def inspect(store: Annotated[Path, typer.Argument(help="feature store (.zarr fol
     width = max(len(name) for name, *_ in info["arrays"])
     for name, shape, dtype, chunks in info["arrays"]:
         typer.echo(f"  {name:<{width}}  {str(tuple(shape)):<28} {dtype:<8} chunks {tuple(chunks)}")
+
+
+@app.command()
+def extract(
+    inputs: Annotated[list[str], typer.Argument(help="image files, folders and glob patterns (quote patterns: 'photos/**/*.jpg')")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder: <stem>.png per image, folder sub-paths kept")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="student from the distill stage")] = Path("models/student.safetensors"),
+    size: Annotated[
+        int | None,
+        typer.Option(min=1, help="cap the long side: larger images are downscaled (antialiased) before the network, and the sketch is written at that reduced size"),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="consecutive images of the same size sketched in one forward pass")] = 8,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda")] = "auto",
+    transparent: Annotated[bool, typer.Option(help="RGBA PNG: black ink, alpha = 1 - sketch (transparent paper)")] = False,
+    threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="binarise: values below it become ink, the rest paper")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace existing outputs (default: skip them)")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="also look in the subfolders of folder inputs")] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Sketch images with the distilled student: one PNG per image, the size of the input.
+
+    Dark lines on white, 8-bit grey (or RGBA with --transparent). Folders give their .png .jpg .jpeg .bmp .tif .tiff .webp
+    files; a file named explicitly is always tried. Unreadable images are reported and skipped; exit status 1 if any failed.
+    """
+    from diffsketch.extract import run_extract
+
+    with _clean_errors():
+        report = run_extract(
+            inputs, out, model, size=size, batch_size=batch_size, device=device, transparent=transparent,
+            threshold=threshold, overwrite=overwrite, recursive=recursive, progress=progress,
+        )  # fmt: skip
+    shown = 10
+    for target in report.skipped[:shown]:
+        typer.echo(f"skipped, exists: {target} (use --overwrite to replace it)")
+    if len(report.skipped) > shown:
+        typer.echo(f"... and {len(report.skipped) - shown} more existing outputs skipped")
+    typer.echo(f"{report.summary()} -> {out}")
+    if report.failed:
+        typer.secho("failed:", err=True, fg=typer.colors.RED)
+        for failure in report.failed:
+            typer.secho(f"  {failure.message}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Option("--model", "-m", help="student from the distill stage")] = Path("models/student.safetensors"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write")] = Path("models/student.onnx"),
+    opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer)")] = 18,
+    check: Annotated[
+        bool | None, typer.Option("--check/--no-check", help="compare ONNX Runtime with PyTorch (default: on when onnxruntime is installed)")
+    ] = None,
+) -> None:
+    """Export the student to ONNX (dynamic batch, height and width) and check it with ONNX Runtime."""
+    from diffsketch.export import TOLERANCE, export_onnx, onnxruntime_available, verify_onnx
+
+    if check is None:
+        check = onnxruntime_available()
+        if not check:
+            typer.echo("onnxruntime is not installed: not checking the export (pip install onnxruntime)")
+    elif check and not onnxruntime_available():
+        _fail("--check needs onnxruntime: install it with `pip install onnxruntime`, or pass --no-check")
+    with _clean_errors():
+        path = export_onnx(model, out, opset=opset, check=False)
+        diff = verify_onnx(path, model) if check else None
+    typer.echo(f"wrote {path}")
+    if diff is not None:
+        typer.echo(f"check: ONNX Runtime matches PyTorch, max abs diff {diff:.2e} (tolerance {TOLERANCE:.0e})")

@@ -148,6 +148,32 @@ class TrainConfig(_Section):
     seed: int = Field(0, ge=0, description="seeds the random conditions, noise and generator initialisation")
 
 
+class PairsConfig(_Section):
+    """The `pairs` stage: (image, sketch) pairs from the trained generator, for distillation."""
+
+    count: int = Field(30000, ge=2, description="pairs to generate (the paper distils on about 30k)")
+    batch_size: int = Field(4, ge=1, description="images sampled together")
+    seed: int = Field(0, ge=0, description="pair i uses prior draw and noise seeds derived from seed and i")
+
+
+class DistillConfig(_Section):
+    """The `distill` stage: the fast student network trained on the pairs."""
+
+    width: int = Field(32, ge=4, description="student channels after the stem (doubled per downsampling)")
+    downsamples: int = Field(3, ge=1, le=6)
+    blocks: int = Field(4, ge=0, description="residual blocks at the lowest resolution")
+    iterations: int = Field(3000, ge=1)
+    batch: int = Field(8, ge=1)
+    crop: int | None = Field(256, ge=16, description="random square crop side for training; null = whole images")
+    lr: float = Field(2e-4, gt=0)
+    l1: float = Field(10.0, ge=0)
+    lpips: float = Field(1.0, ge=0)
+    gan: float = Field(0.0, ge=0, description="PatchGAN (LSGAN) weight; 0 = no discriminator")
+    holdout: float = Field(0.1, gt=0, lt=1, description="fraction of the pairs held out to measure the student")
+    eval_every: int = Field(100, ge=1)
+    seed: int = Field(0, ge=0)
+
+
 class Params(_Section):
     model: ModelConfig = ModelConfig()
     sample: SampleConfig = SampleConfig()
@@ -156,6 +182,8 @@ class Params(_Section):
     prior: PriorConfig = PriorConfig()
     losses: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
+    pairs: PairsConfig = PairsConfig()
+    distill: DistillConfig = DistillConfig()
 
 
 class ParamsError(ValueError):

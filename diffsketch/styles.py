@@ -535,6 +535,33 @@ def load_image(path: str | Path, size: int, *, param: str | None = "example.imag
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
+def read_rgb(path: str | Path, *, param: str | None = None) -> torch.Tensor:
+    """Load an image file as RGB in [0, 1] at its own size: no crop, no resize.
+
+    The EXIF orientation is applied (the size is the displayed one) and any PIL mode is converted
+    as in :func:`load_image`: transparency over white, grey / 16-bit / float spread to three equal
+    channels, CMYK / YCbCr to RGB.
+
+    Args:
+        path: the image file.
+        param: the parameter that named the file, for error messages (None: no parameter).
+
+    Returns:
+        (3, H, W) float32 tensor in [0, 1].
+
+    Raises:
+        StyleError: a missing, unreadable, truncated or non-image file.
+    """
+    im = _open(path, param)
+    try:
+        pixels = _pixels(im)
+    except (ValueError, OSError) as err:
+        raise StyleError(f"{path}: cannot convert PIL mode {im.mode} to RGB ({err}); re-save it as an RGB PNG") from None
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
 def load_sketch(
     path: str | Path,
     size: int,

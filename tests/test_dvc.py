@@ -40,6 +40,9 @@ def test_dvc_repro_and_param_granularity(repo_copy):
     _set(repo, "prior", "components", 8)
     for key, value in dict(iterations=2, checkpoint_every=1, sample_every=1).items():
         _set(repo, "train", key, value)
+    _set(repo, "pairs", "count", 4)
+    for key, value in dict(iterations=3, eval_every=3, crop=32, holdout=0.25).items():
+        _set(repo, "distill", key, value)
     _run(["git", "init", "-q"], repo)
     _dvc("init", "-q", cwd=repo)
     _dvc("repro", cwd=repo)
@@ -53,6 +56,7 @@ def test_dvc_repro_and_param_granularity(repo_copy):
     assert (repo / "models" / "prior.safetensors").is_file()
     assert json.loads((repo / "models" / "generator.json").read_text())["meta"]["iterations"] == 2
     assert (repo / "reports" / "train" / "plots" / "images" / "samples" / "iter_000002.png").is_file()
+    assert json.loads((repo / "models" / "student.json").read_text())["meta"]["pairs"] == 4
     assert json.loads(_dvc("status", "--json", cwd=repo)) == {}
 
     metrics = json.loads(_dvc("metrics", "show", "--json", cwd=repo))
@@ -62,12 +66,15 @@ def test_dvc_repro_and_param_granularity(repo_copy):
     page = (repo / "plots_html" / "index.html").read_text()
     assert "train/l1.tsv" in page and "iter_000002.png" in page
 
-    _set(repo, "train", "lr", 0.002)  # only training reads it
-    assert set(json.loads(_dvc("status", "--json", cwd=repo))) == {"train"}
+    _set(repo, "distill", "lr", 0.001)  # only distillation reads it
+    assert set(json.loads(_dvc("status", "--json", cwd=repo))) == {"distill"}
+    _set(repo, "train", "lr", 0.002)  # training and what follows it
+    assert set(json.loads(_dvc("status", "--json", cwd=repo))) <= {"train", "pairs", "distill"}
     _set(repo, "prior", "components", 6)  # the prior, and so training
-    assert set(json.loads(_dvc("status", "--json", cwd=repo))) == {"prior", "train"}
+    assert {"prior", "train"} <= set(json.loads(_dvc("status", "--json", cwd=repo))) <= {"prior", "train", "pairs", "distill"}
     log = _dvc("repro", cwd=repo)
     assert "Running stage 'sample'" not in log and "Running stage 'prior'" in log and "Running stage 'train'" in log
+    assert "Running stage 'distill'" in log
 
     _set(repo, "analyze", "seed", 3)  # a param `sample` does not read
     status = json.loads(_dvc("status", "--json", cwd=repo))

@@ -1,0 +1,164 @@
+"""The `pairs` stage: (image, sketch) pairs made by the trained generator, for distillation.
+
+As in the authors' inference script, every pair samples a fresh image from a random text
+condition drawn from the prior (no CDST mixing) and sketches it with the generator from that
+trajectory's features. Pair ``i`` uses seeds derived from ``pairs.seed`` and ``i``, and pairs are
+generated in fixed blocks of ``pairs.batch_size``, so a resumed store is bit-identical to an
+uninterrupted one.
+
+Store (Zarr v3, ``data/pairs.zarr``)::
+
+    images    (N, H, W, 3) uint8    one chunk per pair
+    sketches  (N, H, W)    uint8    0 = ink, 255 = paper
+    seeds     (N,)         int64
+    complete  (N,)         bool     one chunk per pair, written last
+
+A rerun resumes: only incomplete pairs are generated. A store made from another generator,
+prior or settings is refused unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from tqdm.auto import tqdm
+
+from diffsketch import __version__
+from diffsketch.config import Params, fingerprint
+from diffsketch.example import inputs_from_result
+from diffsketch.features import unet_layers, vae_layers
+from diffsketch.generator import load_generator
+from diffsketch.models import check_model_reachable, load_model
+from diffsketch.prior import TextPrior
+from diffsketch.sampling import initial_noise, sample_conditions
+from diffsketch.store import StoreError, _compressor, check_writable
+
+log = logging.getLogger(__name__)
+
+
+class PairsError(ValueError):
+    """A pairs input or store is unusable; the message names it and the fix."""
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def pair_seeds(seed: int, index: int) -> tuple[int, int]:
+    """(prior draw seed, noise seed) of pair ``index``."""
+    base = 7_000_003 + seed * 1_000_003 + index * 2
+    return base, base + 1
+
+
+def open_pairs(path: str | Path) -> zarr.Group:
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise PairsError(f"pairs store {path} not found; run the pairs stage first (`dvc repro pairs`)")
+    try:
+        root = zarr.open_group(str(path), mode="r")
+        for name in ("images", "sketches", "complete"):
+            root[name]
+    except Exception as err:  # noqa: BLE001 - any failure to open means a damaged store
+        raise PairsError(f"pairs store {path} is damaged ({err}); delete it and rerun the pairs stage") from None
+    return root
+
+
+def _create(path: Path, count: int, size: int, attrs: dict) -> zarr.Group:
+    if path.exists():
+        shutil.rmtree(path)
+    root = zarr.open_group(str(path), mode="w")
+    root.create_array("images", shape=(count, size, size, 3), chunks=(1, size, size, 3), dtype="uint8", compressors=_compressor())
+    root.create_array("sketches", shape=(count, size, size), chunks=(1, size, size), dtype="uint8", compressors=_compressor())
+    root.create_array("seeds", shape=(count,), chunks=(count,), dtype="int64")
+    root.create_array("complete", shape=(count,), chunks=(1,), dtype="bool", fill_value=False)
+    root["seeds"][:] = np.array([pair_seeds(attrs["seed"], i)[1] for i in range(count)], dtype=np.int64)
+    root.attrs.update(attrs)
+    return root
+
+
+def run_pairs(
+    params: Params,
+    generator_path: str | Path,
+    prior_path: str | Path,
+    out: str | Path,
+    overwrite: bool = False,
+    progress: bool = True,
+    model=None,
+) -> Path:
+    """Generate (or resume) ``pairs.count`` pairs into the store at ``out``; returns its path."""
+    cfg, out = params.pairs, Path(out)
+    generator, meta = load_generator(Path(generator_path))
+    prior = TextPrior.load(prior_path)
+    for what, found in (("generator", meta.get("model")), ("prior", prior.meta.get("model"))):
+        if found != params.model.id:
+            raise PairsError(
+                f"the {what} was made with model {found!r} but params say model.id={params.model.id!r}; rerun `dvc repro`"
+            )
+    try:
+        check_writable(out)
+    except StoreError as err:
+        raise PairsError(str(err)) from None
+    key = fingerprint(
+        params.model.model_copy(update={"device": "any"}), cfg,
+        extra=[_file_hash(Path(generator_path)), _file_hash(Path(prior_path))],
+    )  # fmt: skip
+    size = int(meta["resolution"])
+    root = None
+    if (out / "zarr.json").is_file():
+        root = zarr.open_group(str(out), mode="r+")
+        if root.attrs.get("fingerprint") != key:
+            if not overwrite:
+                raise PairsError(
+                    f"{out} holds pairs made with another generator, prior or settings; pass --overwrite (the DVC "
+                    "stage does) to replace it"
+                )
+            log.info("settings changed: replacing %s", out)
+            root = None
+    todo = list(range(cfg.count)) if root is None else [int(i) for i in np.flatnonzero(~root["complete"][:])]
+    if not todo:
+        log.info("%s: all %d pairs complete", out, cfg.count)
+        return out
+    if model is None:
+        check_model_reachable(params.model)
+        model = load_model(params.model)
+    if root is None:
+        attrs = dict(fingerprint=key, model=params.model.id, count=cfg.count, resolution=size, seed=cfg.seed, version=__version__)
+        root = _create(out, cfg.count, size, attrs)
+    generator = generator.to(model.device).eval()
+    indices = list(meta["ddim_indices"])
+    unet_specs = unet_layers(model.unet.config, size, model.vae_scale_factor, meta.get("capture", "residual"))
+    vae_specs = vae_layers(model.vae.config, size)
+
+    pending = set(todo)
+    blocks = sorted({i // cfg.batch_size for i in todo})
+    bar = tqdm(total=len(todo), desc="pairs", disable=not progress)
+    for block in blocks:
+        batch = [i for i in range(block * cfg.batch_size, min((block + 1) * cfg.batch_size, cfg.count)) if i in pending]
+        conds = torch.cat([prior.sample(1, torch.Generator().manual_seed(pair_seeds(cfg.seed, i)[0])) for i in batch])
+        seeds = [pair_seeds(cfg.seed, i)[1] for i in batch]
+        noise = initial_noise(model, seeds, size)
+        result = sample_conditions(
+            model, conds.to(model.device, model.dtype), noise, int(meta["steps"]), float(meta["guidance"]), 0.0, seeds,
+            unet_specs, vae_specs, pool="full", halves="both", keep=indices, on_cpu=False,
+        )  # fmt: skip
+        with torch.no_grad():
+            sketches = generator(inputs_from_result(result, model.device)).float().cpu()
+        images = result.images_uint8().numpy()
+        sketch_u8 = (sketches[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        for j, i in enumerate(batch):
+            root["images"][i] = images[j]
+            root["sketches"][i] = sketch_u8[j]
+            root["complete"][i] = True  # last: a pair is complete only once both arrays are written
+        bar.update(len(batch))
+    bar.close()
+    return out

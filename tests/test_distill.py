@@ -1,0 +1,94 @@
+"""The pairs stage (resumable, batch-independent) and distillation into the student."""
+
+import numpy as np
+import pytest
+import torch
+
+from diffsketch.config import parse_params
+from diffsketch.features import unet_layers, vae_layers
+from diffsketch.generator import SketchGenerator, save_generator
+from diffsketch.pairs import PairsError, open_pairs, run_pairs
+from diffsketch.prior import fit_prior
+
+
+@pytest.fixture
+def teacher(tiny, tmp_path):
+    """A (random) generator and a prior, saved as the train and prior stages would."""
+    torch.manual_seed(0)
+    gen = SketchGenerator(unet_layers(tiny.unet.config, 64, 8), vae_layers(tiny.vae.config, 64), 2)
+    meta = dict(model="tiny", resolution=64, steps=4, guidance=5.0, capture="residual", ddim_indices=[0, 2])
+    save_generator(gen, tmp_path / "generator.safetensors", meta=meta)
+    fit_prior(torch.randn(20, 77, 32, generator=torch.Generator().manual_seed(0)), 8, meta={"model": "tiny"}).save(
+        tmp_path / "prior.safetensors"
+    )
+    return tmp_path / "generator.safetensors", tmp_path / "prior.safetensors"
+
+
+def params(**pairs):
+    return parse_params({"model": {"id": "tiny", "device": "cpu"}, "pairs": {"count": 5, "batch_size": 2, **pairs},
+                         "losses": {"lpips_net": "random"},
+                         "distill": {"width": 8, "downsamples": 2, "blocks": 1, "iterations": 40, "batch": 4,
+                                     "crop": 32, "lr": 3e-3, "holdout": 0.2, "eval_every": 20}})  # fmt: skip
+
+
+def test_pairs_resume_and_batch_independence(tiny, teacher, tmp_path, monkeypatch):
+    gen_path, prior_path = teacher
+    run_pairs(params(), gen_path, prior_path, tmp_path / "a.zarr", progress=False, model=tiny)
+    a = open_pairs(tmp_path / "a.zarr")
+    assert a["complete"][:].all() and a["images"].shape == (5, 64, 64, 3) and a["sketches"].shape == (5, 64, 64)
+    assert a["sketches"][:].std() > 0
+
+    # interrupted after the first block, then resumed: the same pairs
+    import diffsketch.pairs as pairs_module
+
+    real = pairs_module.sample_conditions
+    calls = []
+
+    def crash_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pairs_module, "sample_conditions", crash_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_pairs(params(), gen_path, prior_path, tmp_path / "b.zarr", progress=False, model=tiny)
+    monkeypatch.setattr(pairs_module, "sample_conditions", real)
+    assert open_pairs(tmp_path / "b.zarr")["complete"][:].tolist() == [True, True, False, False, False]
+    run_pairs(params(), gen_path, prior_path, tmp_path / "b.zarr", progress=False, model=tiny)
+    b = open_pairs(tmp_path / "b.zarr")
+    assert b["complete"][:].all()
+    assert np.array_equal(a["images"][:], b["images"][:]) and np.array_equal(a["sketches"][:], b["sketches"][:])
+
+    with pytest.raises(PairsError, match="--overwrite"):
+        run_pairs(params(seed=1), gen_path, prior_path, tmp_path / "a.zarr", progress=False, model=tiny)
+
+
+def test_pairs_bad_inputs(teacher, tmp_path):
+    from diffsketch.generator import GeneratorLoadError
+
+    gen_path, prior_path = teacher
+    with pytest.raises(GeneratorLoadError):
+        run_pairs(params(), tmp_path / "none.safetensors", prior_path, tmp_path / "p.zarr", progress=False)
+    other = parse_params({"model": {"id": "sd15-random"}})
+    with pytest.raises(PairsError, match="model 'tiny'"):
+        run_pairs(other, gen_path, prior_path, tmp_path / "p.zarr", progress=False)
+    with pytest.raises(PairsError, match="not found"):
+        open_pairs(tmp_path / "missing.zarr")
+
+
+def test_student_learns_its_teacher(tiny, teacher, tmp_path):
+    from diffsketch.distillation import run_distill
+    from diffsketch.student import load_student
+
+    gen_path, prior_path = teacher
+    p = params(count=10)
+    run_pairs(p, gen_path, prior_path, tmp_path / "pairs.zarr", progress=False, model=tiny)
+    result = run_distill(p, tmp_path / "pairs.zarr", tmp_path / "student.safetensors", tmp_path / "live", progress=False)
+    assert result["l1"] < 0.5 * result["blank_l1"], result
+    student, meta = load_student(tmp_path / "student.safetensors")
+    assert meta["holdout"]["l1"] < meta["holdout_before"]["l1"]
+    rows = (tmp_path / "live" / "plots" / "metrics" / "holdout" / "l1.tsv").read_text().splitlines()
+    assert len(rows) == 3  # header + evaluations at 20 and 40
+    with torch.no_grad():
+        assert student(torch.rand(1, 3, 45, 70)).shape == (1, 1, 45, 70)
