@@ -506,6 +506,22 @@ def _crop_resize(pixels: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.stack(channels, axis=-1), 0.0, 1.0)
 
 
+def _decoded(path: str | Path, param: str | None) -> np.ndarray:
+    """The file's pixels (H, W, 1 or 3) in [0, 1], EXIF-rotated, any mode converted."""
+    im = _open(path, param)
+    try:
+        return _pixels(im)
+    except (ValueError, OSError) as err:
+        raise StyleError(f"{path}: cannot convert PIL mode {im.mode} to RGB ({err}); re-save it as an RGB PNG") from None
+
+
+def _rgb_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """(H, W, 1 or 3) pixels -> a (3, H, W) tensor, grey spread to three equal channels."""
+    if pixels.shape[2] == 1:
+        pixels = np.repeat(pixels, 3, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
 def load_image(path: str | Path, size: int, *, param: str | None = "example.image") -> torch.Tensor:
     """Load a photo as RGB in [0, 1], centre-cropped to a square and resized to ``size`` x ``size``.
 
@@ -524,15 +540,7 @@ def load_image(path: str | Path, size: int, *, param: str | None = "example.imag
     Raises:
         StyleError: a missing, unreadable, truncated or non-image file.
     """
-    im = _open(path, param)
-    try:
-        pixels = _pixels(im)
-    except (ValueError, OSError) as err:
-        raise StyleError(f"{path}: cannot convert PIL mode {im.mode} to RGB ({err}); re-save it as an RGB PNG") from None
-    pixels = _crop_resize(pixels, size)
-    if pixels.shape[2] == 1:
-        pixels = np.repeat(pixels, 3, axis=2)
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+    return _rgb_tensor(_crop_resize(_decoded(path, param), size))
 
 
 def read_rgb(path: str | Path, *, param: str | None = None) -> torch.Tensor:
@@ -552,14 +560,7 @@ def read_rgb(path: str | Path, *, param: str | None = None) -> torch.Tensor:
     Raises:
         StyleError: a missing, unreadable, truncated or non-image file.
     """
-    im = _open(path, param)
-    try:
-        pixels = _pixels(im)
-    except (ValueError, OSError) as err:
-        raise StyleError(f"{path}: cannot convert PIL mode {im.mode} to RGB ({err}); re-save it as an RGB PNG") from None
-    if pixels.shape[2] == 1:
-        pixels = np.repeat(pixels, 3, axis=2)
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+    return _rgb_tensor(_decoded(path, param))
 
 
 def load_sketch(

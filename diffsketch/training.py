@@ -249,8 +249,9 @@ def _live(folder: Path, resume: bool):
     return _Live(str(folder), dvcyaml=False, save_dvc_exp=False, report=None, resume=resume)
 
 
-def check_train_inputs(params: Params, paths: TrainPaths) -> list[int]:
-    """Everything checkable before the model loads: timesteps, prior, example, loss weights."""
+def check_train_inputs(params: Params, paths: TrainPaths) -> tuple[list[int], TextPrior]:
+    """Everything checkable before the model loads: timesteps, prior, example. Returns the
+    representative step indices and the loaded prior."""
     indices = read_timesteps(paths.timesteps, params)
     prior = TextPrior.load(paths.prior)
     if prior.meta.get("model") != params.model.id:
@@ -259,7 +260,7 @@ def check_train_inputs(params: Params, paths: TrainPaths) -> list[int]:
             "rerun the prior stage"
         )
     check_example(params)
-    return indices
+    return indices, prior
 
 
 def run_train(
@@ -276,8 +277,7 @@ def run_train(
     ``on_iteration(i, record)`` is called after each iteration (tests use it to interrupt a run).
     """
     cfg = params.train
-    indices = check_train_inputs(params, paths)
-    prior = TextPrior.load(paths.prior)
+    indices, prior = check_train_inputs(params, paths)
     key = _train_key(params, indices)
     checkpoint = latest_checkpoint(paths.checkpoints)
     if checkpoint is not None and checkpoint_meta(checkpoint).get("key") != key:

@@ -53,3 +53,25 @@ def repo_copy(tmp_path):
     for data in ("prompts", "captions", "example"):
         shutil.copytree(REPO / "data" / data, dst / "data" / data)
     return dst
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: the tiny student is fast on one, and much slower with threads fighting over busy cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """A random student (width 8, 2 downsamples, 1 block) saved to a file."""
+    import torch
+
+    from diffsketch.student import Student, StudentConfig, save_student
+
+    torch.manual_seed(0)
+    return save_student(Student(StudentConfig(width=8, downsamples=2, blocks=1)), tmp_path_factory.mktemp("model") / "s.safetensors")

@@ -10,27 +10,14 @@ from typer.testing import CliRunner
 
 from diffsketch.cli import app
 from diffsketch.extract import ExtractError, cap_size, collect_jobs, run_extract
-from diffsketch.student import Student, StudentConfig, load_student, save_student
+from diffsketch.student import Student, load_student
 from diffsketch.styles import read_rgb
 
 runner = CliRunner()
 SUMMARY = "{} written, {} skipped (exists), {} failed"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny network is fast on one, and much slower with threads fighting over busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    """A random student (width 8, 2 downsamples, 1 block) saved to a file."""
-    torch.manual_seed(0)
-    return save_student(Student(StudentConfig(width=8, downsamples=2, blocks=1)), tmp_path_factory.mktemp("model") / "s.safetensors")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
