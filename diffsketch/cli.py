@@ -42,11 +42,13 @@ def _expected_errors():
     from diffsketch.pairs import PairsError
     from diffsketch.student import StudentLoadError
     from diffsketch.training import TrainInputError
+    from diffsketch.evaldata import EvalDataError
+    from diffsketch.evaluation import EvalError
 
     return (
         ParamsError, SampleInputError, ModelLoadError, PromptsError, StoreError, AnalysisInputError,
         PriorError, ExampleError, StyleError, LossSetupError, TrainInputError, GeneratorLoadError, PairsError,
-        StudentLoadError, ExtractError, ExportError,
+        StudentLoadError, ExtractError, ExportError, EvalDataError, EvalError,
     )  # fmt: skip
 
 
@@ -176,6 +178,61 @@ def distill(
     with _clean_errors():
         result = run_distill(load_params(params, set_), pairs_path, out, live, progress=progress)
     typer.echo(f"held-out L1 {result['l1']:.4f} (blank output {result['blank_l1']:.4f}) -> {out}")
+
+
+@app.command("eval-data")
+def eval_data(
+    params: ParamsOption = Path("params.yaml"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the photos, LICENSES.md and manifest.json")] = Path("data/eval"),
+    set_: SetOption = None,
+) -> None:
+    """Copy the freely licensed real photos that ship inside installed packages into the test folder."""
+    from diffsketch.evaldata import run_eval_data
+
+    with _clean_errors():
+        entries = run_eval_data(load_params(params, set_).eval_data, out)
+    typer.echo(f"{len(entries)} photos -> {out} (licences in {out / 'LICENSES.md'})")
+
+
+@app.command()
+def evaluate(
+    params: ParamsOption = Path("params.yaml"),
+    student: Annotated[Path, typer.Option(help="student from the distill stage")] = Path("models/student.safetensors"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the report, metrics and plots data")] = Path("reports/eval"),
+    set_: SetOption = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Score the student and the baselines against the ground-truth style on real photos; write the report."""
+    from diffsketch.evaluation import run_evaluate
+
+    with _clean_errors():
+        result = run_evaluate(load_params(params, set_), student, out, progress=progress)
+    width = max(len(m) for m in result.means)
+    for method, values in result.means.items():
+        typer.echo(f"{method:<{width}}  " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    typer.echo(f"{result.summary['images']} images, ground truth {result.summary['ground_truth']} -> {out / 'index.html'}")
+
+
+@app.command()
+def results(
+    reports: Annotated[Path, typer.Option(help="folder written by `evaluate`")] = Path("reports/eval"),
+    readme: Annotated[Path | None, typer.Option(help="also write the table between the results markers of this README")] = None,
+) -> None:
+    """Print the evaluation's mean scores as Markdown (and put them into the README with --readme)."""
+    import json
+
+    from diffsketch.eval_report import results_markdown, update_readme
+    from diffsketch.evaluation import EvalError
+
+    with _clean_errors():
+        if readme is not None:
+            block = update_readme(readme, reports)
+        else:
+            try:
+                block = results_markdown(json.loads((reports / "summary.json").read_text()), json.loads((reports / "metrics.json").read_text()))
+            except FileNotFoundError as err:
+                raise EvalError(f"{err.filename} not found; run the evaluate stage first (`dvc repro evaluate`)") from None
+    typer.echo(block)
 
 
 @app.command()

@@ -174,6 +174,113 @@ class DistillConfig(_Section):
     seed: int = Field(0, ge=0)
 
 
+PhotoName = Literal[
+    "astronaut", "camera", "chelsea", "coffee", "rocket", "coins", "clock", "china", "flower", "grace_hopper"
+]
+GroundTruth = Literal["auto", "xdog", "canny", "dog", "hed", "anime"]
+Method = Literal["student", "canny", "dog", "sobel", "xdog", "xdog_cemal", "xdog_anime", "lineart", "hed", "anime"]
+NETWORK_STYLES = ("hed", "anime")  # styles / methods that need a weights file (evaluate.weights)
+
+
+def _unique(values: list, what: str) -> list:
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{what} listed more than once: {', '.join(map(str, repeated))}")
+    return values
+
+
+class EvalDataConfig(_Section):
+    """The `eval-data` stage: real photos shipped inside installed packages, copied to data/eval."""
+
+    photos: list[PhotoName] = Field(
+        default_factory=lambda: ["astronaut", "camera", "chelsea", "coffee", "rocket", "coins", "china", "flower", "grace_hopper"],
+        min_length=1,
+        description="photos to copy (see diffsketch/evaldata.py for sources and licences)",
+    )
+
+    @field_validator("photos")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        return _unique(value, "photo")
+
+
+class DatasetConfig(_Section):
+    """One folder of test photos: its images (sorted by name), optionally only the first ``limit``."""
+
+    path: str = Field(description="folder of images (png, jpg, jpeg, bmp, tif, tiff, webp); not searched recursively")
+    limit: int | None = Field(None, ge=1, description="use only the first N images (sorted by file name)")
+    name: str | None = Field(None, description="label in the report (default: the folder's name)")
+
+
+class EvaluateConfig(_Section):
+    """The `evaluate` stage: the student against weight-free (and optional learned) baselines on real photos."""
+
+    datasets: list[DatasetConfig] = Field(
+        default_factory=lambda: [DatasetConfig(path="data/eval")],
+        min_length=1,
+        description="test folders: a path, or {path, limit, name}",
+    )
+    ground_truth: GroundTruth = Field(
+        "auto",
+        description="the style's extractor run on each test photo (the paper's protocol); "
+        "auto = example.sketch when that is a built-in style",
+    )
+    methods: list[Method] = Field(
+        default_factory=lambda: ["student", "canny", "dog", "sobel", "xdog", "xdog_cemal", "xdog_anime", "lineart"],
+        min_length=1,
+        description="methods compared; the ground truth's own extractor is left out",
+    )
+    weights: dict[Literal["hed", "anime"], str] = Field(
+        default_factory=dict, description="weights files of hed / anime, for the ground truth or as learned baselines"
+    )
+    size: int = Field(512, ge=16, description="photos are downscaled so the long side is at most this (pixels)")
+    line_threshold: float | Literal["otsu"] = Field(
+        0.5, description="sketch values below this are line pixels for the edge metrics; 'otsu' = per image"
+    )
+    tolerance: float = Field(
+        0.0075, gt=0, lt=1, description="F-score match distance as a fraction of the image diagonal (BSDS maxDist)"
+    )
+    lpips: Literal["auto", "on", "off"] = Field(
+        "auto", description="LPIPS needs AlexNet weights: auto = when cached (else skipped and said so), on = required"
+    )
+    grid: int = Field(6, ge=0, description="photos shown in the report's side-by-side grid")
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _paths_as_datasets(cls, value):
+        if isinstance(value, (str, Path)):
+            value = [value]
+        if isinstance(value, list):
+            return [{"path": str(v)} if isinstance(v, (str, Path)) else v for v in value]
+        return value
+
+    @field_validator("lpips", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value  # YAML reads on/off as booleans
+
+    @field_validator("methods")
+    @classmethod
+    def _no_repeated_methods(cls, value: list[str]) -> list[str]:
+        return _unique(value, "method")
+
+    @field_validator("line_threshold")
+    @classmethod
+    def _threshold(cls, value):
+        if isinstance(value, float) and not 0.0 < value < 1.0:
+            raise ValueError("must be between 0 and 1 (exclusive), or 'otsu'")
+        return value
+
+    @model_validator(mode="after")
+    def _learned_need_weights(self) -> EvaluateConfig:
+        missing = [m for m in self.methods if m in NETWORK_STYLES and m not in self.weights]
+        if missing:
+            raise ValueError(
+                f"method(s) {', '.join(missing)} need weights: set evaluate.weights.{missing[0]} to the network's checkpoint file"
+            )
+        return self
+
+
 class Params(_Section):
     model: ModelConfig = ModelConfig()
     sample: SampleConfig = SampleConfig()
@@ -184,6 +291,8 @@ class Params(_Section):
     train: TrainConfig = TrainConfig()
     pairs: PairsConfig = PairsConfig()
     distill: DistillConfig = DistillConfig()
+    eval_data: EvalDataConfig = EvalDataConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
 
 class ParamsError(ValueError):

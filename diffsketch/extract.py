@@ -223,11 +223,12 @@ def cap_size(height: int, width: int, size: int | None) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def _prepare(source: Path, size: int | None, min_side: int) -> torch.Tensor:
+def prepare_image(source: Path, size: int | None, min_side: int, size_param: str = "--size") -> torch.Tensor:
     """Read ``source`` as (3, H, W) RGB, downscaled (antialiased) when its long side exceeds ``size``.
 
     Raises:
-        StyleError: the file cannot be read as an image, or the image is smaller than ``min_side``.
+        StyleError: the file cannot be read as an image, or the image is smaller than ``min_side``
+            (the message names ``size_param`` when the downscaling made it so).
     """
     image = read_rgb(source)
     height, width = image.shape[-2:]
@@ -237,8 +238,8 @@ def _prepare(source: Path, size: int | None, min_side: int) -> torch.Tensor:
         image = image.clamp(0, 1)
     if min(new_h, new_w) < min_side:
         raise StyleError(
-            f"{source} is {new_w}x{new_h} px; the student needs at least {min_side} px on each side"
-            + (" (raise --size)" if (new_h, new_w) != (height, width) else "")
+            f"{source} is {new_w}x{new_h} px; at least {min_side} px are needed on each side"
+            + (f" (raise {size_param})" if (new_h, new_w) != (height, width) else "")
         )
     return image
 
@@ -371,7 +372,7 @@ def run_extract(
                 bar.update(1)
                 continue
             try:
-                image = _prepare(job.source, size, min_side)
+                image = prepare_image(job.source, size, min_side)
             except StyleError as err:
                 report.failed.append(Failure(str(job.source), str(err)))
                 bar.update(1)

@@ -290,8 +290,8 @@ _WEIGHTS_HELP = {
 _NETWORKS = {"hed": HED, "anime": InformativeDrawings}
 
 
-def _weights_error(name: str, problem: str) -> StyleError:
-    return StyleError(f"{problem}; style '{name}' needs {_WEIGHTS_HELP[name]}, and example.style_weights set to its path")
+def _weights_error(name: str, problem: str, param: str = "example.style_weights") -> StyleError:
+    return StyleError(f"{problem}; style '{name}' needs {_WEIGHTS_HELP[name]}, and {param} set to its path")
 
 
 def _rename_keys(name: str, state: dict) -> dict:
@@ -312,14 +312,14 @@ def _rename_keys(name: str, state: dict) -> dict:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_network(name: str, path: str, mtime_ns: int) -> nn.Module:
+def _load_network(name: str, path: str, mtime_ns: int, param: str) -> nn.Module:
     """Build the ``name`` network and load ``path`` into it strictly (cached per file version)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a file that is not a checkpoint
-        raise _weights_error(name, f"example.style_weights={path} could not be read as a PyTorch checkpoint ({err})") from None
+        raise _weights_error(name, f"{param}={path} could not be read as a PyTorch checkpoint ({err})", param) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise _weights_error(name, f"example.style_weights={path} does not hold a state dict of tensors")
+        raise _weights_error(name, f"{param}={path} does not hold a state dict of tensors", param)
     network = _NETWORKS[name]()
     try:
         network.load_state_dict(_rename_keys(name, state), strict=True)
@@ -327,18 +327,18 @@ def _load_network(name: str, path: str, mtime_ns: int) -> nn.Module:
         detail = " ".join(str(err).split())
         if len(detail) > 600:
             detail = detail[:600] + " ..."
-        raise _weights_error(name, f"example.style_weights={path} does not fit the {name} network: {detail}") from None
+        raise _weights_error(name, f"{param}={path} does not fit the {name} network: {detail}", param) from None
     return network.eval()
 
 
-def _network_style(name: str, image: torch.Tensor, weights: str | None) -> torch.Tensor:
+def _network_style(name: str, image: torch.Tensor, weights: str | None, param: str) -> torch.Tensor:
     if weights is None:
-        raise _weights_error(name, f"no weights given for style '{name}'")
+        raise _weights_error(name, f"no weights given for style '{name}'", param)
     path = Path(weights).expanduser()
     if not path.is_file():
         problem = "is a folder" if path.is_dir() else "does not exist"
-        raise _weights_error(name, f"example.style_weights={weights} {problem}")
-    network = _load_network(name, str(path.resolve()), path.stat().st_mtime_ns).to(image.device)
+        raise _weights_error(name, f"{param}={weights} {problem}", param)
+    network = _load_network(name, str(path.resolve()), path.stat().st_mtime_ns, param).to(image.device)
     x = image.detach().float().clamp(0, 1).unsqueeze(0)
     with torch.no_grad():
         out = network(x)
@@ -349,13 +349,14 @@ def _network_style(name: str, image: torch.Tensor, weights: str | None) -> torch
     return out[0].clamp(0, 1)
 
 
-def apply_style(name: str, image: torch.Tensor, weights: str | None = None) -> torch.Tensor:
+def apply_style(name: str, image: torch.Tensor, weights: str | None = None, param: str = "example.style_weights") -> torch.Tensor:
     """Draw ``image`` in the built-in style ``name`` (one of ``STYLES``).
 
     Args:
         name: ``xdog``, ``canny`` or ``dog`` (no weights), or ``hed`` / ``anime`` (need ``weights``).
         image: (3, H, W) RGB in [0, 1].
         weights: path of the network's checkpoint for ``hed`` / ``anime`` (``example.style_weights``).
+        param: the parameter that gave ``weights``, named in error messages.
 
     Returns:
         (1, H, W) float32 sketch in [0, 1] (dark lines on white) on the image's device.
@@ -371,7 +372,7 @@ def apply_style(name: str, image: torch.Tensor, weights: str | None = None) -> t
     if name == "dog":
         return dog(image)
     if name in _NETWORKS:
-        return _network_style(name, image, weights)
+        return _network_style(name, image, weights, param)
     raise StyleError(
         f"unknown sketch style {name!r} (example.sketch); use one of {', '.join(STYLES)}, or the path of a drawing file"
     )
