@@ -66,8 +66,10 @@ def line_mask(sketch: np.ndarray, threshold: float | str = 0.5) -> np.ndarray:
 
         if sketch.min() == sketch.max():  # one value only: ink if dark
             return np.full(sketch.shape, sketch.flat[0] < 0.5)
-        threshold = float(threshold_otsu(sketch))
-        return sketch <= threshold  # Otsu's threshold is the last value of the dark class
+        # threshold_otsu returns the centre of the dark class's last histogram bin (256 bins);
+        # every value in that bin belongs to the dark class.
+        half_bin = 0.5 * (float(sketch.max()) - float(sketch.min())) / 256
+        return sketch <= float(threshold_otsu(sketch, nbins=256)) + half_bin
     return sketch < float(threshold)
 
 

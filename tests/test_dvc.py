@@ -43,6 +43,9 @@ def test_dvc_repro_and_param_granularity(repo_copy):
     _set(repo, "pairs", "count", 4)
     for key, value in dict(iterations=3, eval_every=3, crop=32, holdout=0.25).items():
         _set(repo, "distill", key, value)
+    _set(repo, "eval_data", "photos", ["chelsea", "coins"])
+    for key, value in dict(size=48, grid=1).items():
+        _set(repo, "evaluate", key, value)
     _run(["git", "init", "-q"], repo)
     _dvc("init", "-q", cwd=repo)
     _dvc("repro", cwd=repo)
@@ -62,16 +65,26 @@ def test_dvc_repro_and_param_granularity(repo_copy):
     metrics = json.loads(_dvc("metrics", "show", "--json", cwd=repo))
     assert "k" in json.dumps(metrics) and "silhouette" in json.dumps(metrics)
     assert '"l1"' in json.dumps(metrics) and '"lpips"' in json.dumps(metrics)
+    evaluation = metrics[""]["data"]["reports/eval/metrics.json"]["data"]
+    assert evaluation["images"] == 2 and {"student", "canny", "sobel", "xdog", "lineart"} <= set(evaluation)
+    assert set(evaluation["student"]) == {"ssim", "psnr", "chamfer", "f_score"} and "dog" not in evaluation
+    assert (repo / "data" / "eval" / "LICENSES.md").is_file() and (repo / "reports" / "eval" / "index.html").is_file()
     _dvc("plots", "show", "-o", "plots_html", cwd=repo)
     page = (repo / "plots_html" / "index.html").read_text()
     assert "train/l1.tsv" in page and "iter_000002.png" in page
+    assert "eval_ssim" in page and "eval_f_score" in page
 
-    _set(repo, "distill", "lr", 0.001)  # only distillation reads it
+    _set(repo, "evaluate", "size", 40)  # only the evaluation reads it
+    assert set(json.loads(_dvc("status", "--json", cwd=repo))) == {"evaluate"}
+    log = _dvc("repro", cwd=repo)
+    assert "Running stage 'evaluate'" in log and log.count("Running stage") == 1
+
+    _set(repo, "distill", "lr", 0.001)  # only distillation (and the evaluation of its student) reads it
     assert set(json.loads(_dvc("status", "--json", cwd=repo))) == {"distill"}
     _set(repo, "train", "lr", 0.002)  # training and what follows it
-    assert set(json.loads(_dvc("status", "--json", cwd=repo))) <= {"train", "pairs", "distill"}
+    assert set(json.loads(_dvc("status", "--json", cwd=repo))) <= {"train", "pairs", "distill", "evaluate"}
     _set(repo, "prior", "components", 6)  # the prior, and so training
-    assert {"prior", "train"} <= set(json.loads(_dvc("status", "--json", cwd=repo))) <= {"prior", "train", "pairs", "distill"}
+    assert {"prior", "train"} <= set(json.loads(_dvc("status", "--json", cwd=repo))) <= {"prior", "train", "pairs", "distill", "evaluate"}
     log = _dvc("repro", cwd=repo)
     assert "Running stage 'sample'" not in log and "Running stage 'prior'" in log and "Running stage 'train'" in log
     assert "Running stage 'distill'" in log

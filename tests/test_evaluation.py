@@ -1,0 +1,206 @@
+"""The eval-data and evaluate stages: packaged photos, baselines, scores, report and README results."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from diffsketch import baselines
+from diffsketch.cli import app
+from diffsketch.config import ParamsError, parse_params
+from diffsketch.eval_report import BEGIN, END, update_readme
+from diffsketch.evaldata import PHOTOS, EvalDataError, run_eval_data
+from diffsketch.evaluation import EvalError, run_evaluate
+from diffsketch.student import StudentLoadError
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def eval_dir(tmp_path_factory):
+    """data/eval with three packaged photos (one grey, one JPEG)."""
+    out = tmp_path_factory.mktemp("data") / "eval"
+    run_eval_data(parse_params({"eval_data": {"photos": ["chelsea", "camera", "china"]}}).eval_data, out)
+    return out
+
+
+def _params(eval_dir, **evaluate):
+    settings = dict(datasets=[str(eval_dir)], ground_truth="dog", size=48, grid=2)
+    settings.update(evaluate)
+    return parse_params({"model": {"device": "cpu"}, "example": {"sketch": "data/example/cat_sketch.png"}, "evaluate": settings})
+
+
+# --- eval-data ------------------------------------------------------------------------------------
+
+
+def test_eval_data_copies_the_package_files_with_their_licences(eval_dir):
+    manifest = json.loads((eval_dir / "manifest.json").read_text())
+    assert [m["name"] for m in manifest] == ["chelsea", "camera", "china"]
+    for entry in manifest:
+        copied = eval_dir / entry["file"]
+        assert copied.read_bytes() == PHOTOS[entry["name"]].source_path().read_bytes()
+        assert entry["licence"] in (eval_dir / "LICENSES.md").read_text()
+    assert (manifest[0]["width"], manifest[0]["height"]) == (451, 300)
+    assert "CC BY 2.0" in (eval_dir / "LICENSES.md").read_text()  # china.jpg's licence asks for credit
+
+
+def test_eval_data_replaces_its_own_folder_and_never_touches_others(tmp_path):
+    out = tmp_path / "eval"
+    run_eval_data(parse_params({"eval_data": {"photos": ["coins", "coffee"]}}).eval_data, out)
+    run_eval_data(parse_params({"eval_data": {"photos": ["coins"]}}).eval_data, out)
+    assert sorted(p.name for p in out.iterdir()) == ["LICENSES.md", "coins.png", "manifest.json"]
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(EvalDataError, match="not written by eval-data"):
+        run_eval_data(parse_params({}).eval_data, mine)
+    assert (mine / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_eval_params_are_validated():
+    with pytest.raises(ParamsError, match="eval_data.photos"):
+        parse_params({"eval_data": {"photos": ["eagle"]}})  # needs a download: not offered
+    with pytest.raises(ParamsError, match="evaluate.weights.hed"):
+        parse_params({"evaluate": {"methods": ["student", "hed"]}})
+    with pytest.raises(ParamsError, match="more than once"):
+        parse_params({"evaluate": {"methods": ["canny", "canny"]}})
+    cfg = parse_params({"evaluate": {"datasets": "photos", "lpips": False}}).evaluate  # YAML `off` is False
+    assert cfg.datasets[0].path == "photos" and cfg.lpips == "off"
+
+
+# --- baselines ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(baselines.WEIGHT_FREE))
+def test_baselines_draw_dark_lines_on_white(name):
+    image = torch.full((3, 40, 40), 0.8)
+    image[:, :, 20:] = 0.2  # one vertical edge
+    sketch = baselines.baseline(name)(image)
+    assert sketch.shape == (1, 40, 40) and sketch.dtype == torch.float32
+    assert 0.0 <= float(sketch.min()) and float(sketch.max()) <= 1.0
+    assert float(sketch[0, :, 17:23].min()) < 0.5  # ink at the edge
+    assert float(sketch[0, 5:35, 3:8].mean()) > 0.9  # paper on the bright flat side
+
+
+# --- evaluate -------------------------------------------------------------------------------------
+
+
+def test_evaluate_scores_student_and_baselines(eval_dir, student, tmp_path):
+    out = tmp_path / "reports" / "eval"
+    result = run_evaluate(_params(eval_dir), student, out, progress=False)
+
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["images"] == 3
+    assert set(saved) - {"images"} == {"student", "canny", "sobel", "xdog", "xdog_cemal", "xdog_anime", "lineart"}
+    assert "dog" not in saved  # the ground truth's own extractor is left out, and said so
+    summary = json.loads((out / "summary.json").read_text())
+    assert any("dog left out" in n for n in summary["notes"]) and any("LPIPS skipped" in n for n in summary["notes"])
+
+    with open(out / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * 7
+    for method, means in saved.items():
+        if method == "images":
+            continue
+        for metric, value in means.items():
+            assert value == pytest.approx(np.mean([float(r[metric]) for r in rows if r["method"] == method]))
+    assert json.loads((out / "comparison.json").read_text())[0]["method"] == "student"
+    assert result.summary["datasets"] == {"eval": {"images": 3, "means": result.means}}
+
+    page = (out / "index.html").read_text()
+    assert 'id="means"' in page and 'id="grid"' in page and "dog left out" in page
+    assert page.count("data:image/png;base64,") == 2 * (2 + 7)  # grid of 2 photos: photo, truth, 7 methods
+    assert "http://" not in page and "https://" not in page  # self-contained
+
+
+def test_scores_match_a_direct_computation(eval_dir, tmp_path):
+    from diffsketch import metrics, styles
+    from diffsketch.extract import prepare_image
+
+    params = _params(eval_dir, methods=["canny"], datasets=[{"path": str(eval_dir), "limit": 1}])
+    result = run_evaluate(params, None, tmp_path / "eval", progress=False)
+    image = prepare_image(eval_dir / "camera.png", 48, 11)  # sorted by name: camera.png first
+    truth, pred = styles.dog(image)[0].numpy(), styles.canny(image)[0].numpy()
+    assert result.rows[0]["image"] == "eval/camera.png"
+    assert result.means["canny"] == pytest.approx(metrics.score(truth, pred))
+
+
+def test_bad_inputs_fail_before_any_image_is_read(eval_dir, student, tmp_path, monkeypatch):
+    import diffsketch.evaluation as evaluation
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("an image was read before the inputs were checked")
+
+    monkeypatch.setattr(evaluation, "prepare_image", no_reading)
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")  # an earlier run's results survive a failed one
+
+    with pytest.raises(EvalError, match="drawing file"):
+        run_evaluate(_params(eval_dir, ground_truth="auto"), student, out)
+    with pytest.raises(EvalError, match="not a folder"):
+        run_evaluate(_params(tmp_path / "nowhere"), student, out)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvalError, match="holds no images"):
+        run_evaluate(_params(tmp_path / "empty"), student, out)
+    with pytest.raises(StudentLoadError, match="not found"):
+        run_evaluate(_params(eval_dir), tmp_path / "missing.safetensors", out)
+    with pytest.raises(EvalError, match="evaluate.weights.hed"):
+        run_evaluate(_params(eval_dir, ground_truth="hed"), student, out)
+    with pytest.raises(EvalError, match="is not a file"):
+        run_evaluate(_params(eval_dir, methods=["student", "anime"], weights={"anime": str(tmp_path / "no.pth")}), student, out)
+    with pytest.raises(EvalError, match="nothing to compare"):
+        run_evaluate(_params(eval_dir, methods=["dog"]), student, out)
+    monkeypatch.setattr("diffsketch.losses.alexnet_cached", lambda: None)
+    with pytest.raises(EvalError, match="AlexNet"):
+        run_evaluate(_params(eval_dir, lpips="on"), student, out)
+    assert (out / "metrics.json").read_text() == "{}"
+
+
+def test_unreadable_images_are_skipped_and_listed(eval_dir, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.png").write_bytes((eval_dir / "camera.png").read_bytes())
+    (folder / "b.jpg").write_bytes(b"not a jpeg")
+    result = run_evaluate(_params(folder, methods=["sobel"]), None, tmp_path / "eval", progress=False)
+    assert result.summary["images"] == 1 and "b.jpg" in result.summary["skipped"][0]
+    assert "b.jpg" in (tmp_path / "eval" / "index.html").read_text()
+
+    (folder / "a.png").unlink()
+    with pytest.raises(EvalError, match="no test image could be evaluated"):
+        run_evaluate(_params(folder, methods=["sobel"]), None, tmp_path / "eval2", progress=False)
+
+
+def test_cli_evaluate_and_readme_results(eval_dir, student, tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "model: {device: cpu}\nexample: {sketch: xdog}\n"
+        f"evaluate: {{datasets: [{{path: {eval_dir}, limit: 2, name: packaged}}], size: 40, methods: [student, canny, xdog]}}\n"
+    )
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "-p", str(params), "--student", str(student), "-o", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "ground truth xdog" in result.output and "student" in result.output
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\n## Results\n{BEGIN}\nold table\n{END}\n\n## Next\n")
+    result = runner.invoke(app, ["results", "--reports", str(out), "--readme", str(readme)])
+    assert result.exit_code == 0, result.output
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# Title") and text.endswith("## Next\n")
+    assert "| student |" in text and "| canny |" in text and "xdog left out" in text
+    assert "Ground truth: `xdog` on 2 photos (packaged)" in text
+    update_readme(readme, out)  # idempotent
+    assert readme.read_text() == text
+
+    readme.write_text("no markers here\n")
+    result = runner.invoke(app, ["results", "--reports", str(out), "--readme", str(readme)])
+    assert result.exit_code == 1 and "results:begin" in result.output
+    result = runner.invoke(app, ["results", "--reports", str(tmp_path / "nothing")])
+    assert result.exit_code == 1 and "run the evaluate stage first" in result.output
