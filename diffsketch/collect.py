@@ -38,13 +38,16 @@ def _halves(params: Params) -> list[str]:
     return names
 
 
-def run_sample(params: Params, out: str | Path, overwrite: bool = False, progress: bool = True, model=None) -> Path:
-    """Fill (or resume) the feature store at ``out``; returns its path.
+def run_sample(
+    params: Params, out: str | Path, overwrite: bool = False, progress: bool = True, model=None
+) -> str | Path:
+    """Fill (or resume) the feature store at ``out``, a local path or an fsspec URL such as
+    ``s3://bucket/features.zarr`` (see :mod:`diffsketch.store`); returns its path (a URL as a string).
 
     ``model``: an already loaded :class:`SDModel` matching ``params.model`` (benchmarks, notebooks).
     """
     cfg = params.sample
-    out = Path(out)
+    out = store.location(out)
     halves = _halves(params)
     prompts = load_prompts(cfg.prompts)
     plan = plan_trajectories(prompts, cfg.trajectories, cfg.seed)
@@ -55,7 +58,7 @@ def run_sample(params: Params, out: str | Path, overwrite: bool = False, progres
     key = fingerprint(params.model.model_copy(update={"device": "any"}), cfg, extra=[(t.prompt, t.label) for t in plan])
 
     root = None
-    if out.exists() and (out / "zarr.json").is_file():
+    if store.is_group(out):
         try:
             root = store.open_store(out, mode="r+")
         except store.StoreError as err:
@@ -70,7 +73,7 @@ def run_sample(params: Params, out: str | Path, overwrite: bool = False, progres
                 )
             log.warning("settings changed: replacing %s", out)
             root = None
-    elif out.exists() and any(out.iterdir()) and not overwrite:
+    elif not overwrite and store.has_content(out):
         raise store.StoreError(f"{out} exists and is not a feature store; remove it or choose another --out")
 
     model = model if model is not None else load_model(params.model)

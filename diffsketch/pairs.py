@@ -14,14 +14,14 @@ Store (Zarr v3, ``data/pairs.zarr``)::
     complete  (N,)         bool     one chunk per pair, written last
 
 A rerun resumes: only incomplete pairs are generated. A store made from another generator,
-prior or settings is refused unless ``overwrite``.
+prior or settings is refused unless ``overwrite``. The store may be a local path or an fsspec URL
+(``s3://bucket/pairs.zarr``; see :mod:`diffsketch.store`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,8 @@ from diffsketch.generator import load_generator
 from diffsketch.models import check_model_reachable, load_model
 from diffsketch.prior import TextPrior
 from diffsketch.sampling import initial_noise, sample_conditions
-from diffsketch.store import StoreError, _compressor, check_writable
+from diffsketch import store
+from diffsketch.store import StoreError, _compressor
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,21 @@ def pair_seeds(seed: int, index: int) -> tuple[int, int]:
     return base, base + 1
 
 
+def _store_call(call, *args):
+    """A store helper, with its StoreError (e.g. an unreachable bucket) raised as a PairsError."""
+    try:
+        return call(*args)
+    except StoreError as err:
+        raise PairsError(str(err)) from None
+
+
 def open_pairs(path: str | Path) -> zarr.Group:
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
+    """Open the pairs store at a local path or fsspec URL, read-only."""
+    path = store.location(path)
+    if not _store_call(store.is_group, path):
         raise PairsError(f"pairs store {path} not found; run the pairs stage first (`dvc repro pairs`)")
     try:
-        root = zarr.open_group(str(path), mode="r")
+        root = store.open_group(path, mode="r")
         for name in ("images", "sketches", "complete"):
             root[name]
     except Exception as err:  # noqa: BLE001 - any failure to open means a damaged store
@@ -73,10 +83,9 @@ def open_pairs(path: str | Path) -> zarr.Group:
     return root
 
 
-def _create(path: Path, count: int, size: int, attrs: dict) -> zarr.Group:
-    if path.exists():
-        shutil.rmtree(path)
-    root = zarr.open_group(str(path), mode="w")
+def _create(path: str | Path, count: int, size: int, attrs: dict) -> zarr.Group:
+    _store_call(store.remove, path)
+    root = store.open_group(path, mode="w")
     root.create_array("images", shape=(count, size, size, 3), chunks=(1, size, size, 3), dtype="uint8", compressors=_compressor())
     root.create_array("sketches", shape=(count, size, size), chunks=(1, size, size), dtype="uint8", compressors=_compressor())
     root.create_array("seeds", shape=(count,), chunks=(count,), dtype="int64")
@@ -94,9 +103,10 @@ def run_pairs(
     overwrite: bool = False,
     progress: bool = True,
     model=None,
-) -> Path:
-    """Generate (or resume) ``pairs.count`` pairs into the store at ``out``; returns its path."""
-    cfg, out = params.pairs, Path(out)
+) -> str | Path:
+    """Generate (or resume) ``pairs.count`` pairs into the store at ``out`` (a local path or an
+    fsspec URL); returns its path."""
+    cfg, out = params.pairs, store.location(out)
     generator, meta = load_generator(Path(generator_path))
     prior = TextPrior.load(prior_path)
     for what, found in (("generator", meta.get("model")), ("prior", prior.meta.get("model"))):
@@ -104,18 +114,15 @@ def run_pairs(
             raise PairsError(
                 f"the {what} was made with model {found!r} but params say model.id={params.model.id!r}; rerun `dvc repro`"
             )
-    try:
-        check_writable(out)
-    except StoreError as err:
-        raise PairsError(str(err)) from None
+    _store_call(store.check_writable, out)
     key = fingerprint(
         params.model.model_copy(update={"device": "any"}), cfg,
         extra=[_file_hash(Path(generator_path)), _file_hash(Path(prior_path))],
     )  # fmt: skip
     size = int(meta["resolution"])
     root = None
-    if (out / "zarr.json").is_file():
-        root = zarr.open_group(str(out), mode="r+")
+    if _store_call(store.is_group, out):
+        root = store.open_group(out, mode="r+")
         if root.attrs.get("fingerprint") != key:
             if not overwrite:
                 raise PairsError(

@@ -15,13 +15,22 @@ Layout (N trajectories, T timesteps, K kept CFG halves)::
 Every array is created at full size up front, so writers never resize metadata. A trajectory is
 one shard per array and its ``complete`` flag one chunk of its own, so processes writing disjoint
 trajectories never touch the same file. Chunks are compressed with zstd (blosc, bit-shuffled).
+
+Where a store lives: a local folder (``data/features.zarr``, also ``file:///abs/path``) or an
+fsspec URL (``s3://bucket/features.zarr``, ``gs://...``, ``memory://...``; ``s3://`` needs
+``s3fs``, ``gs://`` needs ``gcsfs``). Credentials and endpoints come from the filesystem's usual
+sources: for S3 the ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` / ``AWS_PROFILE`` /
+``AWS_ENDPOINT_URL`` variables, and for any protocol fsspec's ``FSSPEC_<PROTOCOL>_<OPTION>``
+variables (e.g. ``FSSPEC_S3_ENDPOINT_URL``).
 """
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 import zarr
@@ -53,9 +62,121 @@ class StoreLayout:
     latent_shape: tuple[int, int, int]  # (c, h, w)
 
 
+# --- where a store lives: a local Path, or an fsspec URL string -------------------------------------
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)(://|::)")
+_COLLAPSED = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")  # what Path("s3://b/x") becomes: "s3:/b/x"
+_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
+
+
+def location(path: str | Path) -> str | Path:
+    """A remote fsspec URL as a string (``s3://bucket/x.zarr``, ``memory://x.zarr``, ...), anything
+    else as a local Path (``file://`` URLs included). A URL that went through ``Path`` (a typer
+    ``Path`` option turns ``s3://b/x`` into ``s3:/b/x``) is restored."""
+    text = os.fspath(path)
+    if isinstance(path, PurePath) and (collapsed := _COLLAPSED.match(text)):
+        import fsspec
+
+        if collapsed.group(1).lower() in fsspec.available_protocols():
+            text = f"{collapsed.group(1)}://{text[collapsed.end():]}"
+    match = _SCHEME.match(text)
+    if match is None:
+        return Path(path)
+    if match.group(1).lower() in ("file", "local") and match.group(2) == "://":
+        return Path("/" + text[match.end():].lstrip("/"))
+    return text
+
+
+def is_url(path: str | Path) -> bool:
+    """True when ``path`` names a remote (non-local) fsspec location."""
+    return isinstance(location(path), str)
+
+
+def _remote_hint(url: str, err: BaseException) -> str:
+    """What to do about ``err`` raised while reaching ``url``."""
+    protocol = url.split(":", 1)[0].lower()
+    name = type(err).__name__
+    if isinstance(err, ImportError):
+        return f"install its filesystem package (`pip install {_PACKAGES.get(protocol, 'fsspec[full]')}`)"
+    if "Credential" in name or isinstance(err, PermissionError):
+        return "set credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, for s3://)"
+    if isinstance(err, FileNotFoundError):
+        return "create the bucket first, or fix the URL"
+    if "Connect" in name or "Endpoint" in name or isinstance(err, (ConnectionError, TimeoutError)):
+        return "check the network, and for an S3-compatible server set AWS_ENDPOINT_URL (e.g. http://host:9000)"
+    return "check the URL, the bucket, the credentials (AWS_* variables for s3://) and AWS_ENDPOINT_URL"
+
+
+def remote_error(url: str, err: BaseException, doing: str = "reach") -> StoreError:
+    return StoreError(f"cannot {doing} {url} ({type(err).__name__}: {err}); {_remote_hint(url, err)}")
+
+
+def _fs_and_path(url: str):
+    """(filesystem, path inside it) for a remote URL; a fresh instance, so no stale listing cache."""
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url, skip_instance_cache=True)
+    except (ImportError, ValueError) as err:
+        raise remote_error(url, err, "open") from None
+
+
+def _remote(url: str, call, doing: str = "reach"):
+    """Run ``call(fs, path)`` on ``url``, turning filesystem failures into a StoreError with the fix."""
+    fs, path = _fs_and_path(url)
+    try:
+        return call(fs, path.rstrip("/"))
+    except StoreError:
+        raise
+    except Exception as err:  # noqa: BLE001 - botocore/gcsfs errors share no base class
+        raise remote_error(url, err, doing) from None
+
+
+def is_group(path: str | Path) -> bool:
+    """Whether a Zarr group (its ``zarr.json``) is at ``path``."""
+    loc = location(path)
+    if isinstance(loc, str):
+        return _remote(loc, lambda fs, p: fs.isfile(f"{p}/zarr.json"))
+    return (loc / "zarr.json").is_file()
+
+
+def exists(path: str | Path) -> bool:
+    """Whether a file, folder or (for object stores) any object under the prefix is at ``path``."""
+    loc = location(path)
+    if isinstance(loc, str):
+        return _remote(loc, lambda fs, p: fs.exists(p))
+    return loc.exists()
+
+
+def has_content(path: str | Path) -> bool:
+    """Whether anything (a file or a non-empty folder / prefix) is at ``path``."""
+    loc = location(path)
+    if isinstance(loc, str):
+        return _remote(loc, lambda fs, p: fs.exists(p) and (fs.isfile(p) or bool(fs.ls(p))))
+    return loc.exists() and (not loc.is_dir() or any(loc.iterdir()))
+
+
+def remove(path: str | Path) -> None:
+    """Delete the store at ``path`` (no error if there is none)."""
+    loc = location(path)
+    if isinstance(loc, str):
+        _remote(loc, lambda fs, p: fs.rm(p, recursive=True) if fs.exists(p) else None, "delete")
+    elif loc.exists():
+        shutil.rmtree(loc)
+
+
+def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
+    """``zarr.open_group`` on a local path or an fsspec URL (zarr makes an FsspecStore for URLs)."""
+    return zarr.open_group(str(location(path)), mode=mode, zarr_format=3 if mode == "w" else None)
+
+
 def check_writable(path: str | Path) -> None:
-    """Fail early (before loading any model) when ``path`` cannot be written."""
-    path = Path(path)
+    """Fail early (before loading any model) when ``path`` (a local path or an fsspec URL) cannot be written."""
+    loc = location(path)
+    if isinstance(loc, str):
+        _check_writable_remote(loc)
+        return
+    path = loc
     parent = path if path.exists() else path.parent
     while not parent.exists():
         parent = parent.parent
@@ -70,14 +191,27 @@ def check_writable(path: str | Path) -> None:
         raise StoreError(f"output path {path} is not writable ({err.strerror}); choose a writable output path") from None
 
 
+def _check_writable_remote(url: str) -> None:
+    """Write and delete a probe object under ``url`` (catches a missing package, bucket or credentials)."""
+
+    def probe(fs, p):
+        if fs.isfile(p):
+            raise StoreError(f"output path {url} exists and is not a folder; remove it or choose another output path")
+        fs.pipe_file(f"{p}/.diffsketch-write-probe", b"")
+        fs.rm_file(f"{p}/.diffsketch-write-probe")
+
+    _remote(url, probe, "write to")
+
+
 def create(path: str | Path, layout: StoreLayout, attrs: dict, overwrite: bool = False) -> zarr.Group:
-    """Create an empty store at full size. ``attrs['fingerprint']`` is written last (marks creation done)."""
-    path = Path(path)
-    if path.exists():
+    """Create an empty store at full size at a local path or fsspec URL. ``attrs['fingerprint']`` is
+    written last (marks creation done)."""
+    path = location(path)
+    if exists(path):
         if not overwrite:
             raise StoreError(f"{path} already exists; pass --overwrite to replace it")
-        shutil.rmtree(path)
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+        remove(path)
+    root = open_group(path, mode="w")
     n, t, k = layout.trajectories, len(layout.timesteps), len(layout.halves)
     unet = root.create_group("unet")
     for spec in layout.unet:
@@ -115,11 +249,15 @@ def create(path: str | Path, layout: StoreLayout, attrs: dict, overwrite: bool =
 
 
 def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
-    path = Path(path)
-    if not (path / "zarr.json").is_file():
-        raise StoreError(f"{path} is not a diffsketch feature store (no zarr.json); run `diffsketch sample` first")
+    """Open the feature store at a local path or fsspec URL (``s3://bucket/features.zarr``)."""
+    path = location(path)
+    if not is_group(path):
+        where = " (check the bucket, the URL and AWS_ENDPOINT_URL)" if isinstance(path, str) else ""
+        raise StoreError(
+            f"{path} is not a diffsketch feature store (no zarr.json){where}; run `diffsketch sample` first"
+        )
     try:
-        root = zarr.open_group(str(path), mode=mode)
+        root = open_group(path, mode=mode)
     except Exception as err:  # corrupt metadata
         raise StoreError(f"{path} could not be opened as a Zarr store ({err}); delete it and sample again") from err
     if "fingerprint" not in root.attrs:
@@ -208,7 +346,11 @@ class BatchWriter:
 
 
 def disk_bytes(path: str | Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    """Bytes stored under a local path or fsspec URL."""
+    loc = location(path)
+    if isinstance(loc, str):
+        return int(_remote(loc, lambda fs, p: fs.du(p, total=True)))
+    return sum(f.stat().st_size for f in loc.rglob("*") if f.is_file())
 
 
 def summary(path: str | Path) -> dict:
