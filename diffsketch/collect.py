@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffsketch import __version__, store
+from diffsketch import __version__, distributed, store
 from diffsketch.config import Params, fingerprint
 from diffsketch.features import check_pool, unet_layers, vae_layers
 from diffsketch.models import check_model_reachable, load_model
@@ -46,6 +46,8 @@ def run_sample(
 
     ``model``: an already loaded :class:`SDModel` matching ``params.model`` (benchmarks, notebooks).
     """
+    workers = distributed.workers(params.model.device)
+    params = distributed.assign_device(params, workers)
     cfg = params.sample
     out = store.location(out)
     halves = _halves(params)
@@ -90,7 +92,8 @@ def run_sample(
     model.scheduler.set_timesteps(cfg.steps)
     timesteps = [int(t) for t in model.scheduler.timesteps]
 
-    if root is None:
+    workers.barrier()  # every process has read the store before process 0 may replace it
+    if root is None and workers.main:
         side = cfg.resolution // model.vae_scale_factor
         layout = store.StoreLayout(
             trajectories=cfg.trajectories,
@@ -123,15 +126,21 @@ def run_sample(
         root["seeds"][:] = np.array([t.seed for t in plan], dtype=np.int64)
         root["labels"][:] = np.array([classes.index(t.label) for t in plan], dtype=np.int64)
         root["prompt_ids"][:] = np.array([unique_prompts.index(t.prompt) for t in plan], dtype=np.int64)
+    workers.barrier()  # the store exists
+    if root is None:
+        root = store.open_store(out, mode="r+")
 
     done = store.complete_mask(root)
     # Batches are fixed blocks of the plan, so a resumed run denoises exactly the batches an
     # uninterrupted run would (bit-identical results), and writes only the missing trajectories.
     batches = [plan[i : i + cfg.batch_size] for i in range(0, len(plan), cfg.batch_size)]
-    todo = [b for b in batches if not all(done[t.index] for t in b)]
+    # Each process takes a contiguous share of the unfinished batches and writes only those trajectories.
+    todo = workers.share([b for b in batches if not all(done[t.index] for t in b)])
     if done.all():
         log.info("%s is complete (%d trajectories); nothing to do", out, len(done))
-    bar = tqdm(total=int((~done).sum()), desc="trajectories", unit="traj", disable=not progress)
+    progress = progress and workers.main
+    missing = sum(not done[t.index] for b in todo for t in b)
+    bar = tqdm(total=missing, desc="trajectories", unit="traj", disable=not progress)
     with store.BatchWriter(root, background=model.device.type != "cpu") as writer:
         for batch in todo:
             result = sample(
@@ -159,5 +168,8 @@ def run_sample(
             )
             bar.update(len(keep))
     bar.close()
+    workers.barrier()
+    if workers.main:
+        store.finalize(root, out)
     return out
 

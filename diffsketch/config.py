@@ -281,6 +281,16 @@ class EvaluateConfig(_Section):
         return self
 
 
+class LaunchConfig(_Section):
+    """How the `sample` and `pairs` stages spread over processes. Results do not depend on it, so no stage lists it."""
+
+    processes: int = Field(1, ge=1, description="worker processes on this machine (one per GPU); > 1 runs the stage under torchrun")
+    args: list[str] = Field(
+        default_factory=list,
+        description="extra torchrun arguments, e.g. [--nnodes, '2', --node_rank, '0', --master_addr, host0, --master_port, '29500']",
+    )
+
+
 class Params(_Section):
     model: ModelConfig = ModelConfig()
     sample: SampleConfig = SampleConfig()
@@ -293,6 +303,7 @@ class Params(_Section):
     distill: DistillConfig = DistillConfig()
     eval_data: EvalDataConfig = EvalDataConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    launch: LaunchConfig = LaunchConfig()
 
 
 class ParamsError(ValueError):

@@ -29,7 +29,7 @@ import torch
 import zarr
 from tqdm.auto import tqdm
 
-from diffsketch import __version__
+from diffsketch import __version__, distributed
 from diffsketch.config import Params, fingerprint
 from diffsketch.example import inputs_from_result
 from diffsketch.features import unet_layers, vae_layers
@@ -106,6 +106,8 @@ def run_pairs(
 ) -> str | Path:
     """Generate (or resume) ``pairs.count`` pairs into the store at ``out`` (a local path or an
     fsspec URL); returns its path."""
+    workers = distributed.workers(params.model.device)
+    params = distributed.assign_device(params, workers)
     cfg, out = params.pairs, store.location(out)
     generator, meta = load_generator(Path(generator_path))
     prior = TextPrior.load(prior_path)
@@ -134,21 +136,28 @@ def run_pairs(
     todo = list(range(cfg.count)) if root is None else [int(i) for i in np.flatnonzero(~root["complete"][:])]
     if not todo:
         log.info("%s: all %d pairs complete", out, cfg.count)
+        if workers.main:
+            store.finalize(root, out, "pairs")
         return out
     if model is None:
         check_model_reachable(params.model)
         model = load_model(params.model)
-    if root is None:
+    workers.barrier()  # every process has read the store before process 0 may replace it
+    if root is None and workers.main:
         attrs = dict(fingerprint=key, model=params.model.id, count=cfg.count, resolution=size, seed=cfg.seed, version=__version__)
         root = _create(out, cfg.count, size, attrs)
+    workers.barrier()  # the store exists
+    if root is None:
+        root = store.open_group(out, mode="r+")
     generator = generator.to(model.device).eval()
     indices = list(meta["ddim_indices"])
     unet_specs = unet_layers(model.unet.config, size, model.vae_scale_factor, meta.get("capture", "residual"))
     vae_specs = vae_layers(model.vae.config, size)
 
     pending = set(todo)
-    blocks = sorted({i // cfg.batch_size for i in todo})
-    bar = tqdm(total=len(todo), desc="pairs", disable=not progress)
+    blocks = workers.share(sorted({i // cfg.batch_size for i in todo}))  # each process: a contiguous share of the blocks
+    mine = [i for i in todo if i // cfg.batch_size in set(blocks)]
+    bar = tqdm(total=len(mine), desc="pairs", disable=not (progress and workers.main))
     for block in blocks:
         batch = [i for i in range(block * cfg.batch_size, min((block + 1) * cfg.batch_size, cfg.count)) if i in pending]
         conds = torch.cat([prior.sample(1, torch.Generator().manual_seed(pair_seeds(cfg.seed, i)[0])) for i in batch])
@@ -168,4 +177,7 @@ def run_pairs(
             root["complete"][i] = True  # last: a pair is complete only once both arrays are written
         bar.update(len(batch))
     bar.close()
+    workers.barrier()
+    if workers.main:
+        store.finalize(root, out, "pairs")
     return out

@@ -183,7 +183,7 @@ def check_writable(path: str | Path) -> None:
     if path.exists() and not path.is_dir():
         raise StoreError(f"output path {path} exists and is not a folder; remove it or choose another output path")
     target = path if path.exists() else parent
-    probe = target / ".diffsketch-write-probe"
+    probe = target / f".diffsketch-write-probe-{os.getpid()}"  # one per process: parallel workers probe at once
     try:
         probe.touch()
         probe.unlink()
@@ -197,8 +197,8 @@ def _check_writable_remote(url: str) -> None:
     def probe(fs, p):
         if fs.isfile(p):
             raise StoreError(f"output path {url} exists and is not a folder; remove it or choose another output path")
-        fs.pipe_file(f"{p}/.diffsketch-write-probe", b"")
-        fs.rm_file(f"{p}/.diffsketch-write-probe")
+        fs.pipe_file(f"{p}/.diffsketch-write-probe-{os.getpid()}", b"")
+        fs.rm_file(f"{p}/.diffsketch-write-probe-{os.getpid()}")
 
     _remote(url, probe, "write to")
 
@@ -263,6 +263,23 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
     if "fingerprint" not in root.attrs:
         raise StoreError(f"{path} was not finished being created (no fingerprint); delete it and sample again")
     return root
+
+
+def finalize(root: zarr.Group, path: str | Path, what: str = "trajectories") -> None:
+    """The last step of a run (process 0 only): check every item is complete, then consolidate the metadata.
+
+    Consolidated metadata lets readers (over S3 especially) open every array with one request.
+
+    Raises:
+        StoreError: items are missing (a worker failed); rerunning the same command resumes.
+    """
+    missing = np.flatnonzero(~root["complete"][:])
+    if missing.size:
+        raise StoreError(
+            f"{path}: {missing.size} {what} are still incomplete (e.g. {missing[:5].tolist()}); a worker failed or was "
+            "stopped; rerun the same command to finish them"
+        )
+    zarr.consolidate_metadata(root.store)
 
 
 def complete_mask(root: zarr.Group) -> np.ndarray:

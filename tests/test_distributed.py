@@ -1,0 +1,90 @@
+"""`sample` and `pairs` split over 2 CPU processes (torchrun, gloo) equal the single-process result."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import zarr
+
+from conftest import REPO
+from diffsketch import store
+from diffsketch.distributed import Workers
+from test_store import _assert_equal_stores
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env():
+    # one thread per process: two processes share the 2 cores
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _launch(nproc, *args):
+    """`torchrun --nproc_per_node N -m diffsketch ...` as a list of arguments."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+            "--master_port", str(_free_port()), "-m", "diffsketch", *map(str, args)]  # fmt: skip
+
+
+def _single(*args):
+    return [sys.executable, "-m", "diffsketch", *map(str, args)]
+
+
+def _params(tmp_path, prompts_dir, trajectories, steps):
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        f"model: {{id: tiny, device: cpu}}\nsample: {{prompts: {prompts_dir}, trajectories: {trajectories}, steps: {steps}, "
+        "resolution: 64, pool: 1, batch_size: 2}\n"
+    )
+    return path
+
+
+def test_share_is_contiguous_and_complete():
+    items = list(range(10))
+    shares = [Workers(rank=r, world=3).share(items) for r in range(3)]
+    assert shares == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert Workers().share(items) == items and Workers(rank=3, world=4).share([1, 2]) == []
+
+
+def test_two_processes_write_the_single_process_store(prompts_dir, tmp_path):
+    params = _params(tmp_path, prompts_dir, trajectories=5, steps=3)  # 3 blocks of 2: one process gets 2, one gets 1
+    run = subprocess.run(_launch(2, "sample", "-p", params, "-o", tmp_path / "two.zarr", "--no-progress"),
+                         env=_env(), capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    subprocess.run(_single("sample", "-p", params, "-o", tmp_path / "one.zarr", "--no-progress"), env=_env(), check=True, capture_output=True)
+    _assert_equal_stores(tmp_path / "one.zarr", tmp_path / "two.zarr")
+    two = zarr.open_group(str(tmp_path / "two.zarr"), mode="r")
+    assert dict(two.attrs) == dict(zarr.open_group(str(tmp_path / "one.zarr"), mode="r").attrs)
+    assert store.complete_mask(two).all()
+    assert (tmp_path / "two.zarr" / "zarr.json").read_text().count('"consolidated_metadata"') == 1
+
+
+def test_two_processes_killed_part_way_resume(prompts_dir, tmp_path):
+    params = _params(tmp_path, prompts_dir, trajectories=8, steps=30)
+    out = tmp_path / "killed.zarr"
+    proc = subprocess.Popen(_launch(2, "sample", "-p", params, "-o", out, "--no-progress"), env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline, done = time.time() + 300, 0
+    while time.time() < deadline and proc.poll() is None and done < 2:
+        try:
+            done = int(store.complete_mask(store.open_store(out)).sum())
+        except Exception:
+            done = 0
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+    proc.wait()
+    partial = int(store.complete_mask(store.open_store(out)).sum())
+    assert 2 <= partial < 8, "the kill should land part-way"
+    run = subprocess.run(_launch(2, "sample", "-p", params, "-o", out, "--no-progress"), env=_env(), capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    subprocess.run(_single("sample", "-p", params, "-o", tmp_path / "clean.zarr", "--no-progress"), env=_env(), check=True, capture_output=True)
+    _assert_equal_stores(tmp_path / "clean.zarr", out)
