@@ -110,7 +110,8 @@ def run_sample(
             package_version=__version__,
             model=params.model.id,
             dtype=str(model.dtype).removeprefix("torch."),
-            scheduler=dict(model.scheduler.config),
+            # diffusers' _use_default_values is a set listed in hash order, which differs between processes
+            scheduler={k: v for k, v in model.scheduler.config.items() if k != "_use_default_values"},
             guidance=cfg.guidance,
             eta=cfg.eta,
             steps=cfg.steps,

@@ -11,6 +11,7 @@ barriers around it.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Sequence, TypeVar
 
 import torch
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -65,6 +68,7 @@ def workers(device: str = "auto") -> Workers:
 
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     state = PartialState(cpu=cpu)
+    log.info("worker process %d of %d on %s", state.process_index, state.num_processes, state.device)
     return Workers(rank=state.process_index, world=state.num_processes, device=state.device, _state=state)
 
 

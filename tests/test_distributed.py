@@ -1,5 +1,6 @@
 """`sample` and `pairs` split over 2 CPU processes (torchrun, gloo) equal the single-process result."""
 
+import json
 import os
 import signal
 import socket
@@ -60,12 +61,14 @@ def test_two_processes_write_the_single_process_store(prompts_dir, tmp_path):
     run = subprocess.run(_launch(2, "sample", "-p", params, "-o", tmp_path / "two.zarr", "--no-progress"),
                          env=_env(), capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
+    assert "worker process 0 of 2" in run.stderr and "worker process 1 of 2" in run.stderr
     subprocess.run(_single("sample", "-p", params, "-o", tmp_path / "one.zarr", "--no-progress"), env=_env(), check=True, capture_output=True)
     _assert_equal_stores(tmp_path / "one.zarr", tmp_path / "two.zarr")
     two = zarr.open_group(str(tmp_path / "two.zarr"), mode="r")
     assert dict(two.attrs) == dict(zarr.open_group(str(tmp_path / "one.zarr"), mode="r").attrs)
     assert store.complete_mask(two).all()
-    assert (tmp_path / "two.zarr" / "zarr.json").read_text().count('"consolidated_metadata"') == 1
+    consolidated = two.metadata.consolidated_metadata  # written by the final step
+    assert consolidated is not None and "unet/up3_res2" in consolidated.flattened_metadata
 
 
 def test_two_processes_killed_part_way_resume(prompts_dir, tmp_path):
@@ -88,3 +91,37 @@ def test_two_processes_killed_part_way_resume(prompts_dir, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     subprocess.run(_single("sample", "-p", params, "-o", tmp_path / "clean.zarr", "--no-progress"), env=_env(), check=True, capture_output=True)
     _assert_equal_stores(tmp_path / "clean.zarr", out)
+
+
+def test_pairs_stage_relaunches_itself_over_two_processes(tiny, tmp_path):
+    """`launch.processes: 2` makes the pairs stage script run under torchrun; the pairs equal one process's."""
+    import shutil
+
+    import torch
+
+    from diffsketch.features import unet_layers, vae_layers
+    from diffsketch.generator import SketchGenerator, save_generator
+    from diffsketch.pairs import open_pairs
+    from diffsketch.prior import fit_prior
+
+    models = tmp_path / "models"
+    torch.manual_seed(0)
+    generator = SketchGenerator(unet_layers(tiny.unet.config, 64, 8), vae_layers(tiny.vae.config, 64), 2)
+    meta = dict(model="tiny", resolution=64, steps=3, guidance=5.0, capture="residual", ddim_indices=[0, 2])
+    save_generator(generator, models / "generator.safetensors", meta=meta)
+    prior = fit_prior(torch.randn(20, 77, 32, generator=torch.Generator().manual_seed(0)), 8, meta={"model": "tiny"})
+    prior.save(models / "prior.safetensors")
+    settings = {"model": {"id": "tiny", "device": "cpu"}, "pairs": {"count": 5, "batch_size": 2}}
+    stores = {}
+    for processes in (2, 1):
+        folder = tmp_path / f"run{processes}"
+        shutil.copytree(models, folder / "models")
+        launch = {"processes": processes, "args": ["--master_port", str(_free_port())]}
+        (folder / "params.yaml").write_text(json.dumps({**settings, "launch": launch}))
+        run = subprocess.run([sys.executable, str(REPO / "stages" / "pairs.py")], cwd=folder, env=_env(), capture_output=True, text=True)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert ("worker process 1 of 2" in run.stderr) == (processes == 2)
+        stores[processes] = open_pairs(folder / "data" / "pairs.zarr")
+    assert stores[2]["complete"][:].all()
+    for name in ("images", "sketches", "seeds", "complete"):
+        assert (stores[2][name][:] == stores[1][name][:]).all(), name
