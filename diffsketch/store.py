@@ -387,7 +387,7 @@ def summary(path: str | Path) -> dict:
         logical += nbytes * (int(done.sum()) / n if per_trajectory and n else 1)
     on_disk = disk_bytes(path)
     return dict(
-        path=str(path),
+        path=str(location(path)),
         attrs=dict(root.attrs),
         arrays=arrays,
         trajectories=n,
