@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -37,6 +38,9 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 
 from diffsketch.features import LayerSpec
+
+# Consolidated metadata (written by `finalize`) is a zarr-python extension; zarr warns on every open.
+warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
 
 FORMAT_VERSION = 1
 WRITE_BATCH_CHUNKS = 64

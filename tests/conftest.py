@@ -75,3 +75,52 @@ def student(tmp_path_factory):
 
     torch.manual_seed(0)
     return save_student(Student(StudentConfig(width=8, downsamples=2, blocks=1)), tmp_path_factory.mktemp("model") / "s.safetensors")
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def store_arrays(store) -> dict:
+    """Every array of a Zarr store (a path, URL or open group) and its unet/vae subgroups, as numpy, by path."""
+    import zarr
+
+    root = zarr.open_group(str(store), mode="r") if isinstance(store, (str, Path)) else store
+    out = {name: a[...] for name, a in root.arrays()}
+    for group in ("unet", "vae"):
+        if group in root:
+            out |= {f"{group}/{name}": a[...] for name, a in root[group].arrays()}
+    return out
+
+
+def assert_same_stores(a, b) -> None:
+    """Two stores hold the same arrays, bit for bit."""
+    import numpy as np
+
+    xa, xb = store_arrays(a), store_arrays(b)
+    assert xa.keys() == xb.keys()
+    for key in xa:
+        np.testing.assert_array_equal(xa[key], xb[key], err_msg=key)
+
+
+@pytest.fixture
+def teacher(tiny, tmp_path):
+    """A random generator and a text prior for the tiny model, saved as the train and prior stages would."""
+    import torch
+
+    from diffsketch.features import unet_layers, vae_layers
+    from diffsketch.generator import SketchGenerator, save_generator
+    from diffsketch.prior import fit_prior
+
+    torch.manual_seed(0)
+    gen = SketchGenerator(unet_layers(tiny.unet.config, 64, 8), vae_layers(tiny.vae.config, 64), 2)
+    meta = dict(model="tiny", resolution=64, steps=4, guidance=5.0, capture="residual", ddim_indices=[0, 2])
+    save_generator(gen, tmp_path / "generator.safetensors", meta=meta)
+    embeddings = torch.randn(20, 77, 32, generator=torch.Generator().manual_seed(0))
+    fit_prior(embeddings, 8, meta={"model": "tiny"}).save(tmp_path / "prior.safetensors")
+    return tmp_path / "generator.safetensors", tmp_path / "prior.safetensors"

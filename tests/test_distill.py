@@ -5,23 +5,7 @@ import pytest
 import torch
 
 from diffsketch.config import parse_params
-from diffsketch.features import unet_layers, vae_layers
-from diffsketch.generator import SketchGenerator, save_generator
 from diffsketch.pairs import PairsError, open_pairs, run_pairs
-from diffsketch.prior import fit_prior
-
-
-@pytest.fixture
-def teacher(tiny, tmp_path):
-    """A (random) generator and a prior, saved as the train and prior stages would."""
-    torch.manual_seed(0)
-    gen = SketchGenerator(unet_layers(tiny.unet.config, 64, 8), vae_layers(tiny.vae.config, 64), 2)
-    meta = dict(model="tiny", resolution=64, steps=4, guidance=5.0, capture="residual", ddim_indices=[0, 2])
-    save_generator(gen, tmp_path / "generator.safetensors", meta=meta)
-    fit_prior(torch.randn(20, 77, 32, generator=torch.Generator().manual_seed(0)), 8, meta={"model": "tiny"}).save(
-        tmp_path / "prior.safetensors"
-    )
-    return tmp_path / "generator.safetensors", tmp_path / "prior.safetensors"
 
 
 def params(**pairs):

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,18 +10,11 @@ import time
 import pytest
 import zarr
 
-from conftest import REPO
+from conftest import REPO, assert_same_stores, free_port
 from diffsketch import store
 from diffsketch.distributed import Workers
-from test_store import _assert_equal_stores
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env():
@@ -33,7 +25,7 @@ def _env():
 def _launch(nproc, *args):
     """`torchrun --nproc_per_node N -m diffsketch ...` as a list of arguments."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-            "--master_port", str(_free_port()), "-m", "diffsketch", *map(str, args)]  # fmt: skip
+            "--master_port", str(free_port()), "-m", "diffsketch", *map(str, args)]  # fmt: skip
 
 
 def _single(*args):
@@ -63,7 +55,7 @@ def test_two_processes_write_the_single_process_store(prompts_dir, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "worker process 0 of 2" in run.stderr and "worker process 1 of 2" in run.stderr
     subprocess.run(_single("sample", "-p", params, "-o", tmp_path / "one.zarr", "--no-progress"), env=_env(), check=True, capture_output=True)
-    _assert_equal_stores(tmp_path / "one.zarr", tmp_path / "two.zarr")
+    assert_same_stores(tmp_path / "one.zarr", tmp_path / "two.zarr")
     two = zarr.open_group(str(tmp_path / "two.zarr"), mode="r")
     assert dict(two.attrs) == dict(zarr.open_group(str(tmp_path / "one.zarr"), mode="r").attrs)
     assert store.complete_mask(two).all()
@@ -90,33 +82,24 @@ def test_two_processes_killed_part_way_resume(prompts_dir, tmp_path):
     run = subprocess.run(_launch(2, "sample", "-p", params, "-o", out, "--no-progress"), env=_env(), capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
     subprocess.run(_single("sample", "-p", params, "-o", tmp_path / "clean.zarr", "--no-progress"), env=_env(), check=True, capture_output=True)
-    _assert_equal_stores(tmp_path / "clean.zarr", out)
+    assert_same_stores(tmp_path / "clean.zarr", out)
 
 
-def test_pairs_stage_relaunches_itself_over_two_processes(tiny, tmp_path):
+def test_pairs_stage_relaunches_itself_over_two_processes(teacher, tmp_path):
     """`launch.processes: 2` makes the pairs stage script run under torchrun; the pairs equal one process's."""
     import shutil
 
-    import torch
-
-    from diffsketch.features import unet_layers, vae_layers
-    from diffsketch.generator import SketchGenerator, save_generator
     from diffsketch.pairs import open_pairs
-    from diffsketch.prior import fit_prior
 
-    models = tmp_path / "models"
-    torch.manual_seed(0)
-    generator = SketchGenerator(unet_layers(tiny.unet.config, 64, 8), vae_layers(tiny.vae.config, 64), 2)
-    meta = dict(model="tiny", resolution=64, steps=3, guidance=5.0, capture="residual", ddim_indices=[0, 2])
-    save_generator(generator, models / "generator.safetensors", meta=meta)
-    prior = fit_prior(torch.randn(20, 77, 32, generator=torch.Generator().manual_seed(0)), 8, meta={"model": "tiny"})
-    prior.save(models / "prior.safetensors")
     settings = {"model": {"id": "tiny", "device": "cpu"}, "pairs": {"count": 5, "batch_size": 2}}
     stores = {}
     for processes in (2, 1):
         folder = tmp_path / f"run{processes}"
-        shutil.copytree(models, folder / "models")
-        launch = {"processes": processes, "args": ["--master_port", str(_free_port())]}
+        (folder / "models").mkdir(parents=True)
+        for source in teacher[0].parent.glob("*.*"):  # generator.safetensors + .json, prior.safetensors
+            if source.name.startswith(("generator.", "prior.")):
+                shutil.copy(source, folder / "models" / source.name)
+        launch = {"processes": processes, "args": ["--master_port", str(free_port())]}
         (folder / "params.yaml").write_text(json.dumps({**settings, "launch": launch}))
         run = subprocess.run([sys.executable, str(REPO / "stages" / "pairs.py")], cwd=folder, env=_env(), capture_output=True, text=True)
         assert run.returncode == 0, run.stdout + run.stderr

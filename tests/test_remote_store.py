@@ -2,16 +2,13 @@
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from conftest import small_params
+from conftest import assert_same_stores, free_port, small_params
 from diffsketch import store
 from diffsketch.collect import run_sample
 from diffsketch.config import parse_params
@@ -21,28 +18,6 @@ BUCKET = "diffsketch-test"
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model is faster on one thread of busy cores
 
 
-def _arrays(root):
-    """Every array of a group (and its unet/vae subgroups) as numpy, by path."""
-    out = {name: a[...] for name, a in root.arrays()}
-    for group in ("unet", "vae"):
-        if group in root:
-            out |= {f"{group}/{name}": a[...] for name, a in root[group].arrays()}
-    return out
-
-
-def _assert_same(a, b):
-    xa, xb = _arrays(a), _arrays(b)
-    assert xa.keys() == xb.keys()
-    for key in xa:
-        np.testing.assert_array_equal(xa[key], xb[key], err_msg=key)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_server():
     """A moto S3 server on loopback with one empty bucket; yields its endpoint URL."""
@@ -50,7 +25,7 @@ def s3_server():
     boto3 = pytest.importorskip("boto3")
     server_module = pytest.importorskip("moto.server")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
@@ -134,7 +109,7 @@ def test_bad_bucket_credentials_or_endpoint_fail_before_the_model_loads(s3, prom
         with pytest.raises(store.StoreError, match=r"NoCredentialsError.*AWS_ACCESS_KEY_ID"):
             run_sample(params, f"{s3}/f.zarr")
     with monkeypatch.context() as m:
-        m.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+        m.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
         m.setenv("AWS_MAX_ATTEMPTS", "1")
         with pytest.raises(store.StoreError, match="AWS_ENDPOINT_URL"):
             run_sample(params, f"{s3}/f.zarr")
@@ -146,7 +121,7 @@ def test_sample_to_s3_equals_local_and_resumes(s3, prompts_dir, tmp_path, tiny, 
     url = run_sample(params, f"{s3}/features.zarr", progress=False, model=tiny)
     assert url == f"{s3}/features.zarr"
     remote = store.open_store(url)
-    _assert_same(store.open_store(local), remote)
+    assert_same_stores(store.open_store(local), remote)
     assert dict(remote.attrs) == dict(store.open_store(local).attrs)
     info = store.summary(Path(url))  # a URL through a Path (the CLI's options) still works
     assert info["complete"] == 2 and info["disk_bytes"] > 0
@@ -169,29 +144,13 @@ def test_sample_to_s3_equals_local_and_resumes(s3, prompts_dir, tmp_path, tiny, 
     monkeypatch.setattr(store, "write_trajectories", lambda root, i, *a: (calls.append(list(i)), original(root, i, *a)))
     run_sample(params, f"{s3}/part.zarr", progress=False, model=tiny)
     assert calls == [[1]]
-    _assert_same(store.open_store(local), store.open_store(f"{s3}/part.zarr"))
+    assert_same_stores(store.open_store(local), store.open_store(f"{s3}/part.zarr"))
     calls.clear()
     run_sample(params, f"{s3}/part.zarr", progress=False, model=tiny)  # complete: nothing to do
     assert calls == []
 
     with pytest.raises(store.StoreError, match="other settings"):
         run_sample(small_params(prompts_dir, trajectories=2, batch_size=1, steps=3), url, progress=False, model=tiny)
-
-
-@pytest.fixture
-def teacher(tiny, tmp_path):
-    """A random generator and prior, as in test_distill."""
-    from diffsketch.features import unet_layers, vae_layers
-    from diffsketch.generator import SketchGenerator, save_generator
-    from diffsketch.prior import fit_prior
-
-    torch.manual_seed(0)
-    gen = SketchGenerator(unet_layers(tiny.unet.config, 64, 8), vae_layers(tiny.vae.config, 64), 2)
-    meta = dict(model="tiny", resolution=64, steps=4, guidance=5.0, capture="residual", ddim_indices=[0, 2])
-    save_generator(gen, tmp_path / "generator.safetensors", meta=meta)
-    embeddings = torch.randn(20, 77, 32, generator=torch.Generator().manual_seed(0))
-    fit_prior(embeddings, 8, meta={"model": "tiny"}).save(tmp_path / "prior.safetensors")
-    return tmp_path / "generator.safetensors", tmp_path / "prior.safetensors"
 
 
 def test_pairs_to_s3_resume_and_read(s3, teacher, tiny, tmp_path, monkeypatch):
@@ -218,13 +177,13 @@ def test_pairs_to_s3_resume_and_read(s3, teacher, tiny, tmp_path, monkeypatch):
     assert open_pairs(url)["complete"][:].tolist() == [True, False]
     monkeypatch.setattr(pairs_module, "sample_conditions", real)
     run_pairs(params, gen, prior, url, progress=False, model=tiny)
-    _assert_same(open_pairs(tmp_path / "local.zarr"), open_pairs(url))
+    assert_same_stores(open_pairs(tmp_path / "local.zarr"), open_pairs(url))
     assert dict(open_pairs(url).attrs) == dict(open_pairs(tmp_path / "local.zarr").attrs)
 
     # a local store copied to the bucket with plain fsspec reads back identically
     fs, _ = fsspec.core.url_to_fs(s3, skip_instance_cache=True)
     fs.put(str(tmp_path / "local.zarr"), f"{s3}/copied.zarr", recursive=True)
-    _assert_same(open_pairs(tmp_path / "local.zarr"), open_pairs(f"{s3}/copied.zarr"))
+    assert_same_stores(open_pairs(tmp_path / "local.zarr"), open_pairs(f"{s3}/copied.zarr"))
 
 
 # --- DVC remote on the same server ----------------------------------------------------------------

@@ -8,27 +8,9 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import REPO, small_params
+from conftest import REPO, assert_same_stores, small_params, store_arrays
 from diffsketch import store
 from diffsketch.collect import SampleInputError, run_sample
-
-
-def _arrays(path):
-    """Every array of a store as numpy, by path."""
-    root = zarr.open_group(str(path), mode="r")
-    out = {}
-    for group in (root, root["unet"], root["vae"]):
-        prefix = "" if group is root else group.basename + "/"
-        for name, array in group.arrays():
-            out[prefix + name] = array[...]
-    return out
-
-
-def _assert_equal_stores(a, b):
-    xa, xb = _arrays(a), _arrays(b)
-    assert xa.keys() == xb.keys()
-    for key in xa:
-        np.testing.assert_array_equal(xa[key], xb[key], err_msg=key)
 
 
 def test_store_layout_and_contents(prompts_dir, tmp_path, tiny):
@@ -81,14 +63,14 @@ def test_interrupted_run_resumes_to_the_same_store(prompts_dir, tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         run_sample(params, tmp_path / "part.zarr", progress=False)
     assert store.complete_mask(store.open_store(tmp_path / "part.zarr")).tolist() == [True, True, False, False, False]
-    before = _arrays(tmp_path / "part.zarr")
+    before = store_arrays(tmp_path / "part.zarr")
 
     written = []
     monkeypatch.setattr(store, "write_trajectories", lambda root, i, *a: (written.append(list(i)), original(root, i, *a)))
     run_sample(params, tmp_path / "part.zarr", progress=False)
     assert written == [[2, 3], [4]]  # only the incomplete ones
-    _assert_equal_stores(tmp_path / "full.zarr", tmp_path / "part.zarr")
-    after = _arrays(tmp_path / "part.zarr")
+    assert_same_stores(tmp_path / "full.zarr", tmp_path / "part.zarr")
+    after = store_arrays(tmp_path / "part.zarr")
     for key in before:  # completed trajectories untouched
         if before[key].shape[:1] == (5,):
             np.testing.assert_array_equal(before[key][:2], after[key][:2])
@@ -125,17 +107,17 @@ def test_killed_process_resumes(prompts_dir, tmp_path):
     assert 1 <= partial < 8, "the kill should land part-way"
     subprocess.run(cmd + [str(tmp_path / "killed.zarr")], env=env, check=True, capture_output=True)
     subprocess.run(cmd + [str(tmp_path / "clean.zarr")], env=env, check=True, capture_output=True)
-    _assert_equal_stores(tmp_path / "clean.zarr", tmp_path / "killed.zarr")
+    assert_same_stores(tmp_path / "clean.zarr", tmp_path / "killed.zarr")
 
 
 def test_changed_settings_are_refused_without_overwrite(prompts_dir, tmp_path):
     out = tmp_path / "f.zarr"
     run_sample(small_params(prompts_dir, trajectories=2), out, progress=False)
-    before = _arrays(out)
+    before = store_arrays(out)
     with pytest.raises(store.StoreError, match="other settings.*--overwrite"):
         run_sample(small_params(prompts_dir, trajectories=2, steps=3), out, progress=False)
-    _assert_equal_stores(out, out)  # still readable
-    after = _arrays(out)
+    assert_same_stores(out, out)  # still readable
+    after = store_arrays(out)
     for key in before:
         np.testing.assert_array_equal(before[key], after[key])
     run_sample(small_params(prompts_dir, trajectories=2, steps=3), out, overwrite=True, progress=False)
@@ -207,7 +189,7 @@ def test_partly_complete_batch_writes_only_the_missing(prompts_dir, tmp_path, mo
     """Resuming a batch whose first trajectory is complete rewrites only the second."""
     params = small_params(prompts_dir, trajectories=4)
     out = run_sample(params, tmp_path / "f.zarr", progress=False)
-    reference = _arrays(out)
+    reference = store_arrays(out)
     root = store.open_store(out, mode="r+")
     root["complete"][3] = False
     root["images"][3] = 0
@@ -217,7 +199,7 @@ def test_partly_complete_batch_writes_only_the_missing(prompts_dir, tmp_path, mo
     monkeypatch.setattr(store, "write_trajectories", lambda r, i, *a: (written.append(list(i)), original(r, i, *a)))
     run_sample(params, out, progress=False)
     assert written == [[3]]
-    after = _arrays(out)
+    after = store_arrays(out)
     np.testing.assert_array_equal(after["images"][3], reference["images"][3])
     assert (after["images"][2] == 7).all()
 
