@@ -22,10 +22,15 @@ def _env():
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def _launch(nproc, *args):
-    """`torchrun --nproc_per_node N -m diffsketch ...` as a list of arguments."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-            "--master_port", str(free_port()), "-m", "diffsketch", *map(str, args)]  # fmt: skip
+def _launch(nproc, *args, launcher="torchrun"):
+    """`torchrun --nproc_per_node N -m diffsketch ...` (or the README's `accelerate launch` form) as a list of arguments."""
+    if launcher == "accelerate":
+        head = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(nproc),
+                "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]  # fmt: skip
+    else:
+        head = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+                "--master_port", str(free_port())]  # fmt: skip
+    return [*head, "-m", "diffsketch", *map(str, args)]
 
 
 def _single(*args):
@@ -48,9 +53,10 @@ def test_share_is_contiguous_and_complete():
     assert Workers().share(items) == items and Workers(rank=3, world=4).share([1, 2]) == []
 
 
-def test_two_processes_write_the_single_process_store(prompts_dir, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_write_the_single_process_store(prompts_dir, tmp_path, launcher):
     params = _params(tmp_path, prompts_dir, trajectories=5, steps=3)  # 3 blocks of 2: one process gets 2, one gets 1
-    run = subprocess.run(_launch(2, "sample", "-p", params, "-o", tmp_path / "two.zarr", "--no-progress"),
+    run = subprocess.run(_launch(2, "sample", "-p", params, "-o", tmp_path / "two.zarr", "--no-progress", launcher=launcher),
                          env=_env(), capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     assert "worker process 0 of 2" in run.stderr and "worker process 1 of 2" in run.stderr

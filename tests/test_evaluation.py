@@ -204,3 +204,17 @@ def test_cli_evaluate_and_readme_results(eval_dir, student, tmp_path):
     assert result.exit_code == 1 and "results:begin" in result.output
     result = runner.invoke(app, ["results", "--reports", str(tmp_path / "nothing")])
     assert result.exit_code == 1 and "run the evaluate stage first" in result.output
+
+
+def test_lpips_column_when_its_weights_are_there(eval_dir, tmp_path, monkeypatch):
+    import diffsketch.losses as losses
+
+    random_backbone = losses.load_lpips("random")  # stands in for the cached AlexNet, which is not available offline
+    monkeypatch.setattr(losses, "alexnet_cached", lambda: tmp_path / "alexnet.pth")
+    monkeypatch.setattr(losses, "load_lpips", lambda net, device="cpu": random_backbone)
+    params = _params(eval_dir, methods=["canny", "sobel"], lpips="on", datasets=[{"path": str(eval_dir), "limit": 1}])
+    result = run_evaluate(params, None, tmp_path / "eval", progress=False)
+    assert set(result.means["canny"]) == {"ssim", "psnr", "lpips", "chamfer", "f_score"}
+    assert result.means["canny"]["lpips"] > 0 and result.summary["lpips"] is True
+    assert "lpips ↓" in (tmp_path / "eval" / "index.html").read_text()
+    assert not any("LPIPS" in note for note in result.summary["notes"])
