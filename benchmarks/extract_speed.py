@@ -35,22 +35,29 @@ from diffsketch.styles import xdog
 STUDENTS = {"paper": StudentConfig(32, 3, 4), "smoke": StudentConfig(16, 3, 2)}
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _median(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        _sync()
         t = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
-def student_times(repeats: int) -> dict:
+def student_times(repeats: int, device: str = "cpu") -> dict:
     out = {}
     for name, cfg in STUDENTS.items():
-        model = Student(cfg).eval()
+        model = Student(cfg).eval().to(device)
         for side in (512, 1024):
-            x = torch.rand(1, 3, side, side)
+            x = torch.rand(1, 3, side, side, device=device)
             with torch.inference_mode():
                 out[(name, side)] = _median(lambda: model(x), repeats)
     for side in (512, 1024):
@@ -76,8 +83,10 @@ def pipeline_time(model_id: str, resolution: int, steps: int, timesteps: int) ->
             generator(inputs_from_result(result, model.device))
 
     run()  # warm-up
+    _sync()
     t = time.perf_counter()
     run()
+    _sync()
     return time.perf_counter() - t
 
 
@@ -85,9 +94,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=["student", "tiny", "sd15", "all"], default="all")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="where the student runs (the pipeline uses model.device auto)")
     args = parser.parse_args()
-    s = student_times(args.repeats)
-    print("\n== per image, CPU, batch 1 (medians)")
+    s = student_times(args.repeats, args.device)
+    print(f"\n== per image, student on {args.device}, xdog on the CPU, batch 1 (medians)")
     for side in (512, 1024):
         print(f"{side}x{side}: student paper-size {s[('paper', side)]:.4f} s ({1 / s[('paper', side)]:.1f} img/s), "
               f"smoke-size {s[('smoke', side)]:.4f} s, xdog {s[('xdog', side)]:.4f} s "

@@ -51,14 +51,14 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def run(name: str, repeats: int, clip_spec: str, lpips_net: str) -> None:
+def run(name: str, repeats: int, clip_spec: str, lpips_net: str, precision: str = "auto") -> None:
     setup = SETUPS[name]
     params = parse_params(
         {
             "model": {"id": setup["model"]},
             "sample": {"steps": setup["steps"], "resolution": setup["resolution"]},
             "losses": {"clip_model": clip_spec, "lpips_net": lpips_net},
-            "train": {"cdst_horizon": 10},
+            "train": {"cdst_horizon": 10, "precision": precision},
         }
     )
     model = load_model(params.model)
@@ -110,9 +110,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--clip", default="ViT-B-32:", help="losses.clip_model; the default is ViT-B-32 with random weights (the real cost)")
     parser.add_argument("--lpips", default="auto", help="losses.lpips_net")
+    parser.add_argument("--precision", default="auto", help="train.precision: auto, fp32, bf16, fp16 (GPU)")
+    parser.add_argument("--sd15-steps", type=int, default=2, help="DDIM steps for sd15 (50 on a GPU: the real cost)")
     args = parser.parse_args()
+    SETUPS["sd15"].update(steps=args.sd15_steps, timesteps=min(13, args.sd15_steps))
     for name in ("tiny", "sd15") if args.only == "all" else (args.only,):
-        run(name, args.repeats, args.clip, args.lpips)
+        run(name, args.repeats, args.clip, args.lpips, args.precision)
 
 
 if __name__ == "__main__":
