@@ -124,3 +124,17 @@ def teacher(tiny, tmp_path):
     embeddings = torch.randn(20, 77, 32, generator=torch.Generator().manual_seed(0))
     fit_prior(embeddings, 8, meta={"model": "tiny"}).save(tmp_path / "prior.safetensors")
     return tmp_path / "generator.safetensors", tmp_path / "prior.safetensors"
+
+
+def interrupt_on_call(monkeypatch, module, name: str, n: int):
+    """Make ``module.name`` raise KeyboardInterrupt on its ``n``-th call (a Ctrl-C mid-run); returns the original."""
+    real, calls = getattr(module, name), []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)
+    return real

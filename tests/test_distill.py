@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import interrupt_on_call
 from diffsketch.config import parse_params
 from diffsketch.pairs import PairsError, open_pairs, run_pairs
 
@@ -25,16 +26,7 @@ def test_pairs_resume_and_batch_independence(tiny, teacher, tmp_path, monkeypatc
     # interrupted after the first block, then resumed: the same pairs
     import diffsketch.pairs as pairs_module
 
-    real = pairs_module.sample_conditions
-    calls = []
-
-    def crash_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pairs_module, "sample_conditions", crash_second)
+    real = interrupt_on_call(monkeypatch, pairs_module, "sample_conditions", 2)
     with pytest.raises(KeyboardInterrupt):
         run_pairs(params(), gen_path, prior_path, tmp_path / "b.zarr", progress=False, model=tiny)
     monkeypatch.setattr(pairs_module, "sample_conditions", real)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_same_stores, free_port, small_params
+from conftest import assert_same_stores, free_port, interrupt_on_call, small_params
 from diffsketch import store
 from diffsketch.collect import run_sample
 from diffsketch.config import parse_params
@@ -162,15 +162,7 @@ def test_pairs_to_s3_resume_and_read(s3, teacher, tiny, tmp_path, monkeypatch):
     params = parse_params({"model": {"id": "tiny", "device": "cpu"}, "pairs": {"count": 2, "batch_size": 1}})
     run_pairs(params, gen, prior, tmp_path / "local.zarr", progress=False, model=tiny)
 
-    real, calls = pairs_module.sample_conditions, []
-
-    def crash_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(pairs_module, "sample_conditions", crash_second)
+    real = interrupt_on_call(monkeypatch, pairs_module, "sample_conditions", 2)
     url = f"{s3}/pairs.zarr"
     with pytest.raises(KeyboardInterrupt):
         run_pairs(params, gen, prior, url, progress=False, model=tiny)
