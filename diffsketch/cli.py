@@ -222,19 +222,10 @@ def results(
     readme: Annotated[Path | None, typer.Option(help="also write the table between the results markers of this README")] = None,
 ) -> None:
     """Print the evaluation's mean scores as Markdown (and put them into the README with --readme)."""
-    import json
-
-    from diffsketch.eval_report import results_markdown, update_readme
-    from diffsketch.evaluation import EvalError
+    from diffsketch.eval_report import saved_results, update_readme
 
     with _clean_errors():
-        if readme is not None:
-            block = update_readme(readme, reports)
-        else:
-            try:
-                block = results_markdown(json.loads((reports / "summary.json").read_text()), json.loads((reports / "metrics.json").read_text()))
-            except FileNotFoundError as err:
-                raise EvalError(f"{err.filename} not found; run the evaluate stage first (`dvc repro evaluate`)") from None
+        block = saved_results(reports) if readme is None else update_readme(readme, reports)
     typer.echo(block)
 
 

@@ -152,18 +152,24 @@ def results_markdown(summary: dict, metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: str | Path, reports: str | Path = "reports/eval") -> str:
-    """Replace the text between the README's results markers with the table of ``reports``; returns it."""
-    readme, reports = Path(readme), Path(reports)
+def saved_results(reports: str | Path = "reports/eval") -> str:
+    """The results block (:func:`results_markdown`) of the evaluation saved in ``reports``."""
+    reports = Path(reports)
     for needed in (reports / "summary.json", reports / "metrics.json"):
         if not needed.is_file():
             raise EvalError(f"{needed} not found; run the evaluate stage first (`dvc repro evaluate`)")
+    return results_markdown(json.loads((reports / "summary.json").read_text()), json.loads((reports / "metrics.json").read_text()))
+
+
+def update_readme(readme: str | Path, reports: str | Path = "reports/eval") -> str:
+    """Replace the text between the README's results markers with the table of ``reports``; returns it."""
+    readme = Path(readme)
+    block = saved_results(reports)
     if not readme.is_file():
         raise EvalError(f"{readme} not found; pass the README to update with --readme")
     text = readme.read_text(encoding="utf-8")
     if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
         raise EvalError(f"{readme} needs exactly one {BEGIN} line followed by one {END} line")
-    block = results_markdown(json.loads((reports / "summary.json").read_text()), json.loads((reports / "metrics.json").read_text()))
     head, rest = text.split(BEGIN)
     _, tail = rest.split(END)
     readme.write_text(f"{head}{BEGIN}\n{block}\n{END}{tail}", encoding="utf-8")

@@ -97,6 +97,11 @@ def _check_weights(name: str, path: str) -> None:
         raise EvalError(f"evaluate.weights.{name}={path} is not a file; point it at the {name} checkpoint or drop {name}")
 
 
+def dataset_name(dataset: DatasetConfig) -> str:
+    """The dataset's label in the report: its ``name``, else its folder's name."""
+    return dataset.name or Path(dataset.path).expanduser().resolve().name
+
+
 def list_images(dataset: DatasetConfig) -> list[TestImage]:
     """The dataset's image files (sorted by name, hidden files skipped), at most ``limit`` of them."""
     folder = Path(dataset.path).expanduser()
@@ -106,8 +111,7 @@ def list_images(dataset: DatasetConfig) -> list[TestImage]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
     if not files:
         raise EvalError(f"evaluate.datasets: {dataset.path} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    name = dataset.name or folder.resolve().name
-    return [TestImage(name, p) for p in files[: dataset.limit]]
+    return [TestImage(dataset_name(dataset), p) for p in files[: dataset.limit]]
 
 
 def _student_method(student_path: str | Path, device: torch.device):
@@ -150,7 +154,7 @@ def plan(params: Params, student_path: str | Path | None) -> Plan:
 
     cfg = params.evaluate
     images = [image for dataset in cfg.datasets for image in list_images(dataset)]
-    names = [d.name or Path(d.path).expanduser().resolve().name for d in cfg.datasets]
+    names = [dataset_name(d) for d in cfg.datasets]
     if len(set(names)) < len(names):
         raise EvalError(f"evaluate.datasets: two datasets are both named {names}; give them distinct `name`s")
     style, truth_weights = _ground_truth(params)

@@ -201,8 +201,9 @@ def _check_writable_remote(url: str) -> None:
     def probe(fs, p):
         if fs.isfile(p):
             raise StoreError(f"output path {url} exists and is not a folder; remove it or choose another output path")
-        fs.pipe_file(f"{p}/.diffsketch-write-probe-{os.getpid()}", b"")
-        fs.rm_file(f"{p}/.diffsketch-write-probe-{os.getpid()}")
+        name = f"{p}/.diffsketch-write-probe-{os.getpid()}"  # one per process, as for local paths
+        fs.pipe_file(name, b"")
+        fs.rm_file(name)
 
     _remote(url, probe, "write to")
 
