@@ -141,6 +141,8 @@ def run_sample(
         log.info("%s is complete (%d trajectories); nothing to do", out, len(done))
     progress = progress and workers.main
     missing = sum(not done[t.index] for b in todo for t in b)
+    if workers.world > 1:
+        log.info("worker %d of %d takes %d trajectories", workers.rank, workers.world, missing)
     bar = tqdm(total=missing, desc="trajectories", unit="traj", disable=not progress)
     with store.BatchWriter(root, background=model.device.type != "cpu") as writer:
         for batch in todo:

@@ -157,6 +157,8 @@ def run_pairs(
     pending = set(todo)
     blocks = workers.share(sorted({i // cfg.batch_size for i in todo}))  # each process: a contiguous share of the blocks
     mine = [i for i in todo if i // cfg.batch_size in set(blocks)]
+    if workers.world > 1:
+        log.info("worker %d of %d takes %d pairs", workers.rank, workers.world, len(mine))
     bar = tqdm(total=len(mine), desc="pairs", disable=not (progress and workers.main))
     for block in blocks:
         batch = [i for i in range(block * cfg.batch_size, min((block + 1) * cfg.batch_size, cfg.count)) if i in pending]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,7 +60,8 @@ def test_two_processes_write_the_single_process_store(prompts_dir, tmp_path, lau
     run = subprocess.run(_launch(2, "sample", "-p", params, "-o", tmp_path / "two.zarr", "--no-progress", launcher=launcher),
                          env=_env(), capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "worker process 0 of 2" in run.stderr and "worker process 1 of 2" in run.stderr
+    shares = {int(rank): int(n) for rank, n in re.findall(r"worker (\d) of 2 takes (\d+) trajectories", run.stderr)}
+    assert shares == {0: 4, 1: 1}, run.stderr  # blocks [0, 1] [2, 3] | [4]: the work was split, not repeated
     subprocess.run(_single("sample", "-p", params, "-o", tmp_path / "one.zarr", "--no-progress"), env=_env(), check=True, capture_output=True)
     assert_same_stores(tmp_path / "one.zarr", tmp_path / "two.zarr")
     two = zarr.open_group(str(tmp_path / "two.zarr"), mode="r")
@@ -109,7 +111,8 @@ def test_pairs_stage_relaunches_itself_over_two_processes(teacher, tmp_path):
         (folder / "params.yaml").write_text(json.dumps({**settings, "launch": launch}))
         run = subprocess.run([sys.executable, str(REPO / "stages" / "pairs.py")], cwd=folder, env=_env(), capture_output=True, text=True)
         assert run.returncode == 0, run.stdout + run.stderr
-        assert ("worker process 1 of 2" in run.stderr) == (processes == 2)
+        shares = {int(rank): int(n) for rank, n in re.findall(r"worker (\d) of 2 takes (\d+) pairs", run.stderr)}
+        assert shares == ({0: 4, 1: 1} if processes == 2 else {}), run.stderr
         stores[processes] = open_pairs(folder / "data" / "pairs.zarr")
     assert stores[2]["complete"][:].all()
     for name in ("images", "sketches", "seeds", "complete"):
