@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from pathlib import Path
 import torch
 
 from diffsketch.config import ModelConfig
+
+log = logging.getLogger(__name__)
 
 SD_SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
@@ -238,6 +241,27 @@ def _load_pipeline(cfg: ModelConfig, dtype: torch.dtype):
         ) from err
 
 
+# The method's DDIM (method.md §1): the predicted x0 is never clipped, and the last step lands on
+# alphas_cumprod[0] rather than on a clean sample. diffusers' DDIM defaults differ (clip_sample=True,
+# set_alpha_to_one=True), and SD 1.x hub folders ship a PNDM config that names neither.
+DDIM_FIXED = dict(clip_sample=False, set_alpha_to_one=False)
+
+
+def ddim_scheduler(config):
+    """A DDIMScheduler from any loaded scheduler config (SD ships PNDM's), with :data:`DDIM_FIXED`
+    whatever the config says; a config that said otherwise is named in a warning."""
+    from diffusers import DDIMScheduler
+
+    overridden = {k: config[k] for k, v in DDIM_FIXED.items() if k in config and config[k] != v}
+    if overridden:
+        log.warning(
+            "the model's scheduler config sets %s; diffsketch's DDIM uses %s (the method's sampler)",
+            ", ".join(f"{k}={v}" for k, v in overridden.items()),
+            ", ".join(f"{k}={v}" for k, v in DDIM_FIXED.items()),
+        )
+    return DDIMScheduler.from_config(config, **DDIM_FIXED)
+
+
 def check_model_reachable(cfg: ModelConfig) -> None:
     """Cheap checks on ``model.id`` before any expensive work (paths exist, config folder given)."""
     if cfg.id in ARCHITECTURES:
@@ -251,8 +275,6 @@ def check_model_reachable(cfg: ModelConfig) -> None:
 
 def load_model(cfg: ModelConfig) -> SDModel:
     """Load the model named by ``cfg`` in eval mode, gradients off, on its device and dtype."""
-    from diffusers import DDIMScheduler
-
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.id in ARCHITECTURES:
@@ -264,7 +286,7 @@ def load_model(cfg: ModelConfig) -> SDModel:
             vae=pipe.vae,
             text_encoder=pipe.text_encoder,
             tokenizer=pipe.tokenizer,
-            scheduler=DDIMScheduler.from_config(pipe.scheduler.config),
+            scheduler=ddim_scheduler(pipe.scheduler.config),
         )
     for name in ("unet", "vae", "text_encoder"):
         module = parts[name].to(device).eval().requires_grad_(False)

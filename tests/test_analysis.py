@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from diffsketch import store
-from diffsketch.analysis import AnalysisInputError, AnalysisResult, analyze, knee, write_outputs
+from diffsketch.analysis import AnalysisInputError, AnalysisResult, analyze, knee, select_timesteps, write_outputs
 from diffsketch.config import AnalyzeConfig
 from diffsketch.features import LayerSpec
 
@@ -35,6 +35,11 @@ def synthetic_store(path, trajectories=12, complete=None, group_of_step=GROUPS, 
     return path
 
 
+def assert_distinct(result):
+    """Every chosen timestep is a different one (k clusters, k timesteps)."""
+    assert len(set(result.selected.tolist())) == len(result.selected)
+
+
 def cfg(**kw):
     base = dict(pca_dims=5, k_min=2, k_max=8, k="auto", strategy="kmeans", seed=0)
     base.update(kw)
@@ -44,6 +49,7 @@ def cfg(**kw):
 def test_auto_finds_the_four_groups_and_one_timestep_each(tmp_path):
     path = synthetic_store(tmp_path / "s.zarr")
     result = analyze(path, cfg(), progress=False)
+    assert_distinct(result)
     assert result.k == 4
     chosen_groups = sorted(GROUPS[result.selected])
     assert chosen_groups == [0, 1, 2, 3]
@@ -59,11 +65,15 @@ def test_same_seed_same_timesteps(tmp_path):
     a = analyze(path, cfg(k=6), progress=False)
     b = analyze(path, cfg(k=6), progress=False)
     assert np.array_equal(a.selected, b.selected) and np.array_equal(a.silhouette, b.silhouette)
+    assert a.selected.size == 6
+    assert_distinct(a)
 
 
 def test_fixed_k_and_baseline_strategies(tmp_path):
     path = synthetic_store(tmp_path / "s.zarr")
-    assert analyze(path, cfg(k=6), progress=False).selected.size == 6
+    six = analyze(path, cfg(k=6), progress=False)  # more clusters than groups: two clusters share a group
+    assert six.selected.size == 6
+    assert_distinct(six)
     uniform = analyze(path, cfg(k=5, strategy="uniform"), progress=False)
     assert sorted(uniform.selected.tolist()) == [0, 5, 10, 14, 19]
     rnd = analyze(path, cfg(k=5, strategy="random"), progress=False)
@@ -82,6 +92,8 @@ def test_equal_weighting_lets_the_small_layer_count(tmp_path):
     equal = analyze(path, cfg(layer_weighting="equal"), progress=False)
     raw = analyze(path, cfg(layer_weighting="raw"), progress=False)
     assert equal.k == 4 and sorted(GROUPS[equal.selected]) == [0, 1, 2, 3]
+    assert_distinct(equal)
+    assert_distinct(raw)
     assert raw.silhouette.max() < equal.silhouette.max()
 
 
@@ -130,3 +142,40 @@ def test_knee():
     k = np.arange(2, 10)
     inertia = np.array([100, 60, 30, 10, 9, 8, 7, 6], dtype=float)
     assert knee(k, inertia) == 5
+
+
+def test_selection_is_the_optimal_assignment_not_the_greedy_one():
+    """Two centres near the same timestep: each centre's own best timestep is step 1 (a greedy or
+    nearest-point choice picks it twice); the distinct assignment of least total cost is worked out
+    by hand below."""
+    # one trajectory, three steps, 1-D projections at 0, 1 and 2; centres at 0.8 and 1.1
+    projection = np.array([[0.0], [1.0], [2.0]])
+    row_step = np.array([0, 1, 2])
+    centers = np.array([[0.8], [1.1]])
+    # cost[c, t] = |x_t - centre_c|:  c0: 0.8 0.2 1.2   c1: 1.1 0.1 0.9
+    # assignments (c0, c1): (0,1) 0.9  (0,2) 1.7  (1,0) 1.3  (1,2) 1.1  (2,0) 2.3  (2,1) 1.3  -> (0, 1)
+    chosen, clusters = select_timesteps(projection, row_step, centers, steps=3)
+    assert dict(zip(clusters.tolist(), chosen.tolist())) == {0: 0, 1: 1}
+
+
+def test_selection_cost_is_the_mean_distance_of_a_timesteps_points():
+    """One centre at 1.0. Step 0's points (0.5, 1.5) are 0.5 away on average; step 1 has a point on
+    the centre but the other at 4.0, 1.5 away on average. The mean picks step 0 (the nearest single
+    point would pick step 1)."""
+    projection = np.array([[0.5], [1.0], [1.5], [4.0]])  # two trajectories of two steps
+    row_step = np.array([0, 1, 0, 1])
+    chosen, clusters = select_timesteps(projection, row_step, np.array([[1.0]]), steps=2)
+    assert chosen.tolist() == [0] and clusters.tolist() == [0]
+
+
+def test_selection_with_as_many_clusters_as_timesteps_uses_each_once():
+    """k = T: the assignment is a permutation; with every centre on one step's points, it is that step."""
+    rng = np.random.default_rng(0)
+    steps = 6
+    centres = rng.normal(size=(steps, 3)) * 10
+    order = rng.permutation(steps)  # centre c sits on step order[c]
+    row_step = np.tile(np.arange(steps), 4)
+    projection = centres[np.argsort(order)][row_step] + 0.01 * rng.normal(size=(len(row_step), 3))
+    chosen, clusters = select_timesteps(projection, row_step, centres, steps)
+    assert sorted(chosen.tolist()) == list(range(steps))
+    assert dict(zip(clusters.tolist(), chosen.tolist())) == dict(enumerate(order.tolist()))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from diffsketch.config import ModelConfig
-from diffsketch.models import ModelLoadError, build_random, clip_tokenizer, load_model
+from diffsketch.models import ModelLoadError, build_random, clip_tokenizer, ddim_scheduler, load_model
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -85,3 +85,57 @@ def test_cuda_requested_without_cuda():
         pytest.skip("CUDA present")
     with pytest.raises(ModelLoadError, match="CUDA is not available"):
         load_model(ModelConfig(id="tiny", device="cuda"))
+
+
+def _save_with_scheduler(tiny, folder, scheduler):
+    pipe = tiny.as_pipeline()
+    pipe.scheduler = scheduler
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def _pred_x0_after_one_step(scheduler) -> torch.Tensor:
+    """pred_x0 of one DDIM step from x = 5 with eps = 0: by hand x / sqrt(alpha_bar_t), far above 1."""
+    scheduler.set_timesteps(10)
+    x = torch.full((1, 4, 2, 2), 5.0)
+    return scheduler.step(torch.zeros_like(x), scheduler.timesteps[0], x).pred_original_sample
+
+
+def test_hub_pndm_config_gives_unclipped_ddim(tiny, tmp_path, caplog):
+    """SD 1.x folders ship a PNDM scheduler config without clip_sample; diffusers' DDIM default would
+    clip the predicted x0 to [-1, 1], which the method never does."""
+    from diffusers import PNDMScheduler
+
+    hub_like = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                             set_alpha_to_one=False, steps_offset=1)  # fmt: skip
+    loaded = load_model(ModelConfig(id=str(_save_with_scheduler(tiny, tmp_path / "sd", hub_like)), device="cpu"))
+    sched = loaded.scheduler
+    assert type(sched).__name__ == "DDIMScheduler"
+    assert sched.config.clip_sample is False and sched.config.set_alpha_to_one is False
+    x0 = _pred_x0_after_one_step(sched)
+    t = int(sched.timesteps[0])
+    by_hand = 5.0 / sched.alphas_cumprod[t].sqrt()
+    assert torch.allclose(x0, torch.full_like(x0, float(by_hand)))
+    assert x0.max() > 5  # not clipped
+    assert float(sched.final_alpha_cumprod) == pytest.approx(1 - 0.00085)  # alphas_cumprod[0], not 1
+    assert "scheduler config sets" not in caplog.text  # nothing was overridden
+
+
+def test_ddim_config_that_clips_is_overridden_with_a_warning(tiny, tmp_path, caplog):
+    from diffusers import DDIMScheduler
+
+    clipping = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=True,
+                             set_alpha_to_one=True, steps_offset=1)  # fmt: skip
+    folder = _save_with_scheduler(tiny, tmp_path / "sd", clipping)
+    with caplog.at_level("WARNING"):
+        loaded = load_model(ModelConfig(id=str(folder), device="cpu"))
+    # (diffusers' StableDiffusionPipeline itself already resets an explicit clip_sample=True)
+    assert "set_alpha_to_one=True" in caplog.text
+    assert loaded.scheduler.config.clip_sample is False and loaded.scheduler.config.set_alpha_to_one is False
+    assert _pred_x0_after_one_step(loaded.scheduler).max() > 5
+    assert float(loaded.scheduler.final_alpha_cumprod) == pytest.approx(1 - 0.00085)
+
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        direct = ddim_scheduler(clipping.config)
+    assert "clip_sample=True" in caplog.text and direct.config.clip_sample is False

@@ -1,0 +1,216 @@
+"""Mutation check: plant realistic bugs one at a time and see whether the fast tests catch them.
+
+Each mutant replaces one exact snippet of one library file (the snippet must occur exactly once,
+so a mutant that no longer applies is reported as stale rather than silently skipped), in a
+scratch copy of the repository, and runs the tests named for it. A mutant is *killed* when those
+tests fail, *survived* when they pass. Every listed mutant must be killed.
+
+Not part of CI (it runs the named tests once per mutant). Run it whenever a change touches the
+modules below, and record the score:
+
+    python tools/mutants.py                 # every mutant
+    python tools/mutants.py -k losses       # mutants whose name contains "losses"
+    python tools/mutants.py --list          # names, files and tests only
+    python tools/mutants.py --baseline      # also check that the unmutated tests pass
+    python tools/mutants.py --extra more.py # also the MUTANTS list defined in another file
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # path relative to the repository root
+    old: str  # exact snippet, found exactly once in the file
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or files that must fail
+    why: str = ""
+
+
+M = Mutant
+MUTANTS: list[Mutant] = [
+    # --- timestep selection (analysis) --------------------------------------------------------
+    M(
+        "analysis: per-cluster argmin instead of the optimal assignment",
+        "diffsketch/analysis.py",
+        "    clusters, chosen = linear_sum_assignment(cost)\n",
+        "    clusters, chosen = np.arange(len(centers)), cost.argmin(axis=1)\n",
+        ("tests/test_analysis.py",),
+        "greedy choice can pick one timestep for two clusters",
+    ),
+    M(
+        "analysis: the timestep of the point nearest each centre",
+        "diffsketch/analysis.py",
+        "    clusters, chosen = linear_sum_assignment(cost)\n",
+        "    near = np.linalg.norm(projection[:, None, :] - centers[None], axis=2).argmin(axis=0)\n"
+        "    clusters, chosen = np.arange(len(centers)), row_step[near]\n",
+        ("tests/test_analysis.py",),
+    ),
+    M(
+        "analysis: the assignment maximises the cost",
+        "diffsketch/analysis.py",
+        "    clusters, chosen = linear_sum_assignment(cost)\n",
+        "    clusters, chosen = linear_sum_assignment(cost, maximize=True)\n",
+        ("tests/test_analysis.py",),
+    ),
+    M(
+        "analysis: cost is the distance to the nearest point, not the mean",
+        "diffsketch/analysis.py",
+        "axis=2).mean(axis=0)\n",
+        "axis=2).min(axis=0)\n",
+        ("tests/test_analysis.py",),
+    ),
+    # --- sampling and models ----------------------------------------------------------------------
+    M(
+        "models: the loaded scheduler config's clip_sample / set_alpha_to_one are kept",
+        "diffsketch/models.py",
+        "    return DDIMScheduler.from_config(config, **DDIM_FIXED)\n",
+        "    return DDIMScheduler.from_config(config)\n",
+        ("tests/test_models.py",),
+    ),
+    M(
+        "sampling: the final latent is decoded whatever sample.decode says",
+        "diffsketch/sampling.py",
+        'last["pred_x0"] if decode == "pred_x0" else latents',
+        "latents",
+        ("tests/test_sampling.py",),
+    ),
+    M(
+        "sampling: CFG halves read in the wrong order",
+        "diffsketch/sampling.py",
+        "            eps_uncond, eps_cond = eps.chunk(2)\n            eps = eps_uncond + guidance * (eps_cond - eps_uncond)\n"
+        "        variance_noise",
+        "            eps_cond, eps_uncond = eps.chunk(2)\n            eps = eps_uncond + guidance * (eps_cond - eps_uncond)\n"
+        "        variance_noise",
+        ("tests/test_sampling.py",),
+    ),
+    M(
+        "features: the cond and uncond halves swapped",
+        "diffsketch/features.py",
+        'HALVES = {"uncond": (0,), "cond": (1,),',
+        'HALVES = {"uncond": (1,), "cond": (0,),',
+        ("tests/test_sampling.py", "tests/test_generator.py"),
+    ),
+    # --- training: CDST, prior, generator ---------------------------------------------------------
+    M(
+        "cdst: the example and random weights swapped",
+        "diffsketch/cdst.py",
+        "    return w * example.to(random.dtype) + (1 - w) * random\n",
+        "    return (1 - w) * example.to(random.dtype) + w * random\n",
+        ("tests/test_cdst.py",),
+    ),
+    M(
+        "prior: components scaled by the variance instead of the standard deviation",
+        "diffsketch/prior.py",
+        "* self.variances.sqrt()",
+        "* self.variances",
+        ("tests/test_prior.py",),
+    ),
+    M(
+        "generator: the lower aggregator's output dropped (the authors' bug)",
+        "diffsketch/generator.py",
+        "torch.cat([c.unsqueeze(0), t], dim=0)",
+        "torch.cat([t[:1], t], dim=0)",
+        ("tests/test_generator.py",),
+    ),
+    # --- presets ----------------------------------------------------------------------------------
+    M(
+        "presets: a params file with edits is replaced without --force",
+        "diffsketch/presets.py",
+        "            if not force:\n",
+        "            if False:\n",
+        ("tests/test_presets.py",),
+    ),
+]
+
+
+def _copy_repo(dst: Path) -> None:
+    """The files git tracks plus untracked ones it does not ignore, as they are in the working tree."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    for rel in filter(None, listed):
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+
+
+def _run_tests(root: Path, tests: tuple[str, ...], timeout: int) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests]
+    try:
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, "timeout"
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    return proc.returncode, (lines[-1] if lines else proc.stderr.strip()[-200:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", default="", help="only mutants whose name contains this text")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--baseline", action="store_true", help="first run every named test file unmutated")
+    parser.add_argument("--extra", type=Path, help="a Python file defining more MUTANTS")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per mutant")
+    args = parser.parse_args(argv)
+
+    mutants = list(MUTANTS)
+    if args.extra:
+        mutants += runpy.run_path(str(args.extra), init_globals={"Mutant": Mutant, "M": Mutant})["MUTANTS"]
+    mutants = [m for m in mutants if args.k.lower() in m.name.lower()]
+    if args.list:
+        for m in mutants:
+            print(f"{m.name}\n    {m.file}  ->  {' '.join(m.tests)}")
+        return 0
+
+    stale = [m for m in mutants if (REPO / m.file).read_text().count(m.old) != 1]
+    for m in stale:
+        print(f"STALE     {m.name}: its snippet is not found exactly once in {m.file}")
+    if stale:
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="diffsketch-mutants-") as tmp:
+        root = Path(tmp)
+        _copy_repo(root)
+        if args.baseline:
+            files = tuple(sorted({t for m in mutants for t in m.tests}))
+            rc, last = _run_tests(root, files, args.timeout * 4)
+            print(f"baseline  {'ok' if rc == 0 else 'FAILED'}: {last}")
+            if rc != 0:
+                return 2
+        killed = 0
+        for m in mutants:
+            path = root / m.file
+            original = path.read_text()
+            path.write_text(original.replace(m.old, m.new))
+            start = time.perf_counter()
+            try:
+                rc, last = _run_tests(root, m.tests, args.timeout)
+            finally:
+                path.write_text(original)
+            status = "killed" if rc not in (0, 5) else "SURVIVED"  # 5: no tests collected
+            killed += status == "killed"
+            print(f"{status:9} {m.name}  [{time.perf_counter() - start:.0f} s: {last}]", flush=True)
+    print(f"\nmutation score: {killed}/{len(mutants)} killed")
+    return 0 if killed == len(mutants) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
