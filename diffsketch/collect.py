@@ -118,6 +118,7 @@ def run_sample(
             resolution=cfg.resolution,
             pool=cfg.pool,
             capture=cfg.capture,
+            decode=cfg.decode,
             unet_layers=[vars(s) for s in unet_specs],
             vae_layers=[vars(s) for s in vae_specs],
             prompts=unique_prompts,
@@ -158,6 +159,7 @@ def run_sample(
                 vae_specs,
                 cfg.pool,
                 cfg.halves,
+                cfg.decode,
                 progress=progress,
             )
             keep = [b for b, t in enumerate(batch) if not done[t.index]]

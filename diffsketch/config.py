@@ -59,8 +59,13 @@ class SampleConfig(_Section):
     halves: Literal["cond", "uncond", "both"] = Field("cond", description="which CFG half to keep")
     capture: Literal["residual", "output"] = Field(
         "residual",
-        description="UNet feature: the ResNet residual branch before the skip addition (the paper's "
+        description="UNet feature: the ResNet residual branch before the skip addition (the authors' "
         "out_layers) or the full ResNet output",
+    )
+    decode: Literal["pred_x0", "latent"] = Field(
+        "pred_x0",
+        description="what the VAE decodes into the image (and its decoder features): the predicted x0 of "
+        "the last DDIM step (the authors' code) or the final latent (diffusers' pipeline)",
     )
     batch_size: int = Field(4, ge=1, description="trajectories denoised together")
     seed: int = Field(0, ge=0, description="trajectory i uses seed + i")
@@ -111,7 +116,7 @@ class PriorConfig(_Section):
     """The `prior` stage: a Gaussian over CLIP text embeddings, for CDST's random conditions."""
 
     captions: str = Field("data/captions", description="folder of .txt files (one caption per line), or one .txt file")
-    components: int = Field(512, ge=1, description="PCA components kept (the paper's 512); needs more captions than this")
+    components: int = Field(512, ge=1, description="PCA components kept (the authors' code: 512); needs more captions than this")
     seed: int = Field(0, ge=0)
 
 
@@ -151,7 +156,7 @@ class TrainConfig(_Section):
 class PairsConfig(_Section):
     """The `pairs` stage: (image, sketch) pairs from the trained generator, for distillation."""
 
-    count: int = Field(30000, ge=2, description="pairs to generate (the paper distils on about 30k)")
+    count: int = Field(30000, ge=2, description="pairs to generate (about 30k in the paper, per its reviews)")
     batch_size: int = Field(4, ge=1, description="images sampled together")
     seed: int = Field(0, ge=0, description="pair i uses prior draw and noise seeds derived from seed and i")
 

@@ -88,7 +88,9 @@ def _source_trajectory(model: SDModel, params: Params, unet_specs, vae_specs, ke
     """Sample (or invert and regenerate) the example's trajectory; returns (result, photo or None, cond)."""
     cfg, s = params.example, params.sample
     cond = encode_prompts(model, [cfg.prompt])
-    common = dict(unet_specs=unet_specs, vae_specs=vae_specs, pool="full", halves="both", keep=keep, on_cpu=False)
+    common = dict(
+        unet_specs=unet_specs, vae_specs=vae_specs, pool="full", halves="both", keep=keep, on_cpu=False, decode=s.decode
+    )
     if cfg.image is None:
         noise = initial_noise(model, [cfg.seed], s.resolution)
         result = sample_conditions(model, cond, noise, s.steps, s.guidance, s.eta, [cfg.seed], progress=progress, **common)

@@ -168,6 +168,7 @@ def run_pairs(
         result = sample_conditions(
             model, conds.to(model.device, model.dtype), noise, int(meta["steps"]), float(meta["guidance"]), 0.0, seeds,
             unet_specs, vae_specs, pool="full", halves="both", keep=indices, on_cpu=False,
+            decode=meta.get("decode", "latent"),  # generators from before sample.decode existed decoded the latent
         )  # fmt: skip
         with torch.no_grad():
             sketches = generator(inputs_from_result(result, model.device)).float().cpu()

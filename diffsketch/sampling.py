@@ -24,7 +24,7 @@ class SampleResult:
     noise: torch.Tensor  # (B, C, h, w) initial noise, float32, CPU
     timesteps: list[int]
     unet: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, T, halves, C, g, g) fp16
-    vae: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, C, g, g) fp16
+    vae: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, C, g, g) fp16, from decoding `images`
 
     def images_uint8(self) -> torch.Tensor:
         """(B, H, W, 3) uint8, rounded as diffusers' ``numpy_to_pil`` does."""
@@ -97,7 +97,7 @@ def ddim_loop(
 
 
 @torch.no_grad()
-def decode(model: SDModel, latents: torch.Tensor) -> torch.Tensor:
+def decode_latents(model: SDModel, latents: torch.Tensor) -> torch.Tensor:
     """Latents to images in [0, 1] (B, 3, H, W), float32 on the CPU."""
     image = model.vae.decode(latents / model.vae.config.scaling_factor, return_dict=False)[0]
     return (image.float() / 2 + 0.5).clamp(0, 1).cpu()
@@ -115,10 +115,11 @@ def sample(
     vae_specs: list[LayerSpec] | None = None,
     pool: int | str = "full",
     halves: str = "cond",
+    decode: str = "pred_x0",
     progress: bool = False,
 ) -> SampleResult:
     """Sample one image per (prompt, seed), capturing UNet features at every step and VAE decoder
-    features while the final latent is decoded."""
+    features while the image is decoded (see :func:`sample_conditions` for ``decode``)."""
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
     if guidance <= 1.0 and halves != "cond":
@@ -126,7 +127,7 @@ def sample(
     cond = encode_prompts(model, prompts)
     return sample_conditions(
         model, cond, initial_noise(model, seeds, resolution), steps, guidance, eta, seeds,
-        unet_specs, vae_specs, pool, halves, cfg=guidance > 1.0, progress=progress,
+        unet_specs, vae_specs, pool, halves, cfg=guidance > 1.0, decode=decode, progress=progress,
     )  # fmt: skip
 
 
@@ -145,17 +146,31 @@ def sample_conditions(
     cfg: bool = True,
     keep: list[int] | None = None,
     on_cpu: bool = True,
+    decode: str = "pred_x0",
     progress: bool = False,
 ) -> SampleResult:
     """Sample from text embeddings ``cond`` (B, 77, D) and initial ``noise``; the unconditional
     half is the empty prompt. ``cfg=True`` runs the ``[uncond; cond]`` batch even at guidance 1 (so
     both halves' features exist); ``keep`` limits UNet capture to those step indices. With
-    ``on_cpu=False`` features stay on the model's device (training reads them there)."""
+    ``on_cpu=False`` features stay on the model's device (training reads them there).
+
+    ``decode`` names the latent the VAE turns into the image and the VAE decoder features:
+    ``"pred_x0"``, the predicted x0 of the last DDIM step (the authors' code), or ``"latent"``, the
+    final latent (diffusers' pipeline). With ``set_alpha_to_one=False`` the last step lands on
+    alphas_cumprod[0], so the final latent is about 0.9996 x0 + 0.03 eps: the two differ slightly.
+    """
+    if decode not in ("pred_x0", "latent"):
+        raise ValueError(f"decode={decode!r}: use 'pred_x0' or 'latent'")
     uncond = encode_prompts(model, [""] * len(cond)) if cfg else None
+    last: dict[str, torch.Tensor] = {}
+
+    def keep_pred_x0(i: int, t: int, latents: torch.Tensor, pred_x0: torch.Tensor) -> None:
+        last["pred_x0"] = pred_x0
+
     with FeatureCapture(model.unet, unet_specs or [], pool, halves if cfg else "single", keep) as unet_cap:
-        latents = ddim_loop(model, noise, cond, uncond, steps, guidance, eta, seeds, progress=progress)
+        latents = ddim_loop(model, noise, cond, uncond, steps, guidance, eta, seeds, keep_pred_x0, progress)
     with FeatureCapture(model.vae, vae_specs or [], pool) as vae_cap:
-        images = decode(model, latents)
+        images = decode_latents(model, last["pred_x0"] if decode == "pred_x0" else latents)
     return SampleResult(
         images=images,
         latents=latents.float().cpu(),

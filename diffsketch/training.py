@@ -123,6 +123,7 @@ class Trainer:
         return sample_conditions(
             self.model, cond.to(self.model.dtype), noise, p.sample.steps, p.sample.guidance, p.sample.eta, seeds,
             self.unet_specs, self.vae_specs, pool="full", halves="both", keep=self.indices, on_cpu=False,
+            decode=p.sample.decode,
         )  # fmt: skip
 
     def step(self, iteration: int) -> dict:
@@ -341,6 +342,7 @@ def run_train(
         steps=params.sample.steps,
         guidance=params.sample.guidance,
         capture=params.sample.capture,
+        decode=params.sample.decode,
         ddim_indices=indices,
         example=params.example.model_dump(mode="json"),
         iterations=cfg.iterations,

@@ -3,15 +3,16 @@ import pytest
 import torch
 
 from diffsketch.features import unet_layers, vae_layers
-from diffsketch.sampling import ddim_loop, decode, encode_image, encode_prompts, invert, sample
+from diffsketch.sampling import ddim_loop, decode_latents, encode_image, encode_prompts, invert, sample
 
 PROMPTS = ["a photo of a horse in mud", "a bowl of ramen"]
 
 
-@pytest.mark.parametrize("guidance", [5.0, 1.0])
-def test_images_equal_diffusers_pipeline(tiny, guidance):
-    ours = sample(tiny, PROMPTS, [3, 4], 128, 12, guidance)
-    reference = tiny.as_pipeline()(
+def _pipeline_images(tiny, guidance, scheduler=None):
+    pipe = tiny.as_pipeline()
+    if scheduler is not None:
+        pipe.scheduler = scheduler
+    return pipe(
         PROMPTS,
         height=128,
         width=128,
@@ -20,9 +21,37 @@ def test_images_equal_diffusers_pipeline(tiny, guidance):
         generator=[torch.Generator().manual_seed(s) for s in (3, 4)],
         output_type="np",
     ).images
-    diff = np.abs(reference - ours.images.permute(0, 2, 3, 1).numpy()).max()
+
+
+@pytest.mark.parametrize("guidance", [5.0, 1.0])
+def test_images_equal_diffusers_pipeline(tiny, guidance):
+    """`decode: latent` decodes the final latent, as diffusers' pipeline does."""
+    ours = sample(tiny, PROMPTS, [3, 4], 128, 12, guidance, decode="latent")
+    diff = np.abs(_pipeline_images(tiny, guidance) - ours.images.permute(0, 2, 3, 1).numpy()).max()
     assert diff <= 1e-4
     assert ours.images.std() > 0.01  # not a constant image
+
+
+def test_pred_x0_decoding_is_the_last_steps_x0(tiny):
+    """The default decodes the last step's predicted x0 (the authors' code). A second route to it:
+    diffusers' pipeline with ``set_alpha_to_one=True``, whose last DDIM step returns x0 itself (the
+    earlier steps do not depend on that flag)."""
+    from diffusers import DDIMScheduler
+
+    ours = sample(tiny, PROMPTS, [3, 4], 128, 12, 5.0).images.permute(0, 2, 3, 1).numpy()
+    to_x0 = DDIMScheduler.from_config(tiny.scheduler.config, set_alpha_to_one=True)
+    assert np.abs(_pipeline_images(tiny, 5.0, to_x0) - ours).max() <= 1e-4
+    assert np.abs(_pipeline_images(tiny, 5.0) - ours).max() > 1e-3  # and it is not the final latent's image
+
+
+def test_vae_features_follow_the_decoded_latent(tiny):
+    vspecs = vae_layers(tiny.vae.config, 64)
+    x0 = sample(tiny, PROMPTS[:1], [3], 64, 4, 5.0, vae_specs=vspecs, pool=1)
+    final = sample(tiny, PROMPTS[:1], [3], 64, 4, 5.0, vae_specs=vspecs, pool=1, decode="latent")
+    assert torch.equal(x0.latents, final.latents)  # the same trajectory
+    assert not torch.equal(x0.vae["up3_res2"], final.vae["up3_res2"])
+    with pytest.raises(ValueError, match="decode"):
+        sample(tiny, PROMPTS[:1], [3], 64, 4, 5.0, decode="x0")
 
 
 def test_seed_and_prompt_change_the_image(tiny):
@@ -83,4 +112,4 @@ def test_real_image_round_trip_through_vae(tiny):
     image = torch.rand(1, 3, 64, 64)
     latent = encode_image(tiny, image)
     assert latent.shape == (1, 4, 8, 8)
-    assert decode(tiny, latent).shape == (1, 3, 64, 64)
+    assert decode_latents(tiny, latent).shape == (1, 3, 64, 64)
