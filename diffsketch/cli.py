@@ -44,11 +44,12 @@ def _expected_errors():
     from diffsketch.training import TrainInputError
     from diffsketch.evaldata import EvalDataError
     from diffsketch.evaluation import EvalError
+    from diffsketch.presets import PresetError
 
     return (
         ParamsError, SampleInputError, ModelLoadError, PromptsError, StoreError, AnalysisInputError,
         PriorError, ExampleError, StyleError, LossSetupError, TrainInputError, GeneratorLoadError, PairsError,
-        StudentLoadError, ExtractError, ExportError, EvalDataError, EvalError,
+        StudentLoadError, ExtractError, ExportError, EvalDataError, EvalError, PresetError,
     )  # fmt: skip
 
 
@@ -67,6 +68,28 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug lo
     if not verbose:
         for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec"):  # "Found credentials in environment variables", ...
             logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def preset(
+    name: Annotated[str | None, typer.Argument(help="preset to write: smoke, paper, ... (omit to list them)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="params file to write")] = Path("params.yaml"),
+    force: Annotated[bool, typer.Option(help="replace a params file with your own edits (kept as .bak)")] = False,
+    presets: Annotated[Path, typer.Option(help="folder of preset files")] = Path("presets"),
+) -> None:
+    """Write a whole parameter profile (every key) to params.yaml, e.g. `diffsketch preset paper`."""
+    from diffsketch.presets import apply_preset, available
+
+    with _clean_errors():
+        if name is None:
+            for key, path in available(presets).items():
+                first = path.read_text().splitlines()[0].lstrip("# ") if path.stat().st_size else ""
+                typer.echo(f"{key:10} {first}")
+            return
+        backup = apply_preset(name, out, force=force, folder=presets)
+    if backup is not None:
+        typer.echo(f"your previous {out} is saved as {backup}")
+    typer.echo(f"wrote preset {name} to {out}; run `dvc repro` (or `dvc exp run` to track it as an experiment)")
 
 
 @app.command()
