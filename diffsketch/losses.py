@@ -8,7 +8,9 @@
 
 E is a frozen open_clip image encoder fed CLIP's own normalisation at its input size (the authors
 used ImageNet statistics and kept CLIP trainable, both fixed here); E(I_src) and E(S_src) are
-computed once. Sketches are in [0, 1] (1 = paper) and repeated to three channels.
+computed once. Sketches are in [0, 1] (1 = paper) and repeated to three channels. Weights that were
+trained with QuickGELU (OpenAI's, and every tag open_clip marks ``quick_gelu``) get a QuickGELU
+model: open_clip's plain architectures use nn.GELU and would only warn about the mismatch.
 
 Offline there are no pretrained weights. ``losses.clip_model=auto`` and ``losses.lpips_net=auto``
 then fall back, with a logged warning, to a seeded tiny CLIP and to LPIPS's linear heads on a
@@ -52,15 +54,23 @@ def _frozen(module: nn.Module) -> nn.Module:
     return module
 
 
+def _uses_quick_gelu(module: nn.Module) -> bool:
+    """Whether the built tower's activations are open_clip's QuickGELU (x * sigmoid(1.702 x))."""
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(m, QuickGELU) for m in module.modules())
+
+
 class ClipImageEncoder(nn.Module):
     """A frozen open_clip image tower behind a differentiable preprocessing: [0, 1] images (1 or 3
     channels, any square size) -> bicubic resize to the model's input size -> CLIP mean/std ->
-    unit-norm embeddings."""
+    unit-norm embeddings. ``quick_gelu`` records the activation the tower was built with."""
 
     def __init__(self, visual: nn.Module, size: int, mean=CLIP_MEAN, std=CLIP_STD, name: str = ""):
         super().__init__()
         self.visual = _frozen(visual)
         self.size, self.name = size, name
+        self.quick_gelu = _uses_quick_gelu(visual)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
@@ -83,7 +93,12 @@ def _tiny_clip() -> ClipImageEncoder:
 
 
 def load_clip(spec: str, device: torch.device | str = "cpu") -> ClipImageEncoder:
-    """``auto`` | ``tiny`` | ``<open_clip architecture>:<pretrained tag or local checkpoint file>``."""
+    """``auto`` | ``tiny`` | ``<open_clip architecture>:<pretrained tag or local checkpoint file>``.
+
+    The activation follows the weights: a pretrained tag that open_clip's metadata marks
+    ``quick_gelu`` (``openai`` for every architecture, and some others) builds the model with
+    QuickGELU. A local checkpoint keeps the architecture's own activation, so OpenAI weights from a
+    file need the ``-quickgelu`` architecture (``ViT-B-32-quickgelu:/path/to/ViT-B-32.pt``)."""
     import open_clip
 
     if spec == "tiny":
@@ -94,8 +109,10 @@ def load_clip(spec: str, device: torch.device | str = "cpu") -> ClipImageEncoder
         raise LossSetupError(f"losses.clip_model={spec!r}: unknown open_clip architecture {arch!r} (e.g. ViT-B-32)")
     if pretrained and ("/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors"))) and not Path(pretrained).is_file():
         raise LossSetupError(f"losses.clip_model={spec!r}: checkpoint file {pretrained} not found")
+    tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
+    quick_gelu = bool(tag_cfg.get("quick_gelu", False))  # how the tag's weights were trained
     try:
-        model = open_clip.create_model(arch, pretrained=pretrained or None, device=device)
+        model = open_clip.create_model(arch, pretrained=pretrained or None, device=device, force_quick_gelu=quick_gelu)
     except Exception as err:  # noqa: BLE001 - open_clip raises RuntimeError/OSError/HF errors for the same cause
         if spec != "auto":
             raise LossSetupError(
@@ -112,7 +129,9 @@ def load_clip(spec: str, device: torch.device | str = "cpu") -> ClipImageEncoder
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = cfg.get("size", model.visual.image_size)
     size = size[0] if isinstance(size, (tuple, list)) else size
-    return ClipImageEncoder(model.visual, int(size), cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD), name).to(device)
+    encoder = ClipImageEncoder(model.visual, int(size), cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD), name)
+    log.info("CLIP %s: %d px input, %s activations", name, encoder.size, "QuickGELU" if encoder.quick_gelu else "GELU")
+    return encoder.to(device)
 
 
 def alexnet_cached() -> Path | None:

@@ -207,3 +207,71 @@ def test_partly_complete_batch_writes_only_the_missing(prompts_dir, tmp_path, mo
 def test_runs_of_indices():
     assert store._runs([2, 3, 4, 7, 9, 10]) == [(0, 2, 5), (3, 7, 8), (4, 9, 11)]
     assert store._runs([5]) == [(0, 5, 6)]
+
+
+def test_failed_array_write_leaves_its_batch_incomplete(prompts_dir, tmp_path, monkeypatch):
+    """A real write failure part-way through a batch (the disk refuses the `latents` chunks of the
+    2nd batch, after its features, images and noise are written): that batch is not marked complete,
+    the 1st is, and a rerun finishes the store equal to a clean run.
+
+    Guards against marking a run complete before (or while) its arrays are written."""
+    params = small_params(prompts_dir, trajectories=4)  # batches [0, 1], [2, 3]
+    real_set, failed = zarr.storage.LocalStore.set, []
+
+    async def disk_full_on_second_latents(self, key, value):
+        if key.startswith("latents/c/2/"):  # chunk (2, 0, 0, 0): trajectory 2, the 2nd batch
+            failed.append(key)
+            raise OSError(28, "No space left on device")
+        return await real_set(self, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", disk_full_on_second_latents)
+    with pytest.raises(OSError, match="No space left"):
+        run_sample(params, tmp_path / "part.zarr", progress=False)
+    assert failed
+    monkeypatch.undo()
+
+    part = store.open_store(tmp_path / "part.zarr")
+    assert store.complete_mask(part).tolist() == [True, True, False, False]
+    assert part["images"][2].any() and part["noise"][2].any()  # the failure came after other arrays of the batch
+    assert not part["latents"][2].any()
+
+    run_sample(params, tmp_path / "part.zarr", progress=False)
+    run_sample(params, tmp_path / "clean.zarr", progress=False)
+    assert_same_stores(tmp_path / "clean.zarr", tmp_path / "part.zarr")
+
+
+def test_trajectory_outside_the_first_batch_equals_sampling_it_alone(prompts_dir, tmp_path, tiny):
+    """Trajectory 3 (2nd batch of 2) is its own prompt and seed `sample.seed + 3` regenerated alone:
+    noise bit for bit (also against torch.randn with that seed), the rest within batching's rounding.
+
+    Guards against seeding (or prompting) a trajectory by its position in its batch instead of its index."""
+    import torch
+
+    from diffsketch.features import unet_layers, vae_layers
+    from diffsketch.sampling import sample
+
+    params = small_params(prompts_dir, trajectories=4, seed=100, halves="both")
+    root = store.open_store(run_sample(params, tmp_path / "f.zarr", progress=False))
+    assert root["seeds"][:].tolist() == [100, 101, 102, 103]
+    # class-interleaved order: animals, food, vehicles, then the 2nd prompt of animals
+    assert root.attrs["prompts"][root["prompt_ids"][3]] == "a cat on a sofa"
+    assert root.attrs["classes"][root["labels"][3]] == "animals"
+
+    seed = 100 + 3
+    noise = torch.randn((1, 4, 8, 8), generator=torch.Generator("cpu").manual_seed(seed))  # 64 px / 8, 4 channels
+    np.testing.assert_array_equal(root["noise"][3:4], noise.numpy())
+
+    unet_specs = unet_layers(tiny.unet.config, 64, tiny.vae_scale_factor, params.sample.capture)
+    vae_specs = vae_layers(tiny.vae.config, 64)
+    alone = sample(tiny, ["a cat on a sofa"], [seed], 64, 4, 5.0, 0.0, unet_specs, vae_specs, 1, "both")
+    np.testing.assert_array_equal(root["noise"][3:4], alone.noise.numpy())
+    np.testing.assert_allclose(root["latents"][3:4], alone.latents.numpy(), rtol=0, atol=1e-4)
+    stored_images = root["images"][3:4].astype(int)
+    assert np.abs(stored_images - alone.images_uint8().numpy().astype(int)).max() <= 1
+    for group, features in (("unet", alone.unet), ("vae", alone.vae)):
+        assert set(features) == {name for name, _ in root[group].arrays()}
+        for name, value in features.items():
+            np.testing.assert_allclose(
+                root[f"{group}/{name}"][3:4].astype(np.float32), value.float().numpy(), rtol=1e-2, atol=1e-2,
+                err_msg=f"{group}/{name}",
+            )  # fmt: skip

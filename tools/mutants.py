@@ -127,6 +127,83 @@ MUTANTS: list[Mutant] = [
         "torch.cat([t[:1], t], dim=0)",
         ("tests/test_generator.py",),
     ),
+    # --- losses -----------------------------------------------------------------------------------
+    M(
+        "losses: LPIPS fed [0, 1] instead of [-1, 1]",
+        "diffsketch/losses.py",
+        "to_rgb = lambda s: (s * 2 - 1).expand(-1, 3, -1, -1)",
+        "to_rgb = lambda s: s.expand(-1, 3, -1, -1)",
+        ("tests/test_losses.py",),
+    ),
+    M(
+        "losses: ImageNet mean/std on the real open_clip path (the authors' bug)",
+        "diffsketch/losses.py",
+        'cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD), name)',
+        "(0.485, 0.456, 0.406), (0.229, 0.224, 0.225), name)",
+        ("tests/test_losses.py",),
+    ),
+    M(
+        "losses: across and within definitions swapped",
+        "diffsketch/losses.py",
+        'terms["across"] = _one_minus_cos(e_pred - e_new, self.e_sketch - self.e_image)\n'
+        '            terms["within"] = _one_minus_cos(e_pred - self.e_sketch, e_new - self.e_image)',
+        'terms["within"] = _one_minus_cos(e_pred - e_new, self.e_sketch - self.e_image)\n'
+        '            terms["across"] = _one_minus_cos(e_pred - self.e_sketch, e_new - self.e_image)',
+        ("tests/test_losses.py",),
+    ),
+    M(
+        "losses: sign flipped inside across",
+        "diffsketch/losses.py",
+        "_one_minus_cos(e_pred - e_new, self.e_sketch - self.e_image)",
+        "_one_minus_cos(e_new - e_pred, self.e_sketch - self.e_image)",
+        ("tests/test_losses.py",),
+    ),
+    M(
+        "losses: OpenAI weights in a GELU tower (open_clip only warns)",
+        "diffsketch/losses.py",
+        "force_quick_gelu=quick_gelu)",
+        "force_quick_gelu=False)",
+        ("tests/test_losses.py",),
+    ),
+    M(
+        "losses: every term weighted by the L1 weight",
+        "diffsketch/losses.py",
+        "total = sum(w[name] * value for name, value in terms.items())",
+        'total = sum(w["l1"] * value for name, value in terms.items())',
+        ("tests/test_losses.py",),
+    ),
+    # --- store and sampling plan ------------------------------------------------------------------
+    M(
+        "store: the complete flag written before the arrays",
+        "diffsketch/store.py",
+        "            for name, value in named.items():\n                root[name][first:stop] = np.asarray(value[rows])\n"
+        '            root["complete"][first:stop] = True\n',
+        '            root["complete"][first:stop] = True\n'
+        "            for name, value in named.items():\n                root[name][first:stop] = np.asarray(value[rows])\n",
+        ("tests/test_store.py",),
+    ),
+    M(
+        "collect: a trajectory seeded by its position in its batch",
+        "diffsketch/collect.py",
+        "                [t.seed for t in batch],\n",
+        "                [cfg.seed + b for b, _ in enumerate(batch)],\n",
+        ("tests/test_store.py",),
+    ),
+    # --- student ----------------------------------------------------------------------------------
+    M(
+        "student: the padded output cropped from the bottom-right",
+        "diffsketch/student.py",
+        "torch.sigmoid(self.net(x))[..., :h, :w]",
+        "torch.sigmoid(self.net(x))[..., -h:, -w:]",
+        ("tests/test_student.py",),
+    ),
+    M(
+        "student: padding on the left and top",
+        "diffsketch/student.py",
+        "F.pad(x, (0, pad_w, 0, pad_h), mode=mode)",
+        "F.pad(x, (pad_w, 0, pad_h, 0), mode=mode)",
+        ("tests/test_student.py",),
+    ),
     # --- presets ----------------------------------------------------------------------------------
     M(
         "presets: a params file with edits is replaced without --force",
