@@ -1,15 +1,20 @@
 """The `analyze` stage: choose the representative denoising timesteps from a feature store.
 
 Every (trajectory, timestep) becomes one vector: the concatenation of that step's UNet up-block
-features (conditional CFG half when stored). The store is streamed trajectory by trajectory in
-three passes, so memory stays flat in the number of trajectories:
+features (conditional CFG half when stored). With ``layer_weighting: equal`` each layer is centred
+and scaled so that its total variance is 1. Without it the wide, high-resolution layers would
+dominate the distance (at full resolution the 64x64 layers are over half of every SD 1.5 vector),
+and the clustering would ignore the low-resolution, semantic layers. ``raw`` keeps the values as
+stored. The store is streamed trajectory by trajectory, so memory stays flat in the number of
+trajectories, and the vectors are reduced to ``pca_dims`` principal components:
 
-1. layer statistics (``layer_weighting: equal`` only): each layer is centred and scaled so that
-   its total variance is 1. Without it the wide, high-resolution layers would dominate the
-   distance (at full resolution the 64x64 layers are over half of every SD 1.5 vector), and the
-   clustering would ignore the low-resolution, semantic layers. ``raw`` keeps the values as stored.
-2. IncrementalPCA to ``pca_dims`` components;
-3. projection of every vector, kept in memory (N x T x pca_dims floats).
+- ``pca: randomized`` (default): the streamed block Krylov PCA of :mod:`diffsketch.pca`, on the CPU
+  or a GPU (``device``), in ``2 + power_iterations`` passes; the layer statistics ride along in
+  the first pass. Its accuracy against an exact PCA is tested and benchmarked.
+- ``pca: incremental``: the earlier path, kept for comparison: a pass for the layer statistics,
+  scikit-learn's IncrementalPCA (a dense SVD per batch), then a pass to project every vector.
+
+The projection is kept in memory (N x T x pca_dims floats).
 
 k-means (MiniBatchKMeans when there are many points) runs for every k in [k_min, k_max], with
 inertia (elbow) and a sampled, seeded silhouette score. ``k: auto`` takes the k with the best
@@ -24,10 +29,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import zarr
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.decomposition import IncrementalPCA
@@ -36,6 +43,7 @@ from tqdm.auto import tqdm
 
 from diffsketch import store
 from diffsketch.config import AnalyzeConfig
+from diffsketch.pca import randomized_pca, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -55,28 +63,49 @@ class FeatureReader:
     layers: list[str]
     half: int
     timesteps: np.ndarray  # (T,) in denoising order
+    arrays: dict = field(default_factory=dict)  # layer name -> its zarr array (opened for fast reads)
     scales: dict[str, float] = field(default_factory=dict)
     means: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def open(cls, path: str | Path) -> FeatureReader:
-        root = store.open_store(path)
+        # zarrs decodes a trajectory's chunks in parallel in Rust, about 4x faster than zarr-python's
+        # own pipeline here; an array opened under it keeps it (zarrs falls back by itself where a
+        # store or codec is not supported).
+        import zarrs  # noqa: F401 - registers its codec pipeline with zarr
+
+        with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
+            root = store.open_store(path)
+            layers = [spec["name"] for spec in root.attrs["unet_layers"]]
+            arrays = {name: root[f"unet/{name}"] for name in layers}
         halves = list(root.attrs["halves"])
         half = halves.index("cond") if "cond" in halves else 0
-        layers = [spec["name"] for spec in root.attrs["unet_layers"]]
-        return cls(root, layers, half, np.asarray(root["timesteps"][:]))
+        return cls(root, layers, half, np.asarray(root["timesteps"][:]), arrays)
 
     @property
     def trajectories(self) -> np.ndarray:
         return np.flatnonzero(store.complete_mask(self.root))
 
     @property
+    def widths(self) -> list[int]:
+        """Values per vector of each layer (C * g * g)."""
+        return [int(np.prod(self.root[f"unet/{n}"].shape[3:])) for n in self.layers]
+
+    @property
     def dim(self) -> int:
-        return sum(int(np.prod(self.root[f"unet/{n}"].shape[3:])) for n in self.layers)
+        return sum(self.widths)
+
+    def stored_block(self, name: str, index: int) -> np.ndarray:
+        """(T, C * g * g) as stored (float16): one trajectory's chunks of one layer, read once."""
+        x = self.arrays[name][index, :, self.half]  # (T, C, g, g)
+        return x.reshape(x.shape[0], -1)
+
+    def blocks(self, index: int) -> list[np.ndarray]:
+        """Every layer's (T, C * g * g) block of one trajectory, as stored."""
+        return [self.stored_block(name, index) for name in self.layers]
 
     def layer_block(self, name: str, index: int) -> np.ndarray:
-        x = self.root[f"unet/{name}"][index][:, self.half]  # (T, C, g, g)
-        return x.reshape(x.shape[0], -1).astype(np.float32)
+        return self.stored_block(name, index).astype(np.float32)
 
     def matrix(self, index: int) -> np.ndarray:
         """(T, D): every layer of one trajectory, weighted as fitted (raw until ``fit_weights``)."""
@@ -180,6 +209,22 @@ def _kmeans(k: int, n_points: int, seed: int):
     return KMeans(n_clusters=k, random_state=seed, n_init=10)
 
 
+def sweep_k(projection: np.ndarray, cfg: AnalyzeConfig, progress: bool = False):
+    """k-means for every k of the sweep (and ``cfg.k``): (k values, inertia, silhouette, fitted models)."""
+    k_values = np.arange(cfg.k_min, cfg.k_max + 1)
+    if isinstance(cfg.k, int) and cfg.k not in k_values:
+        k_values = np.sort(np.append(k_values, cfg.k))
+    k_values = k_values[k_values < len(projection)]
+    sample_size = min(len(projection), SILHOUETTE_SAMPLE)
+    inertia, silhouette, fitted = [], [], {}
+    for k in tqdm(k_values, desc="k-means sweep", disable=not progress):
+        km = _kmeans(int(k), len(projection), cfg.seed).fit(projection)
+        fitted[int(k)] = km
+        inertia.append(-km.score(projection))
+        silhouette.append(silhouette_score(projection, km.labels_, sample_size=sample_size, random_state=cfg.seed))
+    return k_values, np.asarray(inertia), np.asarray(silhouette), fitted
+
+
 def _check(cfg: AnalyzeConfig, reader: FeatureReader, n_traj: int) -> None:
     steps = len(reader.timesteps)
     if n_traj == 0:
@@ -196,6 +241,11 @@ def _check(cfg: AnalyzeConfig, reader: FeatureReader, n_traj: int) -> None:
             f"analyze.pca_dims={cfg.pca_dims} is larger than the data allows ({limit}: min of feature size {reader.dim} "
             f"and {n_traj} trajectories x {steps} steps); lower it or sample more trajectories"
         )
+    if cfg.pca == "randomized":
+        try:
+            resolve_device(cfg.device)
+        except RuntimeError as err:
+            raise AnalysisInputError(str(err)) from None
     if cfg.strategy == "fixed":
         missing = sorted(set(cfg.fixed) - set(int(t) for t in reader.timesteps))
         if not cfg.fixed or missing:
@@ -212,6 +262,20 @@ def _batches(trajectories: np.ndarray, steps: int, min_rows: int) -> list[np.nda
     if len(groups) > 1 and len(groups[-1]) * steps < min_rows:
         groups[-2] = np.concatenate([groups[-2], groups.pop()])
     return groups
+
+
+def _incremental_pca(reader: FeatureReader, trajectories, cfg: AnalyzeConfig, progress: bool):
+    """The earlier path: a pass for the layer statistics, IncrementalPCA, a pass to project."""
+    steps = len(reader.timesteps)
+    if cfg.layer_weighting == "equal":
+        reader.fit_weights(trajectories, progress)
+    pca = IncrementalPCA(n_components=cfg.pca_dims)
+    for group in tqdm(_batches(trajectories, steps, cfg.pca_dims), desc="PCA fit", disable=not progress):
+        pca.partial_fit(np.concatenate([reader.matrix(i) for i in group]))
+    projection = np.concatenate(
+        [pca.transform(reader.matrix(i)) for i in tqdm(trajectories, desc="PCA project", disable=not progress)]
+    ).astype(np.float32)
+    return projection, pca.explained_variance_ratio_
 
 
 def select_timesteps(projection, row_step, centers, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -235,30 +299,22 @@ def analyze(store_path: str | Path, cfg: AnalyzeConfig, model_id: str | None = N
     _check(cfg, reader, len(trajectories))
     steps = len(reader.timesteps)
 
-    if cfg.layer_weighting == "equal":
-        reader.fit_weights(trajectories, progress)
-    pca = IncrementalPCA(n_components=cfg.pca_dims)
-    for group in tqdm(_batches(trajectories, steps, cfg.pca_dims), desc="PCA fit", disable=not progress):
-        pca.partial_fit(np.concatenate([reader.matrix(i) for i in group]))
-    projection = np.concatenate(
-        [pca.transform(reader.matrix(i)) for i in tqdm(trajectories, desc="PCA project", disable=not progress)]
-    ).astype(np.float32)
+    started = time.perf_counter()
+    if cfg.pca == "randomized":
+        fit = randomized_pca(
+            reader.blocks, trajectories, steps, reader.widths, cfg.pca_dims,
+            equal_weights=cfg.layer_weighting == "equal", oversamples=cfg.oversamples,
+            power_iterations=cfg.power_iterations, seed=cfg.seed, device=resolve_device(cfg.device), progress=progress,
+        )  # fmt: skip
+        projection, explained = fit.projection, fit.explained_variance_ratio
+    else:
+        projection, explained = _incremental_pca(reader, trajectories, cfg, progress)
+    pca_seconds = time.perf_counter() - started
     row_step = np.tile(np.arange(steps), len(trajectories))
     row_trajectory = np.repeat(trajectories, steps)
     labels = np.asarray(reader.root["labels"][:])[row_trajectory]
 
-    k_values = np.arange(cfg.k_min, cfg.k_max + 1)
-    if isinstance(cfg.k, int) and cfg.k not in k_values:
-        k_values = np.sort(np.append(k_values, cfg.k))
-    k_values = k_values[k_values < len(projection)]
-    sample_size = min(len(projection), SILHOUETTE_SAMPLE)
-    inertia, silhouette, fitted = [], [], {}
-    for k in tqdm(k_values, desc="k-means sweep", disable=not progress):
-        km = _kmeans(int(k), len(projection), cfg.seed).fit(projection)
-        fitted[int(k)] = km
-        inertia.append(-km.score(projection))
-        silhouette.append(silhouette_score(projection, km.labels_, sample_size=sample_size, random_state=cfg.seed))
-    inertia, silhouette = np.asarray(inertia), np.asarray(silhouette)
+    k_values, inertia, silhouette, fitted = sweep_k(projection, cfg, progress)
     best = int(k_values[np.argmax(silhouette)])
     if cfg.k == "auto" and best == k_values[-1] and len(k_values) > 1:
         log.warning("the best silhouette is at k_max=%d, the edge of the sweep; consider raising analyze.k_max", best)
@@ -283,6 +339,8 @@ def analyze(store_path: str | Path, cfg: AnalyzeConfig, model_id: str | None = N
     meta = dict(
         strategy=cfg.strategy,
         layer_weighting=cfg.layer_weighting,
+        pca=cfg.pca,
+        pca_seconds=round(pca_seconds, 3),
         seed=cfg.seed,
         k_auto=best,
         knee_k=knee(k_values, inertia),
@@ -301,7 +359,7 @@ def analyze(store_path: str | Path, cfg: AnalyzeConfig, model_id: str | None = N
         row_label=labels,
         classes=list(reader.root.attrs.get("classes", [])),
         projection=projection,
-        explained_variance_ratio=pca.explained_variance_ratio_,
+        explained_variance_ratio=np.asarray(explained),
         k_values=k_values,
         inertia=inertia,
         silhouette=silhouette,

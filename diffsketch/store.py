@@ -12,6 +12,26 @@ Layout (N trajectories, T timesteps, K kept CFG halves)::
     seeds, labels, prompt_ids (N,)    int64     labels index attrs["classes"], prompt_ids attrs["prompts"]
     complete       (N,)               bool      set only after all of a trajectory's arrays are written
 
+Every array carries Zarr v3 ``dimension_names``, so ``xarray.open_zarr(path, group="unet")`` (or
+``"vae"``, or the root) gives a Dataset with named dimensions:
+
+    trajectory                          axis 0 of every per-trajectory array
+    timestep, half                      UNet axes 1 and 2; ``timesteps`` is along ``timestep``
+    channel_<C>, y_<g>, x_<g>           a feature layer's channels and grid, named by their size,
+                                        because the layers differ in channels and (with
+                                        ``sample.pool: full``) in grid, and xarray allows one size
+                                        per dimension name: layers of one size share the names
+    pixel_y, pixel_x, rgb               ``images``
+    latent_channel, latent_y, latent_x  ``noise``, ``latents``
+
+Coordinate arrays (named as their only dimension, as xarray expects): ``timestep`` (int64, in the
+root and in ``unet/``, equal to ``timesteps``) and ``unet/half`` (strings, the kept halves). Code
+that lists a group's feature layers must skip them (:func:`data_arrays`, or the layer tables in
+``attrs["unet_layers"]`` / ``attrs["vae_layers"]``).
+
+``attrs["format_version"]``: 1 = no dimension names and no coordinate arrays (xarray cannot open
+it, everything in diffsketch reads it as before); 2 = with them. Readers accept both.
+
 Every array is created at full size up front, so writers never resize metadata. A trajectory is
 one shard per array and its ``complete`` flag one chunk of its own, so processes writing disjoint
 trajectories never touch the same file. Chunks are compressed with zstd (blosc, bit-shuffled).
@@ -36,14 +56,45 @@ from pathlib import Path, PurePath
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.dtype import VariableLengthUTF8
 
 from diffsketch.features import LayerSpec
 
 # Consolidated metadata (written by `finalize`) is a zarr-python extension; zarr warns on every open.
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: dimension names and coordinate arrays; stores of version 1 (without them) still read
 WRITE_BATCH_CHUNKS = 64
+
+
+# Zarr v3 dimension names (what xarray reads), one per axis; see the module docstring.
+TRAJECTORY, TIMESTEP, HALF = "trajectory", "timestep", "half"
+PIXEL_DIMS = ("pixel_y", "pixel_x")
+RGB = "rgb"
+LATENT_DIMS = ("latent_channel", "latent_y", "latent_x")
+
+
+def feature_dims(channels: int, grid: int) -> tuple[str, str, str]:
+    """The (channel, y, x) dimension names of a feature layer: named by size, so that layers with
+    other channel counts or grids (``sample.pool: full``) never give one name two sizes."""
+    return f"channel_{channels}", f"y_{grid}", f"x_{grid}"
+
+
+def dimension_names(array: zarr.Array) -> tuple[str, ...] | None:
+    """An array's Zarr v3 ``dimension_names`` (None for arrays written without them)."""
+    names = getattr(array.metadata, "dimension_names", None)
+    return tuple(names) if names else None
+
+
+def is_coordinate(name: str, array: zarr.Array) -> bool:
+    """Whether ``array`` is a coordinate array (its only dimension has its name, as xarray expects)."""
+    return dimension_names(array) == (name,)
+
+
+def data_arrays(group: zarr.Group) -> list[tuple[str, zarr.Array]]:
+    """A group's (name, array) pairs by name, coordinate arrays left out: in ``unet/`` and ``vae/``
+    these are the feature layers. Stores written before coordinates existed have none to skip."""
+    return sorted(((n, a) for n, a in group.arrays() if not is_coordinate(n, a)), key=lambda kv: kv[0])
 
 
 class StoreError(RuntimeError):
@@ -218,6 +269,7 @@ def create(path: str | Path, layout: StoreLayout, attrs: dict, overwrite: bool =
         remove(path)
     root = open_group(path, mode="w")
     n, t, k = layout.trajectories, len(layout.timesteps), len(layout.halves)
+    timesteps = np.asarray(layout.timesteps, dtype="int64")
     unet = root.create_group("unet")
     for spec in layout.unet:
         g = spec.grid(layout.pool)
@@ -229,28 +281,43 @@ def create(path: str | Path, layout: StoreLayout, attrs: dict, overwrite: bool =
             shards=(1, t, k, spec.channels, g, g),
             compressors=_compressor(),
             fill_value=0,
+            dimension_names=(TRAJECTORY, TIMESTEP, HALF, *feature_dims(spec.channels, g)),
+            attributes={"module": spec.module},
         )
+    _coordinate(unet, TIMESTEP, timesteps)
+    _coordinate(unet, HALF, np.asarray(layout.halves, dtype=object), dtype=VariableLengthUTF8())
     vae = root.create_group("vae")
     for spec in layout.vae:
         g = spec.grid(layout.pool)
         vae.create_array(
             spec.name, shape=(n, spec.channels, g, g), dtype="float16", chunks=(1, spec.channels, g, g),
-            compressors=_compressor(), fill_value=0,
+            compressors=_compressor(), fill_value=0, dimension_names=(TRAJECTORY, *feature_dims(spec.channels, g)),
+            attributes={"module": spec.module},
         )  # fmt: skip
     r = layout.resolution
-    root.create_array("images", shape=(n, r, r, 3), dtype="uint8", chunks=(1, r, r, 3), compressors=_compressor(), fill_value=0)
+    root.create_array("images", shape=(n, r, r, 3), dtype="uint8", chunks=(1, r, r, 3), compressors=_compressor(),
+                      fill_value=0, dimension_names=(TRAJECTORY, *PIXEL_DIMS, RGB))  # fmt: skip
     for name in ("noise", "latents"):
         root.create_array(name, shape=(n, *layout.latent_shape), dtype="float32", chunks=(1, *layout.latent_shape),
-                          compressors=_compressor(), fill_value=0)  # fmt: skip
+                          compressors=_compressor(), fill_value=0,
+                          dimension_names=(TRAJECTORY, *LATENT_DIMS))  # fmt: skip
+    per_trajectory = dict(shape=(n,), dimension_names=(TRAJECTORY,))
     for name in ("seeds", "labels", "prompt_ids"):
-        root.create_array(name, shape=(n,), dtype="int64", chunks=(max(n, 1),), fill_value=0)
-    root.create_array("complete", shape=(n,), dtype="bool", chunks=(1,), fill_value=False)
-    root.create_array("timesteps", data=np.asarray(layout.timesteps, dtype="int64"))
+        root.create_array(name, dtype="int64", chunks=(max(n, 1),), fill_value=0, **per_trajectory)
+    root.create_array("complete", dtype="bool", chunks=(1,), fill_value=False, **per_trajectory)
+    root.create_array("timesteps", data=timesteps, dimension_names=(TIMESTEP,))
+    _coordinate(root, TIMESTEP, timesteps)
     root.attrs.update({k: v for k, v in attrs.items() if k != "fingerprint"})
     root.attrs["format_version"] = FORMAT_VERSION
     root.attrs["halves"] = layout.halves
     root.attrs["fingerprint"] = attrs["fingerprint"]
     return root
+
+
+def _coordinate(group: zarr.Group, name: str, values: np.ndarray, dtype=None) -> None:
+    """A coordinate array: named as its one dimension, so xarray makes it that dimension's index."""
+    array = group.create_array(name, shape=values.shape, dtype=dtype or values.dtype, dimension_names=(name,))
+    array[:] = values
 
 
 def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
@@ -381,10 +448,10 @@ def summary(path: str | Path) -> dict:
     done = complete_mask(root)
     n = len(done)
     arrays, logical = [], 0
-    for name, array in sorted(root.arrays(), key=lambda kv: kv[0]):
+    for name, array in data_arrays(root):  # coordinate arrays (xarray's indexes) are not listed
         arrays.append((name, array.shape, str(array.dtype), array.chunks))
     for group in ("unet", "vae"):
-        for name, array in sorted(root[group].arrays(), key=lambda kv: kv[0]):
+        for name, array in data_arrays(root[group]):
             arrays.append((f"{group}/{name}", array.shape, str(array.dtype), array.chunks))
     for name, shape, dtype, _ in arrays:
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize

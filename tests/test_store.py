@@ -269,7 +269,8 @@ def test_trajectory_outside_the_first_batch_equals_sampling_it_alone(prompts_dir
     stored_images = root["images"][3:4].astype(int)
     assert np.abs(stored_images - alone.images_uint8().numpy().astype(int)).max() <= 1
     for group, features in (("unet", alone.unet), ("vae", alone.vae)):
-        assert set(features) == {name for name, _ in root[group].arrays()}
+        layers = {spec["name"] for spec in root.attrs[f"{group}_layers"]}
+        assert set(features) == layers == {name for name, _ in store.data_arrays(root[group])}
         for name, value in features.items():
             np.testing.assert_allclose(
                 root[f"{group}/{name}"][3:4].astype(np.float32), value.float().numpy(), rtol=1e-2, atol=1e-2,

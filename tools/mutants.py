@@ -74,6 +74,49 @@ MUTANTS: list[Mutant] = [
         "axis=2).min(axis=0)\n",
         ("tests/test_analysis.py",),
     ),
+    # --- the streamed PCA ---------------------------------------------------------------------------
+    M(
+        "pca: layers scaled by 1/variance instead of 1/sqrt(variance)",
+        "diffsketch/pca.py",
+        "return 1.0 / total_variance**0.5 if equal_weights",
+        "return 1.0 / total_variance if equal_weights",
+        ("tests/test_pca.py",),
+    ),
+    M(
+        "pca: the layer means not folded into Y^T X_w",
+        "diffsketch/pca.py",
+        "s * (al - torch.outer(y_sum, m))",
+        "s * al",
+        ("tests/test_pca.py",),
+    ),
+    M(
+        "pca: the first block not centred after pass 0",
+        "diffsketch/pca.py",
+        "return y - y_sum / rows if first else y, a",
+        "return y, a",
+        ("tests/test_pca.py",),
+    ),
+    M(
+        "pca: Rayleigh-Ritz on the last block only (plain subspace iteration)",
+        "diffsketch/pca.py",
+        "        kb = torch.cat(products, dim=0)\n        q, c = _orth(torch.cat(basis, dim=1))\n",
+        "        kb = products[-1]\n        q, c = _orth(basis[-1])\n",
+        ("tests/test_pca.py",),
+    ),
+    M(
+        "pca: the projection without the singular values",
+        "diffsketch/pca.py",
+        "projection = q @ (u * sv)",
+        "projection = q @ u",
+        ("tests/test_pca.py",),
+    ),
+    M(
+        "pca: the total variance of the unweighted layers",
+        "diffsketch/pca.py",
+        'weights["total"] = sum(s * s * v for',
+        'weights["total"] = sum(v for',
+        ("tests/test_pca.py",),
+    ),
     # --- sampling and models ----------------------------------------------------------------------
     M(
         "models: the loaded scheduler config's clip_sample / set_alpha_to_one are kept",
