@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffsketch import __version__, distributed, store
+from diffsketch import __version__, batching, distributed, store
 from diffsketch.config import Params, fingerprint
 from diffsketch.features import check_pool, unet_layers, vae_layers
 from diffsketch.models import check_model_reachable, load_model
@@ -36,6 +36,17 @@ def _halves(params: Params) -> list[str]:
             f"sample.halves={params.sample.halves} needs classifier-free guidance; set sample.guidance > 1 or sample.halves=cond"
         )
     return names
+
+
+def _planned_batch_size(root, configured: int | str) -> int:
+    """The batch plan's block size: recorded in the store (stores from before the record: the
+    configured number, which the fingerprint guarantees unchanged)."""
+    recorded = root.attrs.get("batch_size")
+    if recorded is not None:
+        return int(recorded)
+    if configured == "auto":
+        raise store.StoreError("the store records no batch size for sample.batch_size=auto; rerun with --overwrite")
+    return int(configured)
 
 
 def run_sample(
@@ -94,6 +105,13 @@ def run_sample(
 
     workers.barrier()  # every process has read the store before process 0 may replace it
     if root is None and workers.main:
+        batch_size = batching.resolve_batch_size(
+            cfg.batch_size, model.device, cap=len(plan), what="sample.batch_size",
+            run=lambda b: sample(
+                model, [plan[0].prompt] * b, [plan[0].seed] * b, cfg.resolution, 1, cfg.guidance, cfg.eta,
+                unet_specs, vae_specs, cfg.pool, cfg.halves, cfg.decode,
+            ),
+        )  # fmt: skip
         side = cfg.resolution // model.vae_scale_factor
         layout = store.StoreLayout(
             trajectories=cfg.trajectories,
@@ -123,6 +141,7 @@ def run_sample(
             vae_layers=[vars(s) for s in vae_specs],
             prompts=unique_prompts,
             classes=classes,
+            batch_size=batch_size,  # the batch plan (resolved when sample.batch_size is auto): a resume keeps it
         )
         root = store.create(out, layout, attrs, overwrite=True)
         root["seeds"][:] = np.array([t.seed for t in plan], dtype=np.int64)
@@ -135,7 +154,9 @@ def run_sample(
     done = store.complete_mask(root)
     # Batches are fixed blocks of the plan, so a resumed run denoises exactly the batches an
     # uninterrupted run would (bit-identical results), and writes only the missing trajectories.
-    batches = [plan[i : i + cfg.batch_size] for i in range(0, len(plan), cfg.batch_size)]
+    # The block size is the one recorded at creation (with `auto`, whatever the probe chose then).
+    batch_size = _planned_batch_size(root, cfg.batch_size)
+    batches = [plan[i : i + batch_size] for i in range(0, len(plan), batch_size)]
     # Each process takes a contiguous share of the unfinished batches and writes only those trajectories.
     todo = workers.share([b for b in batches if not all(done[t.index] for t in b)])
     if done.all():

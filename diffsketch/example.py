@@ -114,7 +114,7 @@ def build_example(
 ) -> Example:
     cfg, size = params.example, params.sample.resolution
     result, photo, cond = _source_trajectory(model, params, unet_specs, vae_specs, keep, progress)
-    image = photo if photo is not None else result.images
+    image = photo if photo is not None else result.images.cpu()  # on_cpu=False keeps them on the device
     if is_style(cfg.sketch):
         sketch = styles.apply_style(cfg.sketch, image[0], weights=cfg.style_weights)
     else:

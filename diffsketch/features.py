@@ -78,14 +78,85 @@ def pool_features(x: torch.Tensor, grid: int) -> torch.Tensor:
     return x if x.shape[-1] == grid and x.shape[-2] == grid else F.adaptive_avg_pool2d(x, grid)
 
 
-class FeatureCapture:
-    """Forward hooks that pool each listed layer's output and keep it (as float16, on its device).
+class Taps:
+    """Persistent forward hooks on every layer a capture may read, installed once per model.
 
-    Used as a context manager; hooks are removed on exit. ``halves`` names the classifier-free
-    guidance halves to keep when the batch is ``[uncond; cond]`` (``"single"``: a batch without
-    CFG; ``None``: no halves axis). ``keep`` lists the forward calls (0-based: the denoising step
-    indices) to keep; the default keeps every call. After a run, ``stacked()`` gives ``{name: (B,
-    calls, halves, C, g, g)}``, or ``{name: (B, calls, C, g, g)}`` with ``halves=None``.
+    Each tap pools its layer's output to the grid its capture asked for (``grids[path]``; ``None``:
+    no capture) and leaves it in ``latest[path]``. The taps never change after installation and do
+    nothing but pool and store, so a ``torch.compile``d forward traces them into its graph (they
+    are installed before compilation; dynamo replays the dict writes) without graph breaks or
+    recompiling per batch. What to keep from each call (step selection, CFG halves, the copy to
+    the host) is decided outside the forward, by :class:`FeatureCapture`.
+    """
+
+    def __init__(self, root: torch.nn.Module):
+        self.root = root
+        self.grids: dict[str, tuple[int, ...]] = {}  # path -> the grids active captures want
+        self.latest: dict[tuple[str, int], torch.Tensor] = {}  # (path, grid) -> the last call's pooled output
+        self._requests: dict[str, list[int]] = defaultdict(list)
+        self.frozen = False  # set when the model is compiled: no new taps after that
+
+    def install(self, paths) -> None:
+        for path in paths:
+            if path in self.grids:
+                continue
+            if self.frozen:
+                raise RuntimeError(
+                    f"layer {path} has no feature tap and the model is compiled; taps must be installed before "
+                    "torch.compile (diffsketch.models.load_model installs every capturable layer's tap)"
+                )
+            self.grids[path] = ()
+            self.root.get_submodule(path).register_forward_hook(self._hook(path))
+
+    def request(self, path: str, grid: int, add: bool = True) -> None:
+        """Start (or, with ``add=False``, stop) pooling ``path`` to ``grid``."""
+        requests = self._requests[path]
+        requests.append(grid) if add else requests.remove(grid)
+        self.grids[path] = tuple(sorted(set(requests)))
+        # The slot exists before the forward and is never removed (only emptied), so the dict's
+        # keys do not change between calls: a compiled forward is not recompiled for them.
+        if add or grid not in requests:
+            self.latest[(path, grid)] = None
+
+    def _hook(self, path: str):
+        def hook(module, inputs, output):
+            for grid in self.grids[path]:
+                self.latest[(path, grid)] = pool_features(output.detach(), grid).to(torch.float16)
+
+        return hook
+
+
+def taps(root: torch.nn.Module) -> Taps:
+    """The :class:`Taps` of ``root`` (created on first use)."""
+    found = root.__dict__.get("_diffsketch_taps")
+    if found is None:
+        found = Taps(root)
+        root.__dict__["_diffsketch_taps"] = found
+    return found
+
+
+def _collector(root: torch.nn.Module, specs: list[LayerSpec]) -> torch.nn.Module:
+    """The module whose every call is one pass over ``specs``: the VAE's ``decoder`` for decoder
+    layers (``vae.decode`` never calls the VAE's own forward), else ``root``."""
+    heads = {s.module.split(".")[0] for s in specs}
+    if len(heads) == 1:
+        child = getattr(root, next(iter(heads)), None)
+        if isinstance(child, torch.nn.Module) and not isinstance(child, (torch.nn.ModuleList, torch.nn.ModuleDict)):
+            return child
+    return root
+
+
+class FeatureCapture:
+    """Pooled features of each listed layer (as float16), one entry per forward call of the model.
+
+    Used as a context manager. The layers' :class:`Taps` pool inside the forward (so a compiled
+    forward keeps them in its graph); an eager hook after each forward call of the module that
+    runs them keeps the calls listed in ``keep`` (0-based: the denoising step indices; default
+    all), splits the classifier-free guidance halves named by ``halves`` when the batch is
+    ``[uncond; cond]`` (``"single"``: a batch without CFG; ``None``: no halves axis) and, with
+    ``to_cpu``, copies them to the host without waiting (``non_blocking`` into pinned memory on
+    CUDA; :meth:`stacked` waits once). After a run, ``stacked()`` gives ``{name: (B, calls, halves,
+    C, g, g)}``, or ``{name: (B, calls, C, g, g)}`` with ``halves=None``.
     """
 
     def __init__(
@@ -95,40 +166,59 @@ class FeatureCapture:
         pool: int | str,
         halves: str | None = None,
         keep: list[int] | None = None,
+        to_cpu: bool = False,
     ):
         self.root, self.specs, self.pool, self.halves = root, specs, pool, halves
         self.keep = None if keep is None else set(keep)
+        self.to_cpu = to_cpu
         self.buffers: dict[str, list[torch.Tensor]] = defaultdict(list)
-        self.calls: dict[str, int] = defaultdict(int)
+        self.calls = 0
         self.enabled = True
+        self._pending_copies = False
         self._handles = []
+        self._entered = False
+        self._taps = taps(root)
 
-    def _hook(self, spec: LayerSpec):
-        grid = spec.grid(self.pool)
-
-        def hook(module, inputs, output):
-            call = self.calls[spec.name]
-            self.calls[spec.name] += 1
-            if not self.enabled or (self.keep is not None and call not in self.keep):
-                return
-            x = pool_features(output.detach(), grid).to(torch.float16)
+    def _collect(self, module, inputs, output) -> None:
+        call = self.calls
+        self.calls += 1
+        latest = self._taps.latest
+        if not self.enabled or (self.keep is not None and call not in self.keep):
+            return
+        for spec in self.specs:
+            x = latest[(spec.module, spec.grid(self.pool))]
             if self.halves is not None:
                 parts = x.chunk(2) if self.halves != "single" else (x,)
                 x = torch.stack([parts[h] for h in HALVES[self.halves]], dim=1)
+            if self.to_cpu and x.device.type != "cpu":
+                host = torch.empty(x.shape, dtype=x.dtype, pin_memory=x.is_cuda)
+                host.copy_(x, non_blocking=True)
+                self._pending_copies = True
+                x = host
             self.buffers[spec.name].append(x)
 
-        return hook
-
     def __enter__(self) -> FeatureCapture:
+        if not self.specs:
+            return self
+        tap = self._taps
+        tap.install([s.module for s in self.specs])
         for spec in self.specs:
-            module = self.root.get_submodule(spec.module)
-            self._handles.append(module.register_forward_hook(self._hook(spec)))
+            tap.request(spec.module, spec.grid(self.pool))
+        self._handles.append(_collector(self.root, self.specs).register_forward_hook(self._collect))
+        self._entered = True
         return self
 
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for spec in self.specs if self._entered else []:
+            self._taps.request(spec.module, spec.grid(self.pool), add=False)
+        self._entered = False
 
     def stacked(self) -> dict[str, torch.Tensor]:
+        if self._pending_copies and torch.cuda.is_available():
+            torch.cuda.synchronize()  # the non-blocking copies have landed
+            self._pending_copies = False
         return {name: torch.stack(buf, dim=1) for name, buf in self.buffers.items()}
+

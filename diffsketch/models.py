@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -107,6 +107,9 @@ class SDModel:
     source: str
     device: torch.device
     dtype: torch.dtype
+    compiled: bool = False  # the UNet's and the VAE decoder's forwards are torch.compile'd
+    channels_last: bool = False  # UNet and VAE weights (and their inputs) in channels-last memory format
+    cache: dict = field(default_factory=dict, repr=False)  # per-model reuse: the empty prompt's embedding, ...
 
     @property
     def vae_scale_factor(self) -> int:
@@ -273,8 +276,72 @@ def check_model_reachable(cfg: ModelConfig) -> None:
         raise ModelLoadError(f"single-file checkpoint {path} needs model.config_dir (a local diffusers folder)")
 
 
+def resolve_compile(name: str, device: torch.device) -> bool:
+    """``model.compile``: ``auto`` compiles on CUDA only (on a CPU inductor takes minutes per shape)."""
+    if name == "auto":
+        return device.type == "cuda"
+    return name == "on"
+
+
+def use_sdpa(module: torch.nn.Module) -> int:
+    """Every attention layer of a diffusers model on PyTorch's fused SDPA kernel
+    (``AttnProcessor2_0``); returns how many layers had another processor."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    processors = getattr(module, "attn_processors", None)
+    if not processors:
+        return 0
+    other = sum(not isinstance(p, AttnProcessor2_0) for p in processors.values())
+    if other:
+        module.set_attn_processor(AttnProcessor2_0())
+    return other
+
+
+def install_feature_taps(model: SDModel) -> None:
+    """Feature taps on every layer a capture may read (both UNet capture modes, the VAE decoder),
+    before any compilation (see :class:`diffsketch.features.Taps`)."""
+    from diffsketch.features import taps, unet_layers, vae_layers
+
+    side = 64 * model.vae_scale_factor  # module paths do not depend on the resolution
+    for capture in ("residual", "output"):
+        taps(model.unet).install(s.module for s in unet_layers(model.unet.config, side, model.vae_scale_factor, capture))
+    taps(model.vae).install(s.module for s in vae_layers(model.vae.config, side))
+
+
+def apply_fast_paths(
+    model: SDModel, compile: bool = False, channels_last: bool | None = None, backend: str = "inductor"
+) -> SDModel:
+    """The fast paths of the one denoising loop, in place: SDPA attention everywhere, channels-last
+    weights (default: on CUDA), feature taps, and with ``compile`` the UNet's and the VAE decoder's
+    forwards compiled with ``torch.compile`` (``backend``: inductor; the tests also use ``eager``,
+    which traces the same graphs without generating code). The compile itself happens on the first
+    call at each new shape; :func:`diffsketch.sampling.ddim_loop` logs that call's time apart.
+    """
+    switched = use_sdpa(model.unet) + use_sdpa(model.vae)
+    if switched:
+        log.info("%d attention layers switched to PyTorch SDPA", switched)
+    if channels_last is None:
+        channels_last = model.device.type == "cuda"
+    if channels_last and not model.channels_last:
+        model.unet.to(memory_format=torch.channels_last)
+        model.vae.to(memory_format=torch.channels_last)
+        model.channels_last = True
+    install_feature_taps(model)
+    if compile and not model.compiled:
+        from diffsketch.features import taps
+
+        model.unet.forward = torch.compile(model.unet.forward, backend=backend)
+        model.vae.decoder.forward = torch.compile(model.vae.decoder.forward, backend=backend)
+        taps(model.unet).frozen = taps(model.vae).frozen = True
+        model.compiled = True
+        model.cache["compile_backend"] = backend  # the pairs stage compiles the generator alike
+        log.info("model.compile: UNet and VAE decoder compiled with torch.compile (backend %s) on first use", backend)
+    return model
+
+
 def load_model(cfg: ModelConfig) -> SDModel:
-    """Load the model named by ``cfg`` in eval mode, gradients off, on its device and dtype."""
+    """Load the model named by ``cfg`` in eval mode, gradients off, with its weights in the run's
+    dtype on its device, and the fast paths applied (:func:`apply_fast_paths`)."""
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.id in ARCHITECTURES:
@@ -292,4 +359,5 @@ def load_model(cfg: ModelConfig) -> SDModel:
         module = parts[name].to(device).eval().requires_grad_(False)
         if module.dtype != dtype:
             module.to(dtype)
-    return SDModel(**parts, source=cfg.id, device=device, dtype=dtype)
+    model = SDModel(**parts, source=cfg.id, device=device, dtype=dtype)
+    return apply_fast_paths(model, compile=resolve_compile(cfg.compile, device))

@@ -113,8 +113,16 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.model.device.type, dtype=self.autocast_dtype)
 
+    @torch.no_grad()
     def sample_batch(self, iteration: int):
-        """Fresh images under the CDST condition of ``iteration``, with features at the chosen steps."""
+        """Fresh images under the CDST condition of ``iteration``, with features at the chosen steps.
+
+        Runs without autograd on the fast path of the one denoising loop; everything it returns
+        (features, images) stays on the model's device. Work shared by every iteration is done once:
+        the example's condition (``self.example.cond``) and features (``self.example.inputs``) are
+        encoded and kept on the device when the trainer is built, and the unconditional half's
+        empty-prompt embedding is encoded once per model (:func:`diffsketch.sampling.empty_embedding`).
+        """
         p = self.params
         cond_random = self.prior.sample(p.train.batch, torch.Generator().manual_seed(_seed(p, iteration, 0)))
         cond = cdst_condition(self.example.cond, cond_random.to(self.model.device), iteration, p.train.cdst_horizon)
@@ -147,7 +155,7 @@ class Trainer:
         self.scaler.update()
         sync()
         t3 = time.perf_counter()
-        self.last = (batch.images, pred_new.detach().float().cpu(), pred_example.detach().float().cpu())
+        self.last = (batch.images, pred_new.detach(), pred_example.detach())  # on the device; copied only to log a grid
         record = {name: float(value.detach()) for name, value in terms.items()}
         record.update(loss=float(total.detach()), cdst_weight=cdst_weight(iteration, self.params.train.cdst_horizon))
         record.update(time_sampling=t1 - t0, time_generator=t2 - t1, time_losses=t3 - t2)
@@ -221,8 +229,9 @@ def _grid(images: torch.Tensor, sketches: torch.Tensor, example: Example, pred_e
     """Top row: example image, target, prediction; then one row per sampled (image, sketch)."""
     from torchvision.utils import make_grid
 
-    rgb = lambda s: s.expand(-1, 3, -1, -1)  # noqa: E731
-    rows = [example.image.cpu(), rgb(example.sketch.cpu()), rgb(pred_example)]
+    rgb = lambda s: s.detach().float().cpu().expand(-1, 3, -1, -1)  # noqa: E731
+    images = images.detach().float().cpu()
+    rows = [example.image.cpu(), rgb(example.sketch), rgb(pred_example)]
     for image, sketch in zip(images, sketches):
         rows += [image[None], rgb(sketch[None]), torch.ones_like(image[None])]
     return _uint8(make_grid(torch.cat(rows).clamp(0, 1), nrow=3, padding=2, pad_value=1.0))

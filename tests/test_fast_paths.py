@@ -1,0 +1,184 @@
+"""The fast paths of the one denoising loop (issue 14) give the plain path's results.
+
+Oracles: a second tiny model with the plain settings (classic attention processor, contiguous
+memory format, no compilation), sampling one trajectory at a time, and the bit-exact stores of
+an uninterrupted run. Inductor's code generation takes minutes per shape on a 2-core CPU, so the
+compiled path is traced here with a recording backend (the same dynamo graphs, run without
+generated code); ``DIFFSKETCH_TEST_INDUCTOR=1`` also runs it with inductor.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import assert_same_stores, small_params, store_arrays
+from diffsketch import batching
+from diffsketch.config import ModelConfig, parse_params
+from diffsketch.features import unet_layers, vae_layers
+from diffsketch.models import apply_fast_paths, load_model, resolve_compile
+from diffsketch.sampling import sample
+
+PROMPTS = ["a photo of a horse in mud", "a bowl of ramen"]
+
+
+def _fresh(**cfg):
+    return load_model(ModelConfig(id="tiny", device="cpu", **cfg))
+
+
+def _run(model, prompts=PROMPTS, seeds=(3, 4), steps=3, **kw):
+    specs = unet_layers(model.unet.config, 64, model.vae_scale_factor)
+    vspecs = vae_layers(model.vae.config, 64)
+    return sample(model, list(prompts), list(seeds), 64, steps, 5.0, unet_specs=specs, vae_specs=vspecs, pool=1,
+                  halves="both", **kw)  # fmt: skip
+
+
+def _assert_close(a, b, image_atol=1e-5, feature_atol=2e-3):
+    assert torch.allclose(a.images, b.images, atol=image_atol), (a.images - b.images).abs().max()
+    for group in ("unet", "vae"):
+        fa, fb = getattr(a, group), getattr(b, group)
+        assert fa.keys() == fb.keys() and fa
+        for k in fa:
+            assert fa[k].shape == fb[k].shape, k
+            assert torch.allclose(fa[k].float(), fb[k].float(), atol=feature_atol, rtol=1e-3), (group, k)
+
+
+def test_compile_param():
+    assert parse_params({"model": {"compile": True}}).model.compile == "on"  # YAML's bare on
+    assert parse_params({"model": {"compile": False}}).model.compile == "off"
+    with pytest.raises(ValueError, match="model.compile"):
+        parse_params({"model": {"compile": "fast"}})
+    assert resolve_compile("auto", torch.device("cpu")) is False and resolve_compile("auto", torch.device("cuda")) is True
+    assert resolve_compile("on", torch.device("cpu")) is True
+    assert "compile" not in parse_params({}).model.model_dump()  # not in any fingerprint, like the device
+
+
+def test_channels_last_and_sdpa_equal_the_plain_path(tiny):
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    plain = _fresh()
+    plain.unet.set_attn_processor(AttnProcessor())  # the classic (non-SDPA) attention
+    plain.vae.set_attn_processor(AttnProcessor())
+    fast = apply_fast_paths(_fresh(), channels_last=True)
+    assert all(isinstance(p, AttnProcessor2_0) for p in fast.unet.attn_processors.values())
+    assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last) and fast.channels_last
+    assert not plain.channels_last
+    _assert_close(_run(fast), _run(plain))
+
+
+def test_compiled_path_equals_eager_without_graph_breaks():
+    graphs = []
+
+    def recording(gm, example_inputs):  # a torch.compile backend: keep the graph, run it as traced
+        graphs.append(gm)
+        return gm.forward
+
+    eager = _fresh()
+    compiled = apply_fast_paths(_fresh(), compile=True, backend=recording)
+    got = _run(compiled, steps=2)
+    pools = [sum("adaptive_avg_pool2d" in str(n.target) for n in g.graph.nodes) for g in graphs]
+    # one graph for the UNet (its 9 taps that pool: the 1x1 layers need none) and one for the VAE decoder (14 taps)
+    assert sorted(pools) == [9, 14], pools
+    _assert_close(got, _run(eager, steps=2))
+    again = len(graphs)
+    _run(compiled, seeds=(5, 6), steps=2)
+    assert len(graphs) == again  # the next batch of the same shape reuses the graphs
+
+
+@pytest.mark.skipif(os.environ.get("DIFFSKETCH_TEST_INDUCTOR") != "1", reason="inductor takes minutes on a CPU")
+def test_inductor_path_equals_eager():
+    _assert_close(_run(apply_fast_paths(_fresh(), compile=True), steps=2), _run(_fresh(), steps=2), 1e-4, 1e-2)
+
+
+def test_batch_size_does_not_change_results(tiny):
+    together = _run(tiny, PROMPTS + ["a red bicycle"], (3, 4, 5), eta=0.5)
+    for i, (prompt, seed) in enumerate(zip(PROMPTS + ["a red bicycle"], (3, 4, 5))):
+        alone = _run(tiny, [prompt], [seed], eta=0.5)
+        assert torch.allclose(together.images[i : i + 1], alone.images, atol=1e-5)
+        for k in alone.unet:
+            assert torch.allclose(together.unet[k][i : i + 1].float(), alone.unet[k].float(), atol=2e-3, rtol=1e-3)
+
+
+def test_fit_batch_and_probe_arithmetic():
+    assert batching.fit_batch(fixed=1000, per_item=300, free=10_000, cap=100) == 25  # (8500 - 1000) // 300
+    assert batching.fit_batch(1000, 300, 10_000, cap=7) == 7
+    assert batching.fit_batch(9000, 300, 10_000, cap=100) == 1  # never below 1
+    sizes = []
+
+    def fake_peak(run, b, device):  # a memory model: 1000 bytes fixed, 300 per item
+        run(b)
+        return 1000 + 300 * b
+
+    got = batching.probe_batch_size(sizes.append, torch.device("cpu"), 100, extra_per_item=100,
+                                    measure=fake_peak, free_memory=lambda d: (10_000, 20_000))  # fmt: skip
+    assert sizes == [1, 2] and got == (8500 - 1000) // 400
+    assert batching.resolve_batch_size("auto", torch.device("cpu"), sizes.append, 100) == batching.CPU_DEFAULT
+    assert batching.resolve_batch_size(3, torch.device("cpu"), sizes.append, 100) == 3 and sizes == [1, 2]
+
+
+def test_auto_batch_sample_store_matches_fixed_and_resumes(prompts_dir, tmp_path, tiny, monkeypatch):
+    from diffsketch import store
+    from diffsketch.collect import run_sample
+
+    auto, fixed = small_params(prompts_dir, trajectories=5, batch_size="auto"), small_params(prompts_dir, trajectories=5, batch_size=1)
+    run_sample(auto, tmp_path / "auto.zarr", progress=False, model=tiny)
+    run_sample(fixed, tmp_path / "one.zarr", progress=False, model=tiny)
+    assert store.open_store(tmp_path / "auto.zarr").attrs["batch_size"] == batching.CPU_DEFAULT
+    a, b = store_arrays(tmp_path / "auto.zarr"), store_arrays(tmp_path / "one.zarr")
+    for key in a:
+        if a[key].dtype == np.uint8:  # images: rounding may flip a level
+            assert np.abs(a[key].astype(int) - b[key].astype(int)).max() <= 1, key
+        elif a[key].dtype.kind != "f":  # seeds, labels, flags, names
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        else:
+            np.testing.assert_allclose(a[key].astype(np.float64), b[key].astype(np.float64), atol=2e-3, rtol=1e-3, err_msg=key)
+
+    # interrupted after the first batch, resumed while `auto` would now pick another batch: the recorded plan holds
+    original, calls = store.write_trajectories, []
+
+    def crash_second(root, indices, *rest):
+        calls.append(list(indices))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        original(root, indices, *rest)
+
+    monkeypatch.setattr(store, "write_trajectories", crash_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_sample(auto, tmp_path / "part.zarr", progress=False, model=tiny)
+    monkeypatch.setattr(batching, "CPU_DEFAULT", 1)
+    monkeypatch.setattr(store, "write_trajectories", lambda root, i, *r: (calls.append(list(i)), original(root, i, *r)))
+    run_sample(auto, tmp_path / "part.zarr", progress=False, model=tiny)
+    assert calls == [[0, 1, 2, 3], [4], [4]]  # blocks of the recorded 4, not of today's 1
+    assert_same_stores(tmp_path / "auto.zarr", tmp_path / "part.zarr")
+
+
+def test_auto_batch_pairs_match_fixed_and_resume(tiny, teacher, tmp_path, monkeypatch):
+    import diffsketch.pairs as pairs_module
+    from conftest import interrupt_on_call
+    from diffsketch.pairs import open_pairs, run_pairs
+
+    gen_path, prior_path = teacher
+
+    def params(batch_size):
+        return parse_params({"model": {"id": "tiny", "device": "cpu"}, "pairs": {"count": 6, "batch_size": batch_size}})
+
+    run_pairs(params("auto"), gen_path, prior_path, tmp_path / "auto.zarr", progress=False, model=tiny)
+    run_pairs(params(1), gen_path, prior_path, tmp_path / "one.zarr", progress=False, model=tiny)
+    a, b = open_pairs(tmp_path / "auto.zarr"), open_pairs(tmp_path / "one.zarr")
+    assert a.attrs["batch_size"] == batching.CPU_DEFAULT and a["complete"][:].all()
+    for name in ("images", "sketches"):
+        assert np.abs(a[name][:].astype(int) - b[name][:].astype(int)).max() <= 1, name
+    assert a["sketches"][:].std() > 0
+
+    real = interrupt_on_call(monkeypatch, pairs_module, "sample_conditions", 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_pairs(params("auto"), gen_path, prior_path, tmp_path / "part.zarr", progress=False, model=tiny)
+    assert open_pairs(tmp_path / "part.zarr")["complete"][:].tolist() == [True] * 4 + [False] * 2
+    batches = []
+    monkeypatch.setattr(pairs_module, "sample_conditions", lambda m, c, noise, *a, **k: (batches.append(len(noise)), real(m, c, noise, *a, **k))[1])
+    monkeypatch.setattr(batching, "CPU_DEFAULT", 1)  # `auto` would now pick 1: the recorded blocks of 4 hold
+    run_pairs(params("auto"), gen_path, prior_path, tmp_path / "part.zarr", progress=False, model=tiny)
+    assert batches == [2]  # the rest of block [4, 5]
+    c = open_pairs(tmp_path / "part.zarr")
+    assert np.array_equal(a["images"][:], c["images"][:]) and np.array_equal(a["sketches"][:], c["sketches"][:])
