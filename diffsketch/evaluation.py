@@ -34,7 +34,7 @@ import torch
 
 from diffsketch import baselines, metrics
 from diffsketch.config import NETWORK_STYLES, DatasetConfig, Params
-from diffsketch.extract import IMAGE_EXTENSIONS, prepare_image, smallest_side
+from diffsketch.extract import IMAGE_EXTENSIONS, prepare_image
 from diffsketch.files import replaced_folder
 from diffsketch.styles import STYLES, StyleError, apply_style
 
@@ -115,15 +115,15 @@ def list_images(dataset: DatasetConfig) -> list[TestImage]:
 
 
 def _student_method(student_path: str | Path, device: torch.device):
-    from diffsketch.student import load_student
+    """The student through the extractor API (the path ``extract`` and the web page use), in fp32 for reproducible scores."""
+    from diffsketch.extractor import SketchExtractor
 
-    model, meta = load_student(student_path, device)
+    extractor = SketchExtractor.load(student_path, device.type, "torch", precision="fp32", batch_size=1)
 
     def run(image: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return model(image[None].to(device))[0].float().cpu()
+        return torch.from_numpy(extractor.sketch_tensors([image])[0])[None]
 
-    return run, meta, smallest_side(model.config)
+    return run, extractor.meta, extractor.min_side
 
 
 def _lpips(setting: str, notes: list[str]) -> torch.nn.Module | None:

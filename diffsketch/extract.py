@@ -1,7 +1,8 @@
-"""Batch sketch extraction with the distilled student: image files in, PNG sketches out.
+"""Batch sketch extraction with the distilled student: image files in, PNG (or SVG) sketches out.
 
-:func:`run_extract` turns a list of inputs (files, folders, glob patterns) into one sketch per
-image, written as ``<out>/<stem>.png``; files found under a folder keep their sub-path below it, so
+The files-and-folders layer over :class:`~diffsketch.extractor.SketchExtractor` (the Python API,
+which owns loading, preprocessing, backends and output conversion). :func:`run_extract` turns a list of inputs (files, folders, glob patterns) into one sketch per
+image, written as ``<out>/<stem>.png`` (``.svg`` with ``format="svg"``); files found under a folder keep their sub-path below it, so
 ``photos/a/x.jpg`` from the input ``photos`` becomes ``<out>/a/x.png``. Sketches have the size of
 the (EXIF-rotated) input, optionally capped on the long side.
 
@@ -19,22 +20,26 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from diffsketch.student import Student, StudentConfig, load_student
+from diffsketch.extractor import (  # noqa: F401 - re-exported: extract's public names before the API existed
+    DEVICES,
+    ExtractError,
+    SketchExtractor,
+    cap_size,
+    resize_capped,
+    resolve_device,
+    sketch_to_png,
+    sketch_to_svg,
+    smallest_side,
+)
 from diffsketch.styles import StyleError, read_rgb
 
 DEFAULT_MODEL = Path("models/student.safetensors")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-DEVICES = ("auto", "cpu", "cuda")
+FORMATS = ("png", "svg")
 _GLOB_CHARS = set("*?[")
-
-
-class ExtractError(ValueError):
-    """An extract option cannot be used (device, size, batch size, threshold); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return True
 
 
-def _scan_folder(folder: Path, base: Path, out: Path, recursive: bool) -> list[Job]:
+def _scan_folder(folder: Path, base: Path, out: Path, recursive: bool, suffix: str = ".png") -> list[Job]:
     """Image files in ``folder`` (and below it when ``recursive``), targets relative to ``base``.
 
     Hidden files and folders (names starting with a dot) and anything inside the output folder
@@ -107,7 +112,7 @@ def _scan_folder(folder: Path, base: Path, out: Path, recursive: bool) -> list[J
             continue
         if _inside(path, out_resolved):
             continue
-        jobs.append(Job(path, out / path.relative_to(base).with_suffix(".png")))
+        jobs.append(Job(path, out / path.relative_to(base).with_suffix(suffix)))
     return jobs
 
 
@@ -121,7 +126,7 @@ def _glob_base(pattern: str) -> Path:
     return Path(*parts) if parts else Path(".")
 
 
-def _expand(arg: str, out: Path, recursive: bool) -> tuple[list[Job], list[Failure]]:
+def _expand(arg: str, out: Path, recursive: bool, suffix: str = ".png") -> tuple[list[Job], list[Failure]]:
     """The jobs one command-line input gives, or the failure saying why it gives none."""
     if _GLOB_CHARS & set(arg):
         matches = sorted(glob.glob(arg, recursive=True))
@@ -129,29 +134,31 @@ def _expand(arg: str, out: Path, recursive: bool) -> tuple[list[Job], list[Failu
         jobs: list[Job] = []
         for match in map(Path, matches):
             if match.is_dir():
-                jobs += _scan_folder(match, base, out, recursive)
+                jobs += _scan_folder(match, base, out, recursive, suffix)
             elif match.is_file() and _is_image_name(match) and not _inside(match, out.resolve()):
-                jobs.append(Job(match, out / match.relative_to(base).with_suffix(".png")))
+                jobs.append(Job(match, out / match.relative_to(base).with_suffix(suffix)))
         if not jobs:
             what = "no file matches this pattern" if not matches else "no image file matches this pattern"
             return [], [Failure(arg, f"{arg}: {what}")]
         return jobs, []
     path = Path(arg)
     if path.is_dir():
-        jobs = _scan_folder(path, path, out, recursive)
+        jobs = _scan_folder(path, path, out, recursive, suffix)
         if not jobs:
             hint = "" if recursive else " (use --recursive to look in its subfolders)"
             kinds = " ".join(IMAGE_EXTENSIONS)
             return [], [Failure(arg, f"{arg}: folder holds no image files ({kinds}){hint}")]
         return jobs, []
     if path.is_file():
-        return [Job(path, out / f"{path.stem}.png")], []  # a named file is always attempted
+        return [Job(path, out / f"{path.stem}{suffix}")], []  # a named file is always attempted
     if path.exists():
         return [], [Failure(arg, f"{arg} is not a file or folder")]
     return [], [Failure(arg, f"{arg} does not exist")]
 
 
-def collect_jobs(inputs: list[str], out: str | Path, recursive: bool = False) -> tuple[list[Job], list[Failure]]:
+def collect_jobs(
+    inputs: list[str], out: str | Path, recursive: bool = False, suffix: str = ".png"
+) -> tuple[list[Job], list[Failure]]:
     """Expand files, folders and glob patterns into jobs, in the order given.
 
     Args:
@@ -160,6 +167,7 @@ def collect_jobs(inputs: list[str], out: str | Path, recursive: bool = False) ->
             (expanded with ``**`` support; matching folders are scanned like folder inputs).
         out: the output folder.
         recursive: descend into the subfolders of folder inputs.
+        suffix: the outputs' file extension (``.png`` or ``.svg``).
 
     Returns:
         The jobs, and failures for inputs that give no image (a missing path, a pattern that
@@ -171,7 +179,7 @@ def collect_jobs(inputs: list[str], out: str | Path, recursive: bool = False) ->
     failures: list[Failure] = []
     claimed: dict[Path, Path] = {}  # target -> source
     for arg in inputs:
-        found, failed = _expand(str(arg), out, recursive)
+        found, failed = _expand(str(arg), out, recursive, suffix)
         failures += failed
         for job in found:
             key = Path(os.path.normcase(os.path.abspath(job.target)))
@@ -193,36 +201,6 @@ def collect_jobs(inputs: list[str], out: str | Path, recursive: bool = False) ->
 # --------------------------------------------------------------------------------------------
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an :class:`ExtractError`."""
-    if device not in DEVICES:
-        raise ExtractError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ExtractError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
-    return torch.device(device)
-
-
-def smallest_side(config: StudentConfig) -> int:
-    """The smallest height and width (pixels) the student runs on, for any ``config``.
-
-    A side must exceed ``2 ** downsamples``, so that the residual blocks' reflection padding finds
-    2 pixels at the lowest resolution (and instance norm more than one value), and be at least 4,
-    for the 7x7 stem's reflection padding of 3.
-    """
-    return max(config.multiple + 1, 4)
-
-
-def cap_size(height: int, width: int, size: int | None) -> tuple[int, int]:
-    """(height, width) scaled so the long side is at most ``size``, keeping the aspect ratio (rounded)."""
-    long_side = max(height, width)
-    if size is None or long_side <= size:
-        return height, width
-    scale = size / long_side
-    return max(1, round(height * scale)), max(1, round(width * scale))
-
-
 def prepare_image(source: Path, size: int | None, min_side: int, size_param: str = "--size") -> torch.Tensor:
     """Read ``source`` as (3, H, W) RGB, downscaled (antialiased) when its long side exceeds ``size``.
 
@@ -232,10 +210,8 @@ def prepare_image(source: Path, size: int | None, min_side: int, size_param: str
     """
     image = read_rgb(source)
     height, width = image.shape[-2:]
-    new_h, new_w = cap_size(height, width, size)
-    if (new_h, new_w) != (height, width):
-        image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)[0]
-        image = image.clamp(0, 1)
+    image = resize_capped(image, size)
+    new_h, new_w = image.shape[-2:]
     if min(new_h, new_w) < min_side:
         raise StyleError(
             f"{source} is {new_w}x{new_h} px; at least {min_side} px are needed on each side"
@@ -244,67 +220,45 @@ def prepare_image(source: Path, size: int | None, min_side: int, size_param: str
     return image
 
 
-def sketch_to_png(sketch: np.ndarray, transparent: bool = False, threshold: float | None = None) -> Image.Image:
-    """A (H, W) sketch in [0, 1] (1 = paper) as a PIL image ready to save as PNG.
+def write_png_atomic(image: Image.Image | str, target: Path) -> None:
+    """Save ``image`` (a PIL image as PNG, or an SVG document) to a temporary file beside ``target``, then rename it.
 
-    Args:
-        sketch: the network's output for one image.
-        transparent: RGBA with black ink and alpha = 1 - sketch (paper transparent) instead of grey.
-        threshold: binarise first: values below it become ink (0), the others paper (1).
-
-    Returns:
-        Mode ``L`` (dark lines on white) or ``RGBA``; alpha is exactly 255 minus the grey value.
-    """
-    values = np.clip(np.nan_to_num(sketch.astype(np.float32), nan=1.0), 0.0, 1.0)
-    if threshold is not None:
-        values = np.where(values < threshold, 0.0, 1.0)
-    grey = np.rint(values * 255.0).astype(np.uint8)
-    if not transparent:
-        return Image.fromarray(grey)  # uint8 (H, W) -> mode L
-    rgba = np.zeros((*grey.shape, 4), dtype=np.uint8)
-    rgba[..., 3] = 255 - grey
-    return Image.fromarray(rgba)  # uint8 (H, W, 4) -> mode RGBA
-
-
-def write_png_atomic(image: Image.Image, target: Path) -> None:
-    """Save ``image`` as PNG to a temporary file beside ``target``, then rename it into place.
-
-    A crash or a full disk leaves either the old file or none, never half a PNG.
+    A crash or a full disk leaves either the old file or none, never half a file.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        image.save(tmp, format="PNG")
+        if isinstance(image, str):
+            tmp.write_text(image, encoding="utf-8")
+        else:
+            image.save(tmp, format="PNG")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 class _Runner:
-    """Groups consecutive same-size images into batches, runs the student, writes the sketches."""
+    """Groups consecutive same-size images into batches, runs the extractor, writes the sketches."""
 
-    def __init__(self, model: Student, device: torch.device, batch_size: int, report: ExtractReport, bar, png_options: dict):
-        self.model, self.device, self.batch_size = model, device, batch_size
-        self.report, self.bar, self.png_options = report, bar, png_options
+    def __init__(self, extractor: SketchExtractor, report: ExtractReport, bar, convert):
+        self.extractor, self.report, self.bar, self.convert = extractor, report, bar, convert
         self.pending: list[tuple[Job, torch.Tensor]] = []
 
     def add(self, job: Job, image: torch.Tensor) -> None:
         if self.pending and self.pending[0][1].shape != image.shape:
             self.flush()
         self.pending.append((job, image))
-        if len(self.pending) >= self.batch_size:
+        if len(self.pending) >= self.extractor.batch_size:
             self.flush()
 
     def flush(self) -> None:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
-        images = torch.stack([image for _, image in batch]).to(self.device)
-        with torch.inference_mode():
-            sketches = self.model(images)[:, 0].float().cpu().numpy()
+        sketches = self.extractor.sketch_tensors([image for _, image in batch])
         for (job, _), sketch in zip(batch, sketches):
             try:
-                write_png_atomic(sketch_to_png(sketch, **self.png_options), job.target)
+                write_png_atomic(self.convert(sketch), job.target)
             except OSError as err:
                 self.report.failed.append(Failure(str(job.source), f"{job.source}: could not write {job.target} ({err})"))
             else:
@@ -320,24 +274,33 @@ def run_extract(
     size: int | None = None,
     batch_size: int = 8,
     device: str = "auto",
+    backend: str = "auto",
+    precision: str = "auto",
     transparent: bool = False,
     threshold: float | None = None,
+    format: str = "png",
     overwrite: bool = False,
     recursive: bool = False,
     progress: bool = True,
 ) -> ExtractReport:
-    """Sketch every image in ``inputs`` with the student at ``model_path``, writing PNGs under ``out``.
+    """Sketch every image in ``inputs`` with the student at ``model_path``, writing PNGs (or SVGs) under ``out``.
+
+    The images go through :class:`~diffsketch.extractor.SketchExtractor`, the same path as the Python API.
 
     Args:
         inputs: files, folders and glob patterns (see :func:`collect_jobs`).
-        out: output folder; ``<stem>.png`` per image, sub-paths below folder inputs kept.
-        model_path: the student's safetensors file (its ``.json`` config beside it).
+        out: output folder; ``<stem>.png`` (``.svg``) per image, sub-paths below folder inputs kept.
+        model_path: a style folder, the student's safetensors file (its ``.json`` config beside it) or an ONNX graph.
         size: cap on the long side: a larger image is downscaled (antialiased) before the network
             and its sketch is written at that reduced size. None: the input's own size.
         batch_size: at most this many consecutive images of the same size go through one forward pass.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        transparent: write RGBA (black ink, alpha = 1 - sketch) instead of grey.
-        threshold: binarise the sketch at this value in [0, 1] (below = ink).
+        backend: ``auto``, ``torch`` or ``onnx``; precision: ``auto``, ``fp32`` or ``bf16``
+            (see :mod:`diffsketch.extractor`).
+        transparent: write RGBA (black ink, alpha = 1 - sketch) instead of grey (PNG only).
+        threshold: binarise the sketch at this value in [0, 1] (below = ink); for SVG, the
+            tracing threshold (default 0.5).
+        format: ``png`` or ``svg`` (the lines traced into paths with vtracer).
         overwrite: replace existing outputs instead of skipping them.
         recursive: descend into the subfolders of folder inputs.
         progress: show a progress bar over the images.
@@ -357,22 +320,31 @@ def run_extract(
         raise ExtractError(f"--batch-size {batch_size} must be at least 1")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ExtractError(f"--threshold {threshold} must be between 0 and 1")
-    torch_device = resolve_device(device)
-    model, _ = load_student(model_path, torch_device)
-    min_side = smallest_side(model.config)
+    if format not in FORMATS:
+        raise ExtractError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
+    if format == "svg" and transparent:
+        raise ExtractError("--transparent applies to PNG output; an SVG's paper is always transparent")
+    if format == "svg":
+        import importlib.util
+
+        if importlib.util.find_spec("vtracer") is None:
+            raise ExtractError("--format svg needs vtracer: pip install vtracer")
+        convert = lambda sketch: sketch_to_svg(sketch, threshold)  # noqa: E731
+    else:
+        convert = lambda sketch: sketch_to_png(sketch, transparent=transparent, threshold=threshold)  # noqa: E731
+    extractor = SketchExtractor.load(model_path, device, backend, precision=precision, batch_size=batch_size)
 
     report = ExtractReport()
-    jobs, report.failed = collect_jobs([str(i) for i in inputs], out, recursive)
-    png_options = dict(transparent=transparent, threshold=threshold)
+    jobs, report.failed = collect_jobs([str(i) for i in inputs], out, recursive, suffix=f".{format}")
     with tqdm(total=len(jobs), disable=not progress, unit="image", desc="extract") as bar:
-        runner = _Runner(model, torch_device, batch_size, report, bar, png_options)
+        runner = _Runner(extractor, report, bar, convert)
         for job in jobs:
             if job.target.exists() and not overwrite:
                 report.skipped.append(job.target)
                 bar.update(1)
                 continue
             try:
-                image = prepare_image(job.source, size, min_side)
+                image = prepare_image(job.source, size, extractor.min_side)
             except StyleError as err:
                 report.failed.append(Failure(str(job.source), str(err)))
                 bar.update(1)

@@ -34,7 +34,7 @@ def photos(tmp_path_factory):
 
 
 def extract(*args):
-    return runner.invoke(app, ["extract", *map(str, args), "--no-progress"])
+    return runner.invoke(app, ["extract", *map(str, args), "--no-progress", "--precision", "fp32"])
 
 
 def reference(student, path):

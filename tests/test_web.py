@@ -1,0 +1,239 @@
+"""`diffsketch serve`: the page in a real headless Chromium (Debian's package, driven by Playwright).
+
+A tiny random student serves as the style, so each sketch takes milliseconds. Screenshots are kept
+in ``test-artifacts/web/`` (git-ignored) for a look at the page.
+"""
+
+import io
+import json
+import shutil
+import struct
+import threading
+import time
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts" / "web"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--no-first-run", "--disable-sync"]  # fmt: skip
+
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium package (apt-get install -y chromium)"),
+    pytest.mark.usefixtures("one_thread"),
+]
+
+
+@pytest.fixture(scope="module")
+def styles(student, tmp_path_factory):
+    """A styles folder with two styles (the tiny student, and a second copy), plus a stray file and a hidden folder."""
+    root = tmp_path_factory.mktemp("styles")
+    for name in ("ink", "pencil"):
+        (root / name).mkdir()
+        shutil.copy(student, root / name / "student.safetensors")
+        shutil.copy(student.with_suffix(".json"), root / name / "student.json")
+    (root / ".hidden").mkdir()
+    (root / "notes.txt").write_text("not a style")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(styles):
+    """The app served by uvicorn in a thread, on a free port; yields its base URL."""
+    import uvicorn
+
+    from diffsketch.web import create_app
+
+    app = create_app(styles, device="cpu", max_upload_mb=25, max_pixels=40_000_000)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", app
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server, request):
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(server[0] + "/")
+    page.wait_for_selector("#style option", state="attached")
+    yield page
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def photo_files(tmp_path_factory):
+    """Packaged photos (diffsketch.evaldata) as files: coffee at its size, and small crops for the batch test."""
+    from diffsketch.evaldata import PHOTOS
+
+    folder = tmp_path_factory.mktemp("web-photos")
+    coffee = folder / "coffee.png"
+    shutil.copy(PHOTOS["coffee"].source_path(), coffee)
+    crops = []
+    for i, name in enumerate(["astronaut", "chelsea", "camera", "coins"] * 4):
+        with Image.open(PHOTOS[name].source_path()) as im:
+            path = folder / f"crop{i:02d}.png"
+            im.convert("RGB").crop((8 * i, 0, 8 * i + 96, 72)).save(path)
+            crops.append(path)
+    return coffee, crops
+
+
+def _bad_files(folder: Path) -> dict[str, Path]:
+    """A text file named .png, a truncated PNG, and a valid 20,000 x 20,000 PNG (1-bit, about 50 kB)."""
+    text = folder / "notes.png"
+    text.write_text("this is a text file, not a picture\n")
+    from diffsketch.evaldata import PHOTOS
+
+    whole = PHOTOS["chelsea"].source_path()
+    buffer = io.BytesIO()
+    with Image.open(whole) as im:
+        im.save(buffer, format="PNG")
+    truncated = folder / "truncated.png"
+    truncated.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    side = 20_000
+    compressor, rows = zlib.compressobj(9), []
+    row = b"\x00" + b"\xff" * (side // 8)  # filter byte + one bit per pixel, white
+    for _ in range(side):
+        rows.append(compressor.compress(row))
+    rows.append(compressor.flush())
+    huge = folder / "huge.png"
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", b"".join(rows)) + chunk(b"IEND", b""))  # fmt: skip
+    return dict(text=text, truncated=truncated, huge=huge)
+
+
+def _displayed_pixels(page, selector: str) -> np.ndarray:
+    """The pixels of an <img> as the browser decoded them (drawn onto a canvas), red channel."""
+    values = page.eval_on_selector(
+        selector,
+        """img => { const c = document.createElement('canvas'); c.width = img.naturalWidth; c.height = img.naturalHeight;
+                    const g = c.getContext('2d'); g.drawImage(img, 0, 0);
+                    const d = g.getImageData(0, 0, c.width, c.height).data; const out = new Array(c.width * c.height);
+                    for (let i = 0; i < out.length; i++) out[i] = d[4 * i]; return [c.width, c.height, out]; }""",
+    )
+    width, height, flat = values
+    return np.asarray(flat, dtype=np.uint8).reshape(height, width)
+
+
+def test_upload_shows_the_api_sketch_and_downloads_work(page, server, styles, photo_files, tmp_path):
+    from diffsketch import SketchExtractor
+
+    coffee, _ = photo_files
+    assert page.locator("#style option").all_inner_texts() == ["ink", "pencil"]  # the stray file and hidden folder are not styles
+    page.select_option("#size", "256")
+    page.set_input_files("#files", str(coffee))
+    page.wait_for_selector(".card .sketch-image")
+    page.wait_for_selector("text=1 of 1 done")
+    shown = _displayed_pixels(page, ".card .sketch-image")
+
+    expected = np.asarray(SketchExtractor.load(styles / "ink", "cpu")(coffee, size=256))  # what Python code gets
+    assert shown.shape == expected.shape == (171, 256)  # 600 x 400 capped to a long side of 256
+    np.testing.assert_array_equal(shown, expected)
+
+    with page.expect_download() as png:
+        page.click(".card a.png")
+    data = Path(png.value.path()).read_bytes()
+    assert data.startswith(b"\x89PNG") and png.value.suggested_filename == "coffee_sketch.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), expected)
+
+    with page.expect_download() as svg:
+        page.click(".card a.svg")
+    text = Path(svg.value.path()).read_text()
+    assert text.startswith("<?xml") and "<path" in text and 'width="256"' in text
+
+    with page.expect_download() as archive:
+        page.click("#zip")
+    with zipfile.ZipFile(archive.value.path()) as z:
+        assert sorted(z.namelist()) == ["coffee_sketch.png", "coffee_sketch.svg"]
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(z.read("coffee_sketch.png")))), expected)
+
+
+def test_bad_files_get_a_clear_message_and_the_server_keeps_answering(page, server, photo_files, tmp_path):
+    bad = _bad_files(tmp_path)
+    page.set_input_files("#files", [str(bad["text"]), str(bad["truncated"]), str(bad["huge"])])
+    page.wait_for_selector("text=3 of 3 done", timeout=30_000)
+    messages = {page.locator(".card h2").nth(i).inner_text(): page.locator(".card").nth(i).locator(".error").inner_text() for i in range(3)}
+    assert "not an image file" in messages["notes.png"]
+    assert "damaged or truncated" in messages["truncated.png"]
+    assert "400 megapixels" in messages["huge.png"] and "limit is 40 megapixels" in messages["huge.png"]
+    assert page.locator(".card.failed").count() == 3
+
+    coffee, _ = photo_files  # still answering: a good photo after the bad ones
+    page.set_input_files("#files", str(coffee))
+    page.wait_for_selector(".card .sketch-image")
+    with urllib.request.urlopen(server[0] + "/api/styles", timeout=10) as response:
+        assert [s["name"] for s in json.load(response)["styles"]] == ["ink", "pencil"]
+
+
+def test_sixteen_uploads_at_once_all_complete(page, server, photo_files):
+    _, crops = photo_files
+    page.select_option("#style", "pencil")
+    page.select_option("#mode", "binary")
+    page.set_input_files("#files", [str(p) for p in crops])
+    page.wait_for_selector("text=16 of 16 done", timeout=60_000)
+    assert page.locator(".card .sketch-image").count() == 16
+    assert page.locator(".card.failed").count() == 0
+    sizes = page.locator(".card .meta").all_inner_texts()
+    assert sizes == ["96 × 72 px"] * 16
+    binary = _displayed_pixels(page, ".card .sketch-image >> nth=0")
+    assert set(np.unique(binary)) <= {0, 255}  # the threshold reached the server
+
+
+def test_server_limits_and_style_names(server, styles):
+    from diffsketch.evaldata import PHOTOS
+
+    base, app = server
+    data = PHOTOS["coins"].source_path().read_bytes()
+
+    def post(query: str, body: bytes):
+        request = urllib.request.Request(f"{base}/api/sketch?{query}", data=body, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as err:
+            return err.code, json.load(err)
+
+    for name in ("../ink", "ink/../pencil", str(styles / "ink"), "notes.txt", ".hidden"):
+        status, answer = post(f"style={urllib.parse.quote(name)}", data)
+        assert status == 404 and "no style named" in answer["error"]
+    status, answer = post("style=ink&threshold=2", data)
+    assert status == 400 and "between 0 and 1" in answer["error"]
+    state = app.state.diffsketch
+    state.max_upload = 1000
+    try:
+        status, answer = post("style=ink", data)
+        assert status == 413 and "upload limit" in answer["error"]
+    finally:
+        state.max_upload = 25_000_000
+    assert post("style=ink", data)[0] == 200 and post("style=ink", data)[0] == 200
+    assert set(state.extractors) <= {"ink", "pencil"} and len(state.extractors) == len(state.locks)  # one model per style
