@@ -37,6 +37,17 @@ class ModelConfig(_Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
     seed: int = Field(0, ge=0, description="initialisation seed of the tiny model")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the UNet and the VAE decoder (and the generator in pairs): auto = on for cuda, "
+        "off on cpu (compiling takes minutes there). Like the device, not part of any output's fingerprint",
+        exclude=True,
+    )
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value  # YAML reads on/off as booleans
 
     @field_validator("device")
     @classmethod
@@ -67,7 +78,11 @@ class SampleConfig(_Section):
         description="what the VAE decodes into the image (and its decoder features): the predicted x0 of "
         "the last DDIM step (the authors' code) or the final latent (diffusers' pipeline)",
     )
-    batch_size: int = Field(4, ge=1, description="trajectories denoised together")
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        4,
+        description="trajectories denoised together; auto = the largest batch that fits the GPU's free memory (measured "
+        "probe; 4 on a CPU), recorded in the store so a resumed run keeps the same batch plan",
+    )
     seed: int = Field(0, ge=0, description="trajectory i uses seed + i")
 
     @field_validator("resolution")
@@ -90,6 +105,14 @@ class AnalyzeConfig(_Section):
     fixed: list[int] = Field(default_factory=list, description="timesteps for strategy 'fixed'")
     layer_weighting: Literal["equal", "raw"] = "equal"
     seed: int = Field(0, ge=0)
+    pca: Literal["randomized", "incremental"] = Field(
+        "randomized",
+        description="'randomized' (streamed block Krylov PCA, a few passes over the store) or 'incremental' "
+        "(scikit-learn's IncrementalPCA, the earlier and much slower path, kept for comparison)",
+    )
+    power_iterations: int = Field(2, ge=0, le=20, description="randomized PCA: Krylov iterations, one more pass over the store each")
+    oversamples: int = Field(10, ge=0, description="randomized PCA: random directions beyond pca_dims")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the randomized PCA runs: auto = the GPU when one is visible")
 
     @model_validator(mode="after")
     def _k_range(self) -> AnalyzeConfig:
@@ -157,7 +180,11 @@ class PairsConfig(_Section):
     """The `pairs` stage: (image, sketch) pairs from the trained generator, for distillation."""
 
     count: int = Field(30000, ge=2, description="pairs to generate (about 30k in the paper, per its reviews)")
-    batch_size: int = Field(4, ge=1, description="images sampled together")
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        4,
+        description="images sampled together; auto = the largest batch that fits the GPU's free memory (measured probe; "
+        "4 on a CPU), recorded in the store so a resumed run keeps the same blocks",
+    )
     seed: int = Field(0, ge=0, description="pair i uses prior draw and noise seeds derived from seed and i")
 
 

@@ -13,6 +13,10 @@ Store (Zarr v3, ``data/pairs.zarr``)::
     seeds     (N,)         int64
     complete  (N,)         bool     one chunk per pair, written last
 
+Dimension names (Zarr v3 ``dimension_names``, read by ``xarray.open_zarr``): ``pair``, then
+``pixel_y``, ``pixel_x`` and (images) ``rgb``. Stores written before them (no ``format_version``
+attribute) work as before.
+
 A rerun resumes: only incomplete pairs are generated. A store made from another generator,
 prior or settings is refused unless ``overwrite``. The store may be a local path or an fsspec URL
 (``s3://bucket/pairs.zarr``; see :mod:`diffsketch.store`).
@@ -29,7 +33,7 @@ import torch
 import zarr
 from tqdm.auto import tqdm
 
-from diffsketch import __version__, distributed
+from diffsketch import __version__, batching, distributed
 from diffsketch.config import Params, fingerprint
 from diffsketch.example import inputs_from_result
 from diffsketch.features import unet_layers, vae_layers
@@ -41,6 +45,8 @@ from diffsketch import store
 from diffsketch.store import StoreError, _compressor
 
 log = logging.getLogger(__name__)
+
+PAIR = "pair"  # the dimension name of axis 0 of every pairs array
 
 
 class PairsError(ValueError):
@@ -86,13 +92,28 @@ def open_pairs(path: str | Path) -> zarr.Group:
 def _create(path: str | Path, count: int, size: int, attrs: dict) -> zarr.Group:
     _store_call(store.remove, path)
     root = store.open_group(path, mode="w")
-    root.create_array("images", shape=(count, size, size, 3), chunks=(1, size, size, 3), dtype="uint8", compressors=_compressor())
-    root.create_array("sketches", shape=(count, size, size), chunks=(1, size, size), dtype="uint8", compressors=_compressor())
-    root.create_array("seeds", shape=(count,), chunks=(count,), dtype="int64")
-    root.create_array("complete", shape=(count,), chunks=(1,), dtype="bool", fill_value=False)
+    pixels = (PAIR, *store.PIXEL_DIMS)  # Zarr v3 dimension names, so xarray.open_zarr opens the store
+    root.create_array("images", shape=(count, size, size, 3), chunks=(1, size, size, 3), dtype="uint8",
+                      compressors=_compressor(), dimension_names=(*pixels, store.RGB))  # fmt: skip
+    root.create_array("sketches", shape=(count, size, size), chunks=(1, size, size), dtype="uint8",
+                      compressors=_compressor(), dimension_names=pixels)  # fmt: skip
+    root.create_array("seeds", shape=(count,), chunks=(count,), dtype="int64", dimension_names=(PAIR,))
+    root.create_array("complete", shape=(count,), chunks=(1,), dtype="bool", fill_value=False, dimension_names=(PAIR,))
     root["seeds"][:] = np.array([pair_seeds(attrs["seed"], i)[1] for i in range(count)], dtype=np.int64)
     root.attrs.update(attrs)
+    root.attrs["format_version"] = store.FORMAT_VERSION
     return root
+
+
+def _planned_batch_size(root: zarr.Group, configured: int | str) -> int:
+    """The block size of the store's plan: recorded at creation (stores from before the record:
+    the configured number, which the fingerprint guarantees unchanged)."""
+    recorded = root.attrs.get("batch_size")
+    if recorded is not None:
+        return int(recorded)
+    if configured == "auto":
+        raise PairsError("the pairs store records no batch size for pairs.batch_size=auto; rerun with --overwrite")
+    return int(configured)
 
 
 def run_pairs(
@@ -142,38 +163,56 @@ def run_pairs(
     if model is None:
         check_model_reachable(params.model)
         model = load_model(params.model)
-    workers.barrier()  # every process has read the store before process 0 may replace it
-    if root is None and workers.main:
-        attrs = dict(fingerprint=key, model=params.model.id, count=cfg.count, resolution=size, seed=cfg.seed, version=__version__)
-        root = _create(out, cfg.count, size, attrs)
-    workers.barrier()  # the store exists
-    if root is None:
-        root = store.open_group(out, mode="r+")
     generator = generator.to(model.device).eval()
+    if model.compiled:
+        generator.forward = torch.compile(generator.forward, backend=model.cache.get("compile_backend", "inductor"))
     indices = list(meta["ddim_indices"])
     unet_specs = unet_layers(model.unet.config, size, model.vae_scale_factor, meta.get("capture", "residual"))
     vae_specs = vae_layers(model.vae.config, size)
+    steps, guidance = int(meta["steps"]), float(meta["guidance"])
 
-    pending = set(todo)
-    blocks = workers.share(sorted({i // cfg.batch_size for i in todo}))  # each process: a contiguous share of the blocks
-    mine = [i for i in todo if i // cfg.batch_size in set(blocks)]
-    if workers.world > 1:
-        log.info("worker %d of %d takes %d pairs", workers.rank, workers.world, len(mine))
-    bar = tqdm(total=len(mine), desc="pairs", disable=not (progress and workers.main))
-    for block in blocks:
-        batch = [i for i in range(block * cfg.batch_size, min((block + 1) * cfg.batch_size, cfg.count)) if i in pending]
+    def make_pairs(batch: list[int], probe: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Images and sketches (uint8) of the pairs ``batch``: each from its own seeds, so the
+        batch does not change them (up to float rounding). ``probe``: one DDIM step whose features
+        are copied into every kept slot, so the memory held is that of a real batch."""
         conds = torch.cat([prior.sample(1, torch.Generator().manual_seed(pair_seeds(cfg.seed, i)[0])) for i in batch])
         seeds = [pair_seeds(cfg.seed, i)[1] for i in batch]
         noise = initial_noise(model, seeds, size)
         result = sample_conditions(
-            model, conds.to(model.device, model.dtype), noise, int(meta["steps"]), float(meta["guidance"]), 0.0, seeds,
-            unet_specs, vae_specs, pool="full", halves="both", keep=indices, on_cpu=False,
+            model, conds.to(model.device, model.dtype), noise, 1 if probe else steps, guidance, 0.0, seeds,
+            unet_specs, vae_specs, pool="full", halves="both", keep=[0] if probe else indices, on_cpu=False,
             decode=meta.get("decode", "latent"),  # generators from before sample.decode existed decoded the latent
         )  # fmt: skip
+        if probe:
+            result.unet = {k: v.expand(-1, len(indices), *v.shape[2:]).contiguous() for k, v in result.unet.items()}
         with torch.no_grad():
-            sketches = generator(inputs_from_result(result, model.device)).float().cpu()
-        images = result.images_uint8().numpy()
-        sketch_u8 = (sketches[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+            sketches = generator(inputs_from_result(result, model.device)).float()
+        sketch_u8 = (sketches[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        return result.images_uint8().numpy(), sketch_u8
+
+    workers.barrier()  # every process has read the store before process 0 may replace it
+    if root is None and workers.main:
+        batch_size = batching.resolve_batch_size(
+            cfg.batch_size, model.device, lambda b: make_pairs(list(range(b)), probe=True), cap=cfg.count,
+            what="pairs.batch_size",
+        )  # fmt: skip
+        attrs = dict(fingerprint=key, model=params.model.id, count=cfg.count, resolution=size, seed=cfg.seed, version=__version__)
+        root = _create(out, cfg.count, size, attrs)
+        root.attrs["batch_size"] = batch_size  # the blocks (resolved when pairs.batch_size is auto): a resume keeps them
+    workers.barrier()  # the store exists
+    if root is None:
+        root = store.open_group(out, mode="r+")
+    batch_size = _planned_batch_size(root, cfg.batch_size)
+
+    pending = set(todo)
+    blocks = workers.share(sorted({i // batch_size for i in todo}))  # each process: a contiguous share of the blocks
+    mine = [i for i in todo if i // batch_size in set(blocks)]
+    if workers.world > 1:
+        log.info("worker %d of %d takes %d pairs", workers.rank, workers.world, len(mine))
+    bar = tqdm(total=len(mine), desc="pairs", disable=not (progress and workers.main))
+    for block in blocks:
+        batch = [i for i in range(block * batch_size, min((block + 1) * batch_size, cfg.count)) if i in pending]
+        images, sketch_u8 = make_pairs(batch)
         for j, i in enumerate(batch):
             root["images"][i] = images[j]
             root["sketches"][i] = sketch_u8[j]
