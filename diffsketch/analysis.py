@@ -21,7 +21,9 @@ inertia (elbow) and a sampled, seeded silhouette score. ``k: auto`` takes the k 
 silhouette (the smaller k on ties). One distinct timestep is then picked per cluster: the
 assignment of timesteps to clusters that minimises the total mean distance between a timestep's
 points and the cluster centre (Hungarian algorithm), so each cluster gets the timestep whose
-points sit closest to its centre on average, and no timestep is used twice.
+points sit closest to its centre on average, and no timestep is used twice. ``k: 1`` (one timestep)
+is k-means with a single cluster, whose centre is the mean of all points: the timestep chosen is the
+one whose points sit closest on average to that overall centre (the sweep still runs for the plots).
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ from tqdm.auto import tqdm
 
 from diffsketch import store
 from diffsketch.config import AnalyzeConfig
-from diffsketch.pca import randomized_pca, resolve_device
+from diffsketch.devices import resolve_device
+from diffsketch.pca import randomized_pca
 
 log = logging.getLogger(__name__)
+THUMBNAIL = 64  # side of each trajectory's final-image thumbnail kept for the report (12 KiB a trajectory)
 
 MINIBATCH_ABOVE = 20_000  # points; above this k-means runs in mini-batches
 SILHOUETTE_SAMPLE = 5_000  # points used for each silhouette score
@@ -151,6 +155,10 @@ class AnalysisResult:
     selected_cluster: np.ndarray  # (k,) the cluster each selected timestep represents (-1: none)
     cluster_sizes: np.ndarray  # (k,) points in that cluster
     meta: dict
+    # For the report's hover cards, per trajectory of ``trajectory_ids`` (empty in analyses saved before them):
+    trajectory_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,) store indices
+    prompts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))  # (N,) the trajectory's prompt
+    thumbnails: np.ndarray = field(default_factory=lambda: np.zeros((0, THUMBNAIL, THUMBNAIL, 3), np.uint8))  # final images
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -193,6 +201,22 @@ class AnalysisResult:
         )
 
 
+def trajectory_previews(reader: FeatureReader, trajectories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each trajectory's prompt and a THUMBNAIL x THUMBNAIL thumbnail of its final image (one image read each)."""
+    from PIL import Image
+
+    root = reader.root
+    names = [str(n) for n in root.attrs.get("prompts", [])]
+    ids = np.asarray(root["prompt_ids"][:]) if "prompt_ids" in root else np.full(int(max(trajectories, default=-1)) + 1, -1)
+    prompts = np.array([names[ids[i]] if 0 <= ids[i] < len(names) else "" for i in trajectories], dtype=str)
+    thumbs = np.zeros((len(trajectories), THUMBNAIL, THUMBNAIL, 3), np.uint8)
+    if "images" in root:
+        for j, i in enumerate(trajectories):
+            image = Image.fromarray(np.asarray(root["images"][int(i)], dtype=np.uint8)).convert("RGB")
+            thumbs[j] = np.asarray(image.resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX))
+    return prompts, thumbs
+
+
 def knee(k_values: np.ndarray, inertia: np.ndarray) -> int:
     """The elbow: the k farthest below the straight line joining the ends of the normalised curve."""
     if len(k_values) < 3:
@@ -212,7 +236,7 @@ def _kmeans(k: int, n_points: int, seed: int):
 def sweep_k(projection: np.ndarray, cfg: AnalyzeConfig, progress: bool = False):
     """k-means for every k of the sweep (and ``cfg.k``): (k values, inertia, silhouette, fitted models)."""
     k_values = np.arange(cfg.k_min, cfg.k_max + 1)
-    if isinstance(cfg.k, int) and cfg.k not in k_values:
+    if isinstance(cfg.k, int) and cfg.k >= 2 and cfg.k not in k_values:  # k = 1 has no silhouette: see _single_cluster
         k_values = np.sort(np.append(k_values, cfg.k))
     k_values = k_values[k_values < len(projection)]
     sample_size = min(len(projection), SILHOUETTE_SAMPLE)
@@ -223,6 +247,15 @@ def sweep_k(projection: np.ndarray, cfg: AnalyzeConfig, progress: bool = False):
         inertia.append(-km.score(projection))
         silhouette.append(silhouette_score(projection, km.labels_, sample_size=sample_size, random_state=cfg.seed))
     return k_values, np.asarray(inertia), np.asarray(silhouette), fitted
+
+
+class _SingleCluster:
+    """k = 1 (``analyze.k: 1``, the paper's single-timestep ablation): the one k-means cluster is every point,
+    its centre the mean of all points, so the timestep chosen is the one whose points sit closest to it on average."""
+
+    def __init__(self, projection: np.ndarray):
+        self.cluster_centers_ = projection.mean(axis=0, keepdims=True)
+        self.labels_ = np.zeros(len(projection), dtype=np.int32)
 
 
 def _check(cfg: AnalyzeConfig, reader: FeatureReader, n_traj: int) -> None:
@@ -242,10 +275,7 @@ def _check(cfg: AnalyzeConfig, reader: FeatureReader, n_traj: int) -> None:
             f"and {n_traj} trajectories x {steps} steps); lower it or sample more trajectories"
         )
     if cfg.pca == "randomized":
-        try:
-            resolve_device(cfg.device)
-        except RuntimeError as err:
-            raise AnalysisInputError(str(err)) from None
+        resolve_device(cfg.device, "analyze.device", AnalysisInputError)
     if cfg.strategy == "fixed":
         missing = sorted(set(cfg.fixed) - set(int(t) for t in reader.timesteps))
         if not cfg.fixed or missing:
@@ -304,7 +334,7 @@ def analyze(store_path: str | Path, cfg: AnalyzeConfig, model_id: str | None = N
         fit = randomized_pca(
             reader.blocks, trajectories, steps, reader.widths, cfg.pca_dims,
             equal_weights=cfg.layer_weighting == "equal", oversamples=cfg.oversamples,
-            power_iterations=cfg.power_iterations, seed=cfg.seed, device=resolve_device(cfg.device), progress=progress,
+            power_iterations=cfg.power_iterations, seed=cfg.seed, device=resolve_device(cfg.device, "analyze.device"), progress=progress,
         )  # fmt: skip
         projection, explained = fit.projection, fit.explained_variance_ratio
     else:
@@ -314,12 +344,13 @@ def analyze(store_path: str | Path, cfg: AnalyzeConfig, model_id: str | None = N
     row_trajectory = np.repeat(trajectories, steps)
     labels = np.asarray(reader.root["labels"][:])[row_trajectory]
 
+    prompts, thumbnails = trajectory_previews(reader, trajectories)
     k_values, inertia, silhouette, fitted = sweep_k(projection, cfg, progress)
     best = int(k_values[np.argmax(silhouette)])
     if cfg.k == "auto" and best == k_values[-1] and len(k_values) > 1:
         log.warning("the best silhouette is at k_max=%d, the edge of the sweep; consider raising analyze.k_max", best)
     k = best if cfg.k == "auto" else int(cfg.k)
-    km = fitted[k]
+    km = _SingleCluster(projection) if k == 1 else fitted[k]
     row_cluster = km.labels_
 
     if cfg.strategy == "kmeans":
@@ -369,6 +400,9 @@ def analyze(store_path: str | Path, cfg: AnalyzeConfig, model_id: str | None = N
         selected_cluster=clusters,
         cluster_sizes=sizes,
         meta=meta,
+        trajectory_ids=np.asarray(trajectories, dtype=np.int64),
+        prompts=prompts,
+        thumbnails=thumbnails,
     )
 
 

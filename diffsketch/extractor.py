@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch import nn
 
+from diffsketch import devices
 from diffsketch.student import Student, StudentConfig, StudentLoadError, load_student
 
 WEIGHTS_FILE = "student.safetensors"
@@ -136,11 +137,7 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an :class:`ExtractError`."""
     if device not in DEVICES:
         raise ExtractError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ExtractError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
-    return torch.device(device)
+    return devices.resolve_device(device, "--device", ExtractError, sep=" ")
 
 
 @functools.cache

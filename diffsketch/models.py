@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from diffsketch import devices
 from diffsketch.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -137,12 +138,7 @@ class SDModel:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"model.device is {name!r} but CUDA is not available here; use model.device=auto or cpu")
-    return device
+    return devices.resolve_device(name, "model.device", ModelLoadError)
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -79,15 +79,6 @@ class PCAResult:
     seconds: float
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` = the GPU when one is visible, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"analyze.device={device!r} but no CUDA GPU is visible; use auto or cpu")
-    return torch.device(device)
-
-
 def _prefetched(read: Callable[[int], Blocks], items: Sequence[int]) -> Iterator[Blocks]:
     """Each item's blocks, the next one read on a thread while the caller works on the current one."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pca-read") as pool:

@@ -182,5 +182,5 @@ def test_cuda_without_a_gpu_is_refused_before_reading(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     path = synthetic_store(tmp_path / "s.zarr")
     monkeypatch.setattr(FeatureReader, "blocks", lambda *a: pytest.fail("read the store"))
-    with pytest.raises(AnalysisInputError, match="analyze.device='cuda' but no CUDA GPU"):
+    with pytest.raises(AnalysisInputError, match="analyze.device=cuda was asked for but no CUDA GPU"):
         analyze(path, AnalyzeConfig(pca_dims=5, k_max=8, device="cuda"), progress=False)
