@@ -40,11 +40,10 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 import zarr
 
 from diffsketch.collect import run_sample
-from diffsketch.config import parse_params
+from diffsketch.config import load_params, parse_params
 from diffsketch.distillation import PatchDiscriminator
 from diffsketch.example import build_example
 from diffsketch.features import unet_layers, vae_layers
@@ -57,7 +56,7 @@ from diffsketch.student import Student, StudentConfig
 from diffsketch.training import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER = yaml.safe_load((REPO / "presets" / "paper.yaml").read_text())
+PAPER = load_params(REPO / "presets" / "paper.yaml").model_dump(mode="json")  # read through the one schema
 
 FULL = dict(model="sd15-random", device="cuda", dtype=torch.float16, resolution=512, steps=50, timesteps=13,
             clip="ViT-B-32:", lpips="random", sample_trajectories=32, pairs_count=16, train_repeats=3, student_batches=(1, 8, 32, 64),

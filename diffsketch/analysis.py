@@ -14,7 +14,9 @@ trajectories, and the vectors are reduced to ``pca_dims`` principal components:
 - ``pca: incremental``: the earlier path, kept for comparison: a pass for the layer statistics,
   scikit-learn's IncrementalPCA (a dense SVD per batch), then a pass to project every vector.
 
-The projection is kept in memory (N x T x pca_dims floats).
+The projection is kept in memory (N x T x pca_dims floats). For the report's hover cards the
+result also keeps each trajectory's prompt and a 64 x 64 thumbnail of its final image
+(:func:`trajectory_previews`: one read of ``images`` per trajectory, 12 KiB each before compression).
 
 k-means (MiniBatchKMeans when there are many points) runs for every k in [k_min, k_max], with
 inertia (elbow) and a sampled, seeded silhouette score. ``k: auto`` takes the k with the best

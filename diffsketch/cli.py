@@ -45,11 +45,13 @@ def _expected_errors():
     from diffsketch.evaldata import EvalDataError
     from diffsketch.evaluation import EvalError
     from diffsketch.presets import PresetError
+    from diffsketch.checkpoint import NonFiniteError
+    from diffsketch.distillation import DistillError
 
     return (
         ParamsError, SampleInputError, ModelLoadError, PromptsError, StoreError, AnalysisInputError,
         PriorError, ExampleError, StyleError, LossSetupError, TrainInputError, GeneratorLoadError, PairsError,
-        StudentLoadError, ExtractError, ExportError, EvalDataError, EvalError, PresetError,
+        StudentLoadError, ExtractError, ExportError, EvalDataError, EvalError, PresetError, NonFiniteError, DistillError,
     )  # fmt: skip
 
 
@@ -195,14 +197,17 @@ def distill(
     pairs_path: Annotated[Path, typer.Option("--pairs", help="pairs store from `pairs`")] = Path("data/pairs.zarr"),
     out: Annotated[Path, typer.Option("--out", "-o", help="student weights")] = Path("models/student.safetensors"),
     live: Annotated[Path, typer.Option(help="dvclive folder")] = Path("reports/distill"),
+    checkpoints: Annotated[Path, typer.Option(help="folder of resumable checkpoints")] = Path("models/distill-checkpoints"),
+    overwrite: Annotated[bool, typer.Option(help="discard checkpoints made with other settings")] = False,
     set_: SetOption = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
 ) -> None:
-    """Train the fast image-to-sketch student on the generated pairs."""
+    """Train the fast image-to-sketch student on the generated pairs (resumes from its last checkpoint)."""
     from diffsketch.distillation import run_distill
 
     with _clean_errors():
-        result = run_distill(load_params(params, set_), pairs_path, out, live, progress=progress)
+        result = run_distill(load_params(params, set_), pairs_path, out, live, progress=progress, checkpoints=checkpoints,
+                             overwrite=overwrite)  # fmt: skip
     typer.echo(f"held-out L1 {result['l1']:.4f} (blank output {result['blank_l1']:.4f}) -> {out}")
 
 
@@ -229,7 +234,7 @@ def evaluate(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Score the student and the baselines against the ground-truth style on real photos; write the report."""
-    from diffsketch.evaluation import run_evaluate
+    from diffsketch.eval_report import run_evaluate
 
     with _clean_errors():
         result = run_evaluate(load_params(params, set_), student, out, progress=progress)

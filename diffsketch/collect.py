@@ -59,8 +59,13 @@ def run_sample(
     """
     workers = distributed.workers(params.model.device)
     params = distributed.assign_device(params, workers)
-    cfg = params.sample
     out = store.location(out)
+    with store.writer_lock(out, enabled=workers.main):  # one writer per store; the run's other workers share it
+        return _run_sample(params, out, overwrite, progress, model, workers)
+
+
+def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, workers) -> str | Path:
+    cfg = params.sample
     halves = _halves(params)
     prompts = load_prompts(cfg.prompts)
     plan = plan_trajectories(prompts, cfg.trajectories, cfg.seed)

@@ -100,7 +100,11 @@ class AnalyzeConfig(_Section):
     pca_dims: int = Field(25, ge=2)
     k_min: int = Field(2, ge=2)
     k_max: int = Field(20, ge=2)
-    k: Literal["auto"] | Annotated[int, Field(ge=2)] = 13
+    k: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        13,
+        description="'auto' (best silhouette of the sweep) or a number of timesteps; 1 = a single timestep: the one whose "
+        "points sit closest on average to the centre of all points (k-means with k = 1)",
+    )
     strategy: Literal["kmeans", "uniform", "random", "fixed"] = "kmeans"
     fixed: list[int] = Field(default_factory=list, description="timesteps for strategy 'fixed'")
     layer_weighting: Literal["equal", "raw"] = "equal"
@@ -168,12 +172,29 @@ class TrainConfig(_Section):
     batch: int = Field(1, ge=1, description="freshly sampled images per iteration")
     lr: float = Field(1e-4, gt=0, description="Adam learning rate")
     cdst_horizon: int = Field(1000, ge=0, description="iterations over which conditions drift from the example to random")
+    cdst: Literal["on", "off"] = Field(
+        "on", description="ablation 'w/o CDST': off = random prior conditions from the first iteration (cdst_horizon unused)"
+    )
+    vae_fusion: Literal["on", "off"] = Field(
+        "on", description="ablation: off = the fusion decoder reads no VAE decoder features (only the aggregated UNet features and RGB)"
+    )
+    aggregation: Literal["two", "one"] = Field(
+        "two", description="ablation: two-level UNet aggregation (lower + higher aggregator) or one aggregator over every layer"
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="generator autocast: auto (bf16 on cuda if supported, else fp32), fp32, bf16, fp16 (with loss scaling)"
     )
     checkpoint_every: int = Field(100, ge=1, description="save a resumable checkpoint every N iterations")
     sample_every: int = Field(100, ge=1, description="save a grid of (sampled image, generated sketch) every N iterations")
+    max_skips: int = Field(
+        10, ge=1, description="stop after this many consecutive steps skipped for a non-finite (NaN/inf) loss or gradient"
+    )
     seed: int = Field(0, ge=0, description="seeds the random conditions, noise and generator initialisation")
+
+    @field_validator("cdst", "vae_fusion", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value  # YAML reads on/off as booleans
 
 
 class PairsConfig(_Section):
@@ -203,6 +224,10 @@ class DistillConfig(_Section):
     gan: float = Field(0.0, ge=0, description="PatchGAN (LSGAN) weight; 0 = no discriminator")
     holdout: float = Field(0.1, gt=0, lt=1, description="fraction of the pairs held out to measure the student")
     eval_every: int = Field(100, ge=1)
+    checkpoint_every: int = Field(100, ge=1, description="save a resumable checkpoint every N iterations")
+    max_skips: int = Field(
+        10, ge=1, description="stop after this many consecutive steps skipped for a non-finite (NaN/inf) loss or gradient"
+    )
     seed: int = Field(0, ge=0)
 
 

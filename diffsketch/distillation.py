@@ -7,10 +7,17 @@ training, ``losses.lpips_net``) plus, when ``distill.gan > 0``, a conditional Pa
 Batches are random square crops (``distill.crop``) with horizontal flips. A held-out share of the
 pairs (``distill.holdout``) is never trained on: every ``distill.eval_every`` iterations the
 student's L1 there is logged next to that of a blank (all-paper) output, the baseline it must beat.
+
+Every ``distill.checkpoint_every`` iterations a checkpoint (student, discriminator, both Adam
+states, the batch generator's state that fixes the data order and crops, torch's global random
+state, the last evaluation) is written atomically (:mod:`diffsketch.checkpoint`); a run killed at
+any point and rerun resumes from it and ends with the weights and dvclive rows of an uninterrupted
+run. Steps with a non-finite loss or gradient are skipped (``distill.max_skips`` in a row stop).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -23,7 +30,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffsketch import __version__
-from diffsketch.config import Params
+from diffsketch.checkpoint import (
+    NonFiniteGuard,
+    check_finite_weights,
+    checkpoint_meta,
+    latest_checkpoint,
+    load_checkpoint,
+    load_module,
+    load_optimizer,
+    module_tensors,
+    optimizer_tensors,
+    rng_tensor,
+    save_checkpoint,
+    trim_live,
+)
+from diffsketch.config import Params, fingerprint
 from diffsketch.losses import load_lpips
 from diffsketch.models import resolve_device
 from diffsketch.pairs import PairsError, open_pairs
@@ -96,15 +117,56 @@ def evaluate(student: Student, sampler: PairSampler, device, batch: int = 8) -> 
     return dict(l1=total / n, blank_l1=blank / n, ratio=(total / max(blank, 1e-12)))
 
 
-def run_distill(params: Params, pairs_path: str | Path, out: str | Path, live_dir: str | Path, progress: bool = True) -> dict:
-    """Train the student on the pairs store; writes ``out`` (+ .json) and the dvclive folder.
+class DistillError(ValueError):
+    """The distillation cannot start or resume as asked; the message names the fix."""
 
+
+NONFINITE_CAUSES = (
+    "a learning rate too high (lower distill.lr), a GAN weight that destabilises training (lower distill.gan), "
+    "or damaged pairs (run `diffsketch inspect` on the pairs store)"
+)
+
+
+def _distill_key(params: Params, sampler: PairSampler) -> str:
+    """What the checkpoints depend on; iterations and logging/checkpoint intervals may change on resume."""
+    cfg = params.distill.model_copy(update={"iterations": 0, "eval_every": 0, "checkpoint_every": 0, "max_skips": 0})
+    extra = dict(model=params.model.id, lpips=params.losses.lpips_net, train=sampler.train.tolist(),
+                 holdout=sampler.holdout.tolist(), size=int(sampler.size))  # fmt: skip
+    return fingerprint(cfg, extra=extra)
+
+
+def run_distill(
+    params: Params,
+    pairs_path: str | Path,
+    out: str | Path,
+    live_dir: str | Path,
+    progress: bool = True,
+    checkpoints: str | Path | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Train (or resume) the student on the pairs store; writes ``out`` (+ .json) and the dvclive folder.
+
+    ``checkpoints``: folder of resumable checkpoints (default: ``distill-checkpoints`` next to ``out``).
+    ``overwrite``: checkpoints made with other settings are deleted instead of refused.
     Returns the last held-out evaluation."""
     from diffsketch.training import _live
 
     cfg = params.distill
+    out, live_dir = Path(out), Path(live_dir)
+    folder = Path(checkpoints) if checkpoints is not None else out.parent / "distill-checkpoints"
     root = open_pairs(pairs_path)
     sampler = PairSampler(root, cfg.holdout, cfg.crop, cfg.seed)
+    key = _distill_key(params, sampler)
+    checkpoint = latest_checkpoint(folder)
+    if checkpoint is not None and checkpoint_meta(checkpoint).get("key") != key:
+        if not overwrite:
+            raise DistillError(
+                f"{folder} holds checkpoints of a distillation with other settings or pairs; pass --overwrite (the DVC "
+                "stage does) to start over, or restore the settings to resume"
+            )
+        log.info("settings changed: discarding the checkpoints in %s", folder)
+        shutil.rmtree(folder)
+        checkpoint = None
     device = resolve_device(params.model.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -114,14 +176,42 @@ def run_distill(params: Params, pairs_path: str | Path, out: str | Path, live_di
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999)) if disc is not None else None
     gen = torch.Generator().manual_seed(cfg.seed)
+    guard = NonFiniteGuard(cfg.max_skips, "distill", NONFINITE_CAUSES)
 
-    shutil.rmtree(live_dir, ignore_errors=True)
-    live = _live(Path(live_dir), resume=False)
-    live.log_params(dict(pairs_train=len(sampler.train), pairs_holdout=len(sampler.holdout), lpips_backbone=getattr(lpips_net, "backbone", None)))
-    first = evaluate(student, sampler, device)
+    start = 0
+    if checkpoint is not None:
+        tensors, meta = load_checkpoint(checkpoint, device)
+        load_module(student, tensors, "student")
+        load_optimizer(opt, tensors, "optimizer")
+        if disc is not None:
+            load_module(disc, tensors, "discriminator")
+            load_optimizer(opt_d, tensors, "optimizer_d")
+        gen.set_state(tensors["rng.batches"].cpu())
+        torch.set_rng_state(tensors["rng.torch"].cpu())
+        first, result = json.loads(meta["first"]), json.loads(meta["result"])
+        guard.load(meta.get("guard"))
+        start = int(meta["iteration"])
+        log.info("resuming from %s (iteration %d)", checkpoint, start)
+        trim_live(live_dir, start)
+        live = _live(live_dir, resume=True)
+        live.step = start
+    else:
+        shutil.rmtree(live_dir, ignore_errors=True)
+        live = _live(live_dir, resume=False)
+        live.log_params(dict(pairs_train=len(sampler.train), pairs_holdout=len(sampler.holdout), lpips_backbone=getattr(lpips_net, "backbone", None)))
+        first = evaluate(student, sampler, device)
+        result = first
     log.info("held-out L1 before training %.4f (blank output %.4f)", first["l1"], first["blank_l1"])
-    result = first
-    bar = tqdm(range(cfg.iterations), desc="distilling", disable=not progress)
+
+    def save(done: int) -> None:
+        tensors = {**module_tensors("student", student), **optimizer_tensors("optimizer", opt)}
+        if disc is not None:
+            tensors.update(module_tensors("discriminator", disc), **optimizer_tensors("optimizer_d", opt_d))
+        tensors.update({"rng.batches": rng_tensor(gen), "rng.torch": rng_tensor()})
+        meta = dict(key=key, first=json.dumps(first), result=json.dumps(result), guard=guard.state())
+        save_checkpoint(folder, done, tensors, meta)
+
+    bar = tqdm(range(start, cfg.iterations), desc="distilling", initial=start, total=cfg.iterations, disable=not progress)
     for i in bar:
         images, sketches = (t.to(device) for t in sampler.batch(cfg.batch, gen))
         pred = student(images)
@@ -133,26 +223,32 @@ def run_distill(params: Params, pairs_path: str | Path, out: str | Path, live_di
         loss = cfg.l1 * terms["l1"] + cfg.lpips * terms.get("lpips", 0.0) + cfg.gan * terms.get("gan", 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        if guard.ok(i, loss, student.parameters()):
+            opt.step()
         if disc is not None:
             d_loss = 0.5 * (((disc(images, sketches) - 1) ** 2).mean() + (disc(images, pred.detach()) ** 2).mean())
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
-            opt_d.step()
+            if guard.ok(i, d_loss, disc.parameters()):
+                opt_d.step()
             terms["discriminator"] = d_loss
         live.log_metric("train/loss", float(loss.detach()))
         for name, value in terms.items():
             live.log_metric(f"train/{name}", float(value.detach()))
-        if (i + 1) % cfg.eval_every == 0 or i + 1 == cfg.iterations:
+        done = i + 1
+        if done % cfg.eval_every == 0 or done == cfg.iterations:
             result = evaluate(student, sampler, device)
             for name, value in result.items():
                 live.log_metric(f"holdout/{name}", value)
             bar.set_postfix(holdout_l1=f"{result['l1']:.4f}", blank=f"{result['blank_l1']:.4f}")
         live.next_step()
+        if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+            save(done)
     live.end()
     meta = dict(
         model=params.model.id, pairs=int(root["complete"][:].sum()), resolution=int(sampler.size),
-        iterations=cfg.iterations, holdout=result, holdout_before=first, version=__version__,
+        iterations=cfg.iterations, holdout=result, holdout_before=first, skipped_steps=guard.skipped, version=__version__,
     )  # fmt: skip
+    check_finite_weights(student, "the distilled student")
     save_student(student.cpu(), out, meta=meta)
     return result

@@ -5,6 +5,10 @@ table of mean scores per method (the best value of each metric in bold), the not
 out, metrics skipped, images skipped), a side-by-side grid (photo, ground truth, each method) and
 the per-image scores. Every image is an inlined PNG data URI; nothing is fetched.
 
+``write_report(result, out_dir)`` writes the stage's data files (:func:`diffsketch.evaluation.write_outputs`)
+and this page; ``run_evaluate`` evaluates, then writes both. The dependency goes one way: this
+renderer imports :mod:`diffsketch.evaluation`, which never imports it.
+
 ``results_markdown(summary, metrics)`` renders the same means as a Markdown table, and
 ``update_readme(readme, reports)`` puts it between the ``<!-- results:begin -->`` and
 ``<!-- results:end -->`` markers of the README (``diffsketch results --readme README.md``).
@@ -19,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffsketch.evaluation import EvalError
+from diffsketch.evaluation import EvalError, EvalResult, evaluate, write_outputs
+from diffsketch.config import Params
 from diffsketch.metrics import HIGHER_IS_BETTER, UNITS
 from diffsketch.report import STYLE, _esc, _table_html
 
@@ -174,3 +179,15 @@ def update_readme(readme: str | Path, reports: str | Path = "reports/eval") -> s
     _, tail = rest.split(END)
     readme.write_text(f"{head}{BEGIN}\n{block}\n{END}{tail}", encoding="utf-8")
     return block
+
+
+def write_report(result: EvalResult, out_dir: str | Path) -> Path:
+    """The evaluation's data files and ``index.html`` into ``out_dir`` (replaced as a whole); returns the page."""
+    return write_outputs(result, out_dir, {"index.html": render_html(result)})
+
+
+def run_evaluate(params: Params, student_path: str | Path | None, out_dir: str | Path, progress: bool = True) -> EvalResult:
+    """:func:`diffsketch.evaluation.evaluate`, then :func:`write_report` into ``out_dir``."""
+    result = evaluate(params, student_path, progress=progress)
+    write_report(result, out_dir)
+    return result

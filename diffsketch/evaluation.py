@@ -16,7 +16,8 @@ Outputs (``out_dir``, replaced as a whole when the run succeeds):
 - ``comparison.json``: one row per method, for the ``dvc plots`` bar charts;
 - ``per_image.csv``: every (image, method) score;
 - ``summary.json``: the settings, notes and timings the report and the README's results use;
-- ``index.html``: the self-contained report (see :mod:`diffsketch.eval_report`).
+- ``index.html``: the self-contained report, rendered by :mod:`diffsketch.eval_report`, which imports
+  this module (never the reverse); ``eval_report.run_evaluate`` runs both.
 """
 
 from __future__ import annotations
@@ -263,10 +264,13 @@ def evaluate(params: Params, student_path: str | Path | None, progress: bool = T
     return EvalResult(rows, means, summary, grid)
 
 
-def write_outputs(result: EvalResult, out_dir: str | Path) -> Path:
-    """Write the metrics, plots data, per-image table, summary and HTML report; returns the page."""
-    from diffsketch.eval_report import render_html
+def write_outputs(result: EvalResult, out_dir: str | Path, pages: dict[str, str] | None = None) -> Path:
+    """Write the metrics, plots data, per-image table and summary, plus ``pages`` (file name -> text).
 
+    This module computes and never renders: the HTML page comes from :mod:`diffsketch.eval_report`
+    (``eval_report.write_report`` / ``eval_report.run_evaluate`` pass it in as ``pages``), so the
+    renderer imports the results and not the other way round. Returns ``out_dir / "index.html"``.
+    """
     out_dir = Path(out_dir)
     with replaced_folder(out_dir) as staging:
         (staging / "metrics.json").write_text(json.dumps(result.metrics_json(), indent=2) + "\n")
@@ -277,12 +281,6 @@ def write_outputs(result: EvalResult, out_dir: str | Path) -> Path:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(result.rows)
-        (staging / "index.html").write_text(render_html(result))
+        for name, text in (pages or {}).items():
+            (staging / name).write_text(text)
     return out_dir / "index.html"
-
-
-def run_evaluate(params: Params, student_path: str | Path | None, out_dir: str | Path, progress: bool = True) -> EvalResult:
-    """:func:`evaluate`, then :func:`write_outputs` into ``out_dir``."""
-    result = evaluate(params, student_path, progress=progress)
-    write_outputs(result, out_dir)
-    return result

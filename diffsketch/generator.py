@@ -29,6 +29,13 @@ The output goes through a sigmoid, so the sketch is in [0, 1] (1 = white paper, 
 like the training targets. The authors had no output activation and only clamped when saving,
 which leaves the training output unbounded; a sigmoid bounds it and keeps gradients everywhere.
 
+**Ablations** (``train.vae_fusion``, ``train.aggregation``; the paper's "w/o VAE features" and
+one-level rows): with ``vae_fusion=False`` the fusion decoder climbs the same resolutions with the
+same widths but concatenates no VAE feature, so its ``reduce`` modules do not exist (the RGB image
+still joins at the head); with ``aggregation="one"`` there is no lower aggregator and one
+aggregator with T slots reads every UNet up-block layer, resized to the latent size, with the
+higher aggregator's width. Both are recorded in the config, so a saved generator rebuilds as trained.
+
 Every width is derived from the layer specs (:mod:`diffsketch.features`) and the number of
 timesteps, so the tiny test model and SD 1.5 run the same code. For SD 1.5 at 512 px with 13
 timesteps the lower aggregator has P = 3 x 320 = 960 (18,302,517 parameters), the higher one
@@ -50,6 +57,7 @@ from diffsketch.features import LayerSpec
 WEIGHTS_NAME = "generator.safetensors"
 FORMAT = "diffsketch-generator"
 FORMAT_VERSION = 1
+AGGREGATIONS = ("two", "one")
 
 
 class GeneratorLoadError(RuntimeError):
@@ -101,10 +109,14 @@ class GeneratorConfig:
     unet_specs: list[dict]
     vae_specs: list[dict]
     timesteps: int
+    vae_fusion: bool = True
+    aggregation: str = "two"
 
     @classmethod
-    def from_specs(cls, unet_specs: list[LayerSpec], vae_specs: list[LayerSpec], timesteps: int) -> GeneratorConfig:
-        return cls([asdict(s) for s in unet_specs], [asdict(s) for s in vae_specs], int(timesteps))
+    def from_specs(cls, unet_specs: list[LayerSpec], vae_specs: list[LayerSpec], timesteps: int,
+                   vae_fusion: bool = True, aggregation: str = "two") -> GeneratorConfig:
+        return cls([asdict(s) for s in unet_specs], [asdict(s) for s in vae_specs], int(timesteps), bool(vae_fusion),
+                   str(aggregation))
 
     def unet_layer_specs(self) -> list[LayerSpec]:
         return [_spec_from_dict(d) for d in self.unet_specs]
@@ -114,14 +126,17 @@ class GeneratorConfig:
 
     def to_dict(self) -> dict:
         return {"unet_specs": [dict(d) for d in self.unet_specs], "vae_specs": [dict(d) for d in self.vae_specs],
-                "timesteps": self.timesteps}
+                "timesteps": self.timesteps, "vae_fusion": self.vae_fusion, "aggregation": self.aggregation}
 
     @classmethod
     def from_dict(cls, d: dict) -> GeneratorConfig:
         """Rebuild from :meth:`to_dict`'s output; raises ``ValueError`` on a malformed dict."""
         try:
-            cfg = cls([dict(s) for s in d["unet_specs"]], [dict(s) for s in d["vae_specs"]], int(d["timesteps"]))
+            cfg = cls([dict(s) for s in d["unet_specs"]], [dict(s) for s in d["vae_specs"]], int(d["timesteps"]),
+                      bool(d.get("vae_fusion", True)), str(d.get("aggregation", "two")))  # older files: the full method
             cfg.unet_layer_specs(), cfg.vae_layer_specs()  # every spec must parse
+            if cfg.aggregation not in AGGREGATIONS:
+                raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {cfg.aggregation!r}")
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"malformed generator config: {type(e).__name__}: {e}") from e
         return cfg
@@ -268,8 +283,9 @@ class FusionDecoder(nn.Module):
     ``ConvBlock`` (to half that level's VAE width) and a 1x1 conv give one channel.
     """
 
-    def __init__(self, in_channels: int, vae_specs: list[LayerSpec]):
+    def __init__(self, in_channels: int, vae_specs: list[LayerSpec], use_vae: bool = True):
         super().__init__()
+        self.use_vae = bool(use_vae)
         self.levels = [[s.name for s in lvl] for lvl in sorted(_split_levels(vae_specs, lambda s: s.size),
                                                                  key=lambda lvl: lvl[0].size)]
         by_name = {s.name: s for s in vae_specs}
@@ -283,10 +299,10 @@ class FusionDecoder(nn.Module):
         widths = [max(by_name[n].channels for n in lvl) for lvl in self.levels]
 
         self.reduce = nn.ModuleDict()
-        for s in vae_specs:
+        for s in vae_specs if self.use_vae else []:
             r = max(s.channels // 32, 8)
             self.reduce[s.name] = nn.Sequential(nn.Conv2d(s.channels, r, 1), ConvBlock(r, r))
-        reduced = [sum(max(by_name[n].channels // 32, 8) for n in lvl) for lvl in self.levels]
+        reduced = [sum(max(by_name[n].channels // 32, 8) for n in lvl) if self.use_vae else 0 for lvl in self.levels]
 
         self.in_channels: list[int] = []
         self.fuse = nn.ModuleList()
@@ -301,6 +317,8 @@ class FusionDecoder(nn.Module):
         self.head = nn.Sequential(ConvBlock(head_in, head_mid), nn.Conv2d(head_mid, 1, 1))
 
     def _reduced(self, level: int, vae: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        if not self.use_vae:
+            return []
         return [self.reduce[name](vae[name]) for name in self.levels[level]]
 
     def forward(self, x: torch.Tensor, vae: dict[str, torch.Tensor], rgb: torch.Tensor) -> torch.Tensor:
@@ -322,15 +340,20 @@ class SketchGenerator(nn.Module):
         unet_specs: the UNet up-block ResNet specs in forward order (:func:`~diffsketch.features.unet_layers`).
         vae_specs: the VAE decoder specs (:func:`~diffsketch.features.vae_layers`).
         timesteps: T, the number of representative timesteps.
+        vae_fusion: False = the decoder reads no VAE features (ablation).
+        aggregation: "two" (lower + higher aggregators) or "one" (a single aggregator over every layer; ablation).
 
     See the module docstring for the design.
     """
 
-    def __init__(self, unet_specs: list[LayerSpec], vae_specs: list[LayerSpec], timesteps: int):
+    def __init__(self, unet_specs: list[LayerSpec], vae_specs: list[LayerSpec], timesteps: int, *,
+                 vae_fusion: bool = True, aggregation: str = "two"):
         super().__init__()
         if timesteps < 1:
             raise ValueError(f"timesteps must be >= 1, got {timesteps}")
-        self.config = GeneratorConfig.from_specs(unet_specs, vae_specs, timesteps)
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        self.config = GeneratorConfig.from_specs(unet_specs, vae_specs, timesteps, vae_fusion, aggregation)
         self.timesteps = int(timesteps)
 
         blocks = _split_levels(unet_specs, lambda s: s.name.split("_")[0])  # up block "up{i}"
@@ -345,14 +368,19 @@ class SketchGenerator(nn.Module):
                              f"({lower_size})")
         self.higher_widths = [s.channels for s in higher]
 
-        # Lower: T slots, P = the sum of the higher widths so it splits into one chunk per higher layer.
-        self.lower = Aggregator([s.channels for s in lower], timesteps, sum(self.higher_widths), lower_size, 16)
-        # Higher: slot 0 = the lower output, slots 1..T = the timesteps.
-        self.higher = Aggregator(self.higher_widths, timesteps + 1, _higher_width(max(self.higher_widths)),
-                                 higher_size, 32)
+        if aggregation == "two":
+            # Lower: T slots, P = the sum of the higher widths so it splits into one chunk per higher layer.
+            self.lower = Aggregator([s.channels for s in lower], timesteps, sum(self.higher_widths), lower_size, 16)
+            # Higher: slot 0 = the lower output, slots 1..T = the timesteps.
+            self.higher = Aggregator(self.higher_widths, timesteps + 1, _higher_width(max(self.higher_widths)),
+                                     higher_size, 32)
+        else:  # one level: no lower aggregator; one aggregator, T slots, over every layer at the latent size
+            self.lower = None
+            self.higher = Aggregator([s.channels for s in lower + higher], timesteps,
+                                     _higher_width(max(self.higher_widths)), higher_size, 32)
         self.concat_channels = 2 * self.higher.out_channels  # uncond + cond
 
-        self.decoder = FusionDecoder(self.concat_channels, vae_specs)
+        self.decoder = FusionDecoder(self.concat_channels, vae_specs, use_vae=vae_fusion)
         if self.decoder.sizes[0] != higher_size:
             raise ValueError(f"the smallest VAE feature size ({self.decoder.sizes[0]}) must equal the last UNet up "
                              f"block's size ({higher_size}): specs built for different resolutions?")
@@ -361,7 +389,8 @@ class SketchGenerator(nn.Module):
     def from_config(cls, config: GeneratorConfig | dict) -> SketchGenerator:
         if isinstance(config, dict):
             config = GeneratorConfig.from_dict(config)
-        return cls(config.unet_layer_specs(), config.vae_layer_specs(), config.timesteps)
+        return cls(config.unet_layer_specs(), config.vae_layer_specs(), config.timesteps,
+                   vae_fusion=config.vae_fusion, aggregation=config.aggregation)
 
     def fusion_in_channels(self) -> list[int]:
         """Input widths of each fusion step and of the final head ([848, 304, 152, 91] for SD 1.5)."""
@@ -383,6 +412,10 @@ class SketchGenerator(nn.Module):
         missing = [n for n in self.lower_names + self.higher_names if n not in unet]
         if missing:
             raise ValueError(f"missing unet features: {missing}")
+        if self.lower is None:  # one level
+            high = self.higher(self._unet_slots(unet, self.lower_names + self.higher_names))
+            b2, p, h, w = high.shape
+            return high.reshape(b2 // 2, 2 * p, h, w)
         low = self.lower(self._unet_slots(unet, self.lower_names))  # (2B, sum(higher widths), h, w)
         low = _resize(low, self.higher.size)
         chunks = torch.split(low, self.higher_widths, dim=1)  # one per higher layer
@@ -395,7 +428,7 @@ class SketchGenerator(nn.Module):
         """-> (B, 1, H, W) sketch in [0, 1]."""
         param = next(self.parameters())
         inputs = inputs.to(param.device, param.dtype)
-        missing = [n for lvl in self.decoder.levels for n in lvl if n not in inputs.vae]
+        missing = [n for lvl in self.decoder.levels for n in lvl if n not in inputs.vae] if self.decoder.use_vae else []
         if missing:
             raise ValueError(f"missing vae features: {missing}")
         size = self.decoder.sizes[-1]
@@ -466,7 +499,7 @@ def load_generator(weights_path: Path, device="cpu") -> tuple[SketchGenerator, d
 def parameter_counts(gen: SketchGenerator) -> dict[str, int]:
     """Trainable parameters per part: lower, higher, fusion (the decoder) and total."""
 
-    def count(m: nn.Module) -> int:
-        return sum(p.numel() for p in m.parameters())
+    def count(m: nn.Module | None) -> int:
+        return 0 if m is None else sum(p.numel() for p in m.parameters())
 
     return {"lower": count(gen.lower), "higher": count(gen.higher), "fusion": count(gen.decoder), "total": count(gen)}

@@ -129,7 +129,13 @@ def run_pairs(
     fsspec URL); returns its path."""
     workers = distributed.workers(params.model.device)
     params = distributed.assign_device(params, workers)
-    cfg, out = params.pairs, store.location(out)
+    out = store.location(out)
+    with store.writer_lock(out, enabled=workers.main):  # one writer per store; the run's other workers share it
+        return _run_pairs(params, generator_path, prior_path, out, overwrite, progress, model, workers)
+
+
+def _run_pairs(params: Params, generator_path, prior_path, out, overwrite: bool, progress: bool, model, workers) -> str | Path:
+    cfg = params.pairs
     generator, meta = load_generator(Path(generator_path))
     prior = TextPrior.load(prior_path)
     for what, found in (("generator", meta.get("model")), ("prior", prior.meta.get("model"))):

@@ -1,9 +1,18 @@
 """The HTML report of an analysis: one self-contained page to read the timestep choice.
 
 ``write_report(result, out_dir)`` writes ``out_dir/index.html``. The page needs nothing else to
-be read offline: no external CSS, scripts or fonts, and every figure is a matplotlib PNG inlined
-as a ``data:image/png;base64,`` URI. Each figure sits in a ``<figure id="...">`` whose
-``<figcaption>`` says how to read it:
+be read offline and makes no network request: no external CSS, scripts or fonts.
+
+It opens with the interactive PCA explorer (``explorer_html``): Plotly figures built here with
+``plotly.graph_objects`` (2-D, and 3-D with 3+ components; one trace per class, so the legend
+toggles classes, plus a trace of open circles on the chosen timesteps), Plotly's JavaScript inlined
+once (``plotly.offline.get_plotlyjs``), the data as escaped JSON, and a small script for what Plotly
+does not do itself: the hover card with the trajectory's thumbnail, and the DDIM-step range filter
+(it restyles the traces from the full data). Above ``MAX_INTERACTIVE_POINTS`` points it draws the
+first points of a seeded permutation, and says so on the page.
+
+Then the static figures, for print: each a matplotlib PNG inlined as a ``data:image/png;base64,``
+URI, in a ``<figure id="...">`` whose ``<figcaption>`` says how to read it:
 
 - ``pca-class`` / ``pca-timestep``: PC1 vs PC2 of every (trajectory, timestep) point, coloured by
   prompt class and by timestep (the paper's Figure 2 (a) and (b)), side by side;
@@ -34,6 +43,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is set)
 from diffsketch.analysis import AnalysisResult  # noqa: E402
 
 MAX_SCATTER_POINTS = 20_000  # scatter plots above this show a seeded random subsample
+MAX_INTERACTIVE_POINTS = 6_000  # the interactive (SVG) scatter draws at most this many points, a seeded subsample
 SUBSAMPLE_SEED = 0
 T_START = 1000  # the timeline spans the whole DDPM schedule, t = 1000 (noise) down to 0 (image)
 
@@ -50,6 +60,21 @@ figcaption { font-size: 0.9em; color: #444; margin-top: 0.4em; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
+.explorer { border: 1px solid #ddd; border-radius: 6px; padding: 0.8em 1em; margin: 1em 0; background: #fcfcfc; }
+.explorer .plot { width: 100%; height: 560px; }
+.explorer .controls { display: flex; flex-wrap: wrap; align-items: center; gap: 0.6em 1.2em; margin: 0.4em 0 0.8em; }
+.explorer .controls label { white-space: nowrap; }
+.explorer .controls input[type=range] { width: 220px; vertical-align: middle; }
+.explorer .note { font-size: 0.9em; color: #444; margin: 0.3em 0; }
+#hover-card { position: fixed; display: none; z-index: 10; pointer-events: none; background: #fff; border: 1px solid #999;
+  border-radius: 6px; box-shadow: 0 3px 10px rgba(0, 0, 0, 0.25); padding: 8px; font-size: 0.85em; width: 330px; }
+#hover-card.shown { display: flex; gap: 10px; align-items: flex-start; }
+#hover-card img { flex: 0 0 96px; width: 96px; height: 96px; border: 1px solid #ddd; }
+#hover-card .text { flex: 1 1 auto; min-width: 0; overflow-wrap: anywhere; }
+#hover-card .prompt { font-weight: bold; margin-bottom: 4px; }
+#hover-card .fields { color: #333; line-height: 1.5; }
+#hover-card .fields b { font-weight: normal; color: #777; display: inline-block; width: 5.5em; }
+@media print { .explorer, #hover-card { display: none !important; } }
 """
 
 
@@ -433,7 +458,189 @@ def _no_cluster_note(result: AnalysisResult) -> str:
     return f" Strategy '{strategy}' picks timesteps without the clusters, so no bar is highlighted."
 
 
-def render_html(result: AnalysisResult) -> str:
+# --- the interactive explorer (Plotly) -------------------------------------------------------------
+
+
+def _interactive_rows(result: AnalysisResult, limit: int) -> np.ndarray:
+    """The points the explorer draws: all of them, or the first ``limit`` of the seeded permutation (deterministic)."""
+    order = np.random.default_rng(SUBSAMPLE_SEED).permutation(len(result.row_step))
+    return np.sort(order[:limit])
+
+
+def _safe_json(value) -> str:
+    """JSON that can sit inside a <script> element: no ``<``, ``>`` or ``&`` (so no ``</script>``), any text inside."""
+    import json
+
+    from plotly.utils import PlotlyJSONEncoder
+
+    text = json.dumps(value, cls=PlotlyJSONEncoder, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _thumbnail_uris(result: AnalysisResult) -> list[str]:
+    from PIL import Image
+
+    uris = []
+    for thumb in result.thumbnails:
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(thumb, dtype=np.uint8)).save(buffer, format="JPEG", quality=85)
+        uris.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return uris
+
+
+def explorer_figures(result: AnalysisResult, rows: np.ndarray) -> dict:
+    """The Plotly figures (2-D and, with 3+ components, 3-D) as plain dicts: one trace per class, plus the chosen timesteps.
+
+    Each point's ``customdata`` is ``[row, trajectory slot, DDIM index]``: the row of the analysis, the trajectory's
+    position in ``result.trajectory_ids`` (-1 without previews) and the step; the page looks up the text and thumbnail.
+    """
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+
+    names = _class_names(result)
+    slot_of = {int(t): i for i, t in enumerate(result.trajectory_ids)}
+    slots = np.array([slot_of.get(int(t), -1) for t in result.row_trajectory[rows]], dtype=np.int64)
+    custom = np.stack([rows, slots, result.row_step[rows]], axis=1)
+    chosen = np.isin(result.row_step[rows], result.selected)
+    three = result.projection.shape[1] >= 3
+    figures = {}
+    for dims in (2, 3) if three else (2,):
+        fig = go.Figure()
+        trace = go.Scatter3d if dims == 3 else go.Scatter
+        # plain lists, not numpy: plotly would encode arrays as typed-array blobs the timestep filter cannot slice
+        xyz = lambda mask: dict(zip("xyz", (result.projection[rows[mask], d].tolist() for d in range(dims))))  # noqa: E731
+        for label, name in enumerate(names):
+            mask = result.row_label[rows] == label
+            if not mask.any():
+                continue
+            color = qualitative.Plotly[label % len(qualitative.Plotly)]
+            fig.add_trace(trace(**xyz(mask), mode="markers", name=name, customdata=custom[mask].tolist(), hoverinfo="none",
+                                marker=dict(size=6 if dims == 2 else 3, color=color, opacity=0.75)))  # fmt: skip
+        fig.add_trace(trace(**xyz(chosen), mode="markers", name="chosen timesteps", customdata=custom[chosen].tolist(),
+                            hoverinfo="none", marker=dict(size=11 if dims == 2 else 5, symbol="circle-open",
+                                                          color="#111", line=dict(width=2, color="#111"))))  # fmt: skip
+        axes = dict(xaxis_title="PC1", yaxis_title="PC2")
+        layout = dict(margin=dict(l=50, r=10, t=30, b=45), legend=dict(title=dict(text="class (click to hide)")),
+                      hovermode="closest", template="plotly_white", uirevision="keep")  # fmt: skip
+        if dims == 3:
+            layout["scene"] = dict(xaxis_title="PC1", yaxis_title="PC2", zaxis_title="PC3")
+        else:
+            layout.update(axes, dragmode="zoom")
+        fig.update_layout(**layout)
+        figures[f"{dims}d"] = fig.to_plotly_json()
+    return figures
+
+
+EXPLORER_SCRIPT = r"""
+(function () {
+  var D = JSON.parse(document.getElementById("explorer-data").textContent);
+  var card = document.getElementById("hover-card"), cardImg = card.querySelector("img");
+  var config = {responsive: true, displaylogo: false, scrollZoom: true};
+  var plots = [];
+  function show(ev) {
+    var p = ev.points[0], row = p.customdata[0], slot = p.customdata[1], step = p.customdata[2];
+    var thumb = slot >= 0 ? D.thumbnails[slot] : null;
+    cardImg.style.display = thumb ? "" : "none";
+    if (thumb) cardImg.src = thumb;
+    card.querySelector(".prompt").textContent = slot >= 0 && D.prompts[slot] ? D.prompts[slot] : "(prompt not recorded)";
+    card.querySelector(".class").textContent = D.classes[D.labels[row]];
+    card.querySelector(".trajectory").textContent = D.trajectories[row];
+    card.querySelector(".timestep").textContent = D.timesteps[step] + " (DDIM index " + step + ")" +
+      (D.chosen.indexOf(step) >= 0 ? ", chosen" : "");
+    var e = ev.event || {}, x = (e.clientX || 0) + 16, y = (e.clientY || 0) + 16;
+    card.classList.add("shown");
+    x = Math.min(x, window.innerWidth - card.offsetWidth - 8); y = Math.min(y, window.innerHeight - card.offsetHeight - 8);
+    card.style.left = Math.max(x, 4) + "px"; card.style.top = Math.max(y, 4) + "px";
+  }
+  function hide() { card.classList.remove("shown"); }
+  Object.keys(D.figures).forEach(function (key) {
+    var el = document.getElementById("explorer-" + key), fig = D.figures[key];
+    if (!el) return;
+    // keep every trace's full data; the timestep filter restyles from it
+    var full = fig.data.map(function (t) { return {x: t.x, y: t.y, z: t.z, customdata: t.customdata}; });
+    Plotly.newPlot(el, fig.data, fig.layout, config).then(function () {
+      el.on("plotly_hover", show); el.on("plotly_unhover", hide);
+    });
+    plots.push({el: el, full: full});
+  });
+  var lo = document.getElementById("t-min"), hi = document.getElementById("t-max"), out = document.getElementById("t-range");
+  function filter() {
+    var a = Math.min(+lo.value, +hi.value), b = Math.max(+lo.value, +hi.value);
+    out.textContent = "t = " + D.timesteps[a] + " down to t = " + D.timesteps[b] + " (DDIM indices " + a + "–" + b + ")";
+    plots.forEach(function (p) {
+      var update = {x: [], y: [], z: [], customdata: []}, traces = [];
+      p.full.forEach(function (t, i) {
+        var keep = [];
+        for (var j = 0; j < t.customdata.length; j++) { var s = t.customdata[j][2]; if (s >= a && s <= b) keep.push(j); }
+        ["x", "y", "z", "customdata"].forEach(function (k) {
+          if (t[k] !== undefined) update[k].push(keep.map(function (j) { return t[k][j]; }));
+        });
+        traces.push(i);
+      });
+      if (!update.z.length) delete update.z;
+      Plotly.restyle(p.el, update, traces);
+    });
+    document.body.dataset.filtered = a + "-" + b;
+  }
+  lo.addEventListener("input", filter); hi.addEventListener("input", filter);
+  filter();
+})();
+"""
+
+
+def explorer_html(result: AnalysisResult, max_points: int | None = None) -> str:
+    """The interactive section: Plotly's JavaScript inlined, the data as JSON, and the hover card; no network request."""
+    from plotly.offline import get_plotlyjs
+
+    limit = MAX_INTERACTIVE_POINTS if max_points is None else max_points
+    rows = _interactive_rows(result, limit)
+    total, steps = len(result.row_step), len(result.timesteps)
+    figures = explorer_figures(result, rows)
+    data = dict(
+        figures=figures,
+        classes=_class_names(result),
+        labels=result.row_label.tolist(),
+        trajectories=result.row_trajectory.tolist(),
+        timesteps=[int(t) for t in result.timesteps],
+        chosen=[int(i) for i in result.selected],
+        prompts=[str(p) for p in result.prompts],
+        thumbnails=_thumbnail_uris(result),
+    )
+    if len(rows) < total:
+        drawn = (f"Drawing {len(rows):,} of the {total:,} points: above {limit:,} points the explorer thins them to a "
+                 f"seeded random subsample (seed {SUBSAMPLE_SEED}, the same points on every run); the static figures "
+                 f"below draw up to {MAX_SCATTER_POINTS:,}.")  # fmt: skip
+    else:
+        drawn = f"All {total:,} points are drawn."
+    previews = "" if len(result.thumbnails) else (" This analysis was saved without trajectory previews, so the hover "
+                                                   "card has no prompt or thumbnail; rerun `diffsketch analyze`.")  # fmt: skip
+    plots = ['<h3>PC1 × PC2</h3>', '<div id="explorer-2d" class="plot"></div>']
+    if "3d" in figures:
+        plots += ['<h3>PC1 × PC2 × PC3</h3>', '<div id="explorer-3d" class="plot"></div>']
+    return "\n".join([
+        '<section id="explorer" class="explorer">',
+        "<h2>Explore the PCA</h2>",
+        f'<p class="note" id="explorer-note">Each point is one (trajectory, timestep) feature vector. Hover a point for '
+        f"its prompt, class, trajectory, timestep and the trajectory's final image; drag to zoom (2-D) or rotate (3-D), "
+        f"scroll to zoom, double-click to reset; click a class in the legend to hide or show it (double-click: only "
+        f"that class). Open black circles mark the points of the chosen timesteps. {_esc(drawn)}{_esc(previews)}</p>",
+        '<div class="controls">',
+        f'<label>first step <input type="range" id="t-min" min="0" max="{steps - 1}" step="1" value="0"></label>',
+        f'<label>last step <input type="range" id="t-max" min="0" max="{steps - 1}" step="1" value="{steps - 1}"></label>',
+        '<span id="t-range"></span>',
+        "</div>",
+        *plots,
+        "</section>",
+        '<div id="hover-card"><img alt="final image of the trajectory"><div class="text"><div class="prompt"></div>'
+        '<div class="fields"><b>class</b> <span class="class"></span><br><b>trajectory</b> <span class="trajectory"></span>'
+        '<br><b>t</b> <span class="timestep"></span></div></div></div>',
+        f'<script id="explorer-data" type="application/json">{_safe_json(data)}</script>',
+        f"<script>{get_plotlyjs()}</script>",
+        f"<script>{EXPLORER_SCRIPT}</script>",
+    ])  # fmt: skip
+
+
+def render_html(result: AnalysisResult, max_points: int | None = None) -> str:
     """The whole report page as a string."""
     model = result.meta.get("model", "unknown model")
     chosen = ", ".join(str(int(result.timesteps[i])) for i in result.selected)
@@ -454,6 +661,8 @@ def render_html(result: AnalysisResult) -> str:
             "<h2>Summary</h2>",
             summary_table(result),
             timesteps_table(result),
+            explorer_html(result, max_points),
+            "<h2>Static figures (for print)</h2>",
             _figures(result),
             "</body>",
             "</html>",
@@ -462,10 +671,10 @@ def render_html(result: AnalysisResult) -> str:
     )
 
 
-def write_report(result: AnalysisResult, out_dir: str | Path) -> Path:
-    """Write ``out_dir/index.html`` (creating ``out_dir``) and return its path."""
+def write_report(result: AnalysisResult, out_dir: str | Path, max_points: int | None = None) -> Path:
+    """Write ``out_dir/index.html`` (creating ``out_dir``) and return its path; ``max_points`` thins the explorer."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "index.html"
-    path.write_text(render_html(result), encoding="utf-8")
+    path.write_text(render_html(result, max_points), encoding="utf-8")
     return path

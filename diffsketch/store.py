@@ -50,6 +50,7 @@ import os
 import re
 import shutil
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -223,6 +224,68 @@ def remove(path: str | Path) -> None:
 def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
     """``zarr.open_group`` on a local path or an fsspec URL (zarr makes an FsspecStore for URLs)."""
     return zarr.open_group(str(location(path)), mode=mode, zarr_format=3 if mode == "w" else None)
+
+
+class StoreBusyError(StoreError):
+    """Another process is writing the store; the message names it (pid, host)."""
+
+
+@contextmanager
+def writer_lock(path: str | Path, enabled: bool = True):
+    """Hold the one-writer lock of the local store ``path`` for the duration of the block.
+
+    The lock is an exclusive ``flock`` on ``<store>.lock`` next to the store (outside it, so that
+    replacing the store keeps it), holding the owner's pid, host and start time. The operating
+    system drops the lock when its process dies, however it dies, so a lock left by a killed run
+    never blocks the next one. A second writer fails at once with :class:`StoreBusyError`.
+    ``enabled=False`` (the other workers of one distributed run, whose rank 0 holds the lock) and
+    fsspec URLs (no shared lock on object stores) take no lock.
+    """
+    loc = location(path)
+    if not enabled or isinstance(loc, str):
+        yield
+        return
+    import fcntl
+    import socket
+    import time
+
+    lock = loc.with_name(loc.name + ".lock")
+    while True:
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise StoreError(f"output path {loc} is not writable ({err.strerror}); choose a writable output path") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = ""
+            try:
+                owner = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+            finally:
+                os.close(fd)
+            raise StoreBusyError(
+                f"{loc} is being written by another process ({owner or 'unknown owner'}; lock {lock}); wait for it to "
+                "finish or stop it, then rerun (it resumes). Two runs on one store would write the same entries"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino  # not a file its last owner just removed
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}, since {stamp}\n".encode(), 0)
+        yield
+    finally:
+        try:
+            lock.unlink()
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def check_writable(path: str | Path) -> None:

@@ -26,6 +26,9 @@ from tqdm.auto import tqdm
 
 from diffsketch import __version__
 from diffsketch.cdst import cdst_condition, cdst_weight
+from diffsketch.checkpoint import NonFiniteGuard, check_finite_weights, load_module, load_optimizer, module_tensors, optimizer_tensors
+from diffsketch.checkpoint import checkpoint_meta, latest_checkpoint, save_checkpoint
+from diffsketch.checkpoint import trim_live as _trim_live  # noqa: F401 - kept importable under its old name
 from diffsketch.config import Params, fingerprint
 from diffsketch.example import Example, build_example, check_example, inputs_from_result
 from diffsketch.features import unet_layers, vae_layers
@@ -85,7 +88,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 def _train_key(params: Params, indices: list[int]) -> str:
     """What the checkpoints depend on; iterations and logging intervals may change on resume."""
-    train = params.train.model_copy(update={"iterations": 0, "checkpoint_every": 0, "sample_every": 0})
+    train = params.train.model_copy(update={"iterations": 0, "checkpoint_every": 0, "sample_every": 0, "max_skips": 0})
     model = params.model.model_copy(update={"device": "any"})
     return fingerprint(model, params.sample, params.example, params.prior, params.losses, train, extra=indices)
 
@@ -101,12 +104,19 @@ class Trainer:
         self.vae_specs = vae_layers(model.vae.config, res)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(params.train.seed)
-            self.generator = SketchGenerator(self.unet_specs, self.vae_specs, len(indices))
+            self.generator = SketchGenerator(self.unet_specs, self.vae_specs, len(indices),
+                                             vae_fusion=params.train.vae_fusion == "on", aggregation=params.train.aggregation)
         self.generator.to(model.device)
         self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=params.train.lr)
         self.precision = resolve_precision(params.train.precision, model.device)
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler(model.device.type, enabled=self.precision == "fp16")
+        self.guard = NonFiniteGuard(params.train.max_skips, "train", NONFINITE_CAUSES)
+
+    @property
+    def cdst_horizon(self) -> int:
+        """CDST's horizon; ``train.cdst: off`` (the "w/o CDST" ablation) is horizon 0: random conditions from iteration 0."""
+        return self.params.train.cdst_horizon if self.params.train.cdst == "on" else 0
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -125,7 +135,7 @@ class Trainer:
         """
         p = self.params
         cond_random = self.prior.sample(p.train.batch, torch.Generator().manual_seed(_seed(p, iteration, 0)))
-        cond = cdst_condition(self.example.cond, cond_random.to(self.model.device), iteration, p.train.cdst_horizon)
+        cond = cdst_condition(self.example.cond, cond_random.to(self.model.device), iteration, self.cdst_horizon)
         seeds = [_seed(p, iteration, 1 + b) for b in range(p.train.batch)]
         noise = initial_noise(self.model, seeds, p.sample.resolution)
         return sample_conditions(
@@ -151,72 +161,47 @@ class Trainer:
         total, terms = self.loss(pred_example, pred_new, new_inputs.rgb.float() / 2 + 0.5)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if self.scaler.is_enabled():  # fp16: the loss scaler skips inf/NaN steps itself and lowers its scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self.guard.ok(iteration, total, self.generator.parameters()):
+            self.optimizer.step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         sync()
         t3 = time.perf_counter()
         self.last = (batch.images, pred_new.detach(), pred_example.detach())  # on the device; copied only to log a grid
         record = {name: float(value.detach()) for name, value in terms.items()}
-        record.update(loss=float(total.detach()), cdst_weight=cdst_weight(iteration, self.params.train.cdst_horizon))
-        record.update(time_sampling=t1 - t0, time_generator=t2 - t1, time_losses=t3 - t2)
+        record.update(loss=float(total.detach()), cdst_weight=cdst_weight(iteration, self.cdst_horizon))
+        record.update(time_sampling=t1 - t0, time_generator=t2 - t1, time_losses=t3 - t2, skipped_steps=self.guard.skipped)
         return record
 
     # --- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self, folder: Path, iteration: int, key: str) -> Path:
-        from safetensors.torch import save_file
-
-        tensors = {f"generator.{k}": v.detach().cpu().contiguous() for k, v in self.generator.state_dict().items()}
-        for index, state in self.optimizer.state_dict()["state"].items():
-            for name, value in state.items():
-                tensors[f"optimizer.{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-        meta = dict(iteration=str(iteration), key=key, scaler=json.dumps(self.scaler.state_dict()), version=__version__)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"checkpoint-{iteration:06d}.safetensors"
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        tmp.replace(path)  # atomic: an interrupted save never replaces a good checkpoint
-        for old in sorted(folder.glob("checkpoint-*.safetensors"))[:-2]:
-            old.unlink()
-        return path
+        tensors = {**module_tensors("generator", self.generator), **optimizer_tensors("optimizer", self.optimizer)}
+        meta = dict(key=key, scaler=json.dumps(self.scaler.state_dict()), guard=self.guard.state())
+        return save_checkpoint(folder, iteration, tensors, meta)  # atomic; refuses non-finite weights
 
     def load_checkpoint(self, path: Path) -> int:
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path), device=str(self.model.device))
-        gen = {k.removeprefix("generator."): v for k, v in tensors.items() if k.startswith("generator.")}
-        self.generator.load_state_dict(gen, strict=True)
-        state: dict[int, dict] = {}
-        for k, v in tensors.items():
-            if k.startswith("optimizer."):
-                _, index, name = k.split(".", 2)
-                state.setdefault(int(index), {})[name] = v.cpu() if name == "step" else v
-        groups = self.optimizer.state_dict()["param_groups"]
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        tensors = load_file_on(path, self.model.device)
+        load_module(self.generator, tensors, "generator")
+        load_optimizer(self.optimizer, tensors, "optimizer")
         meta = checkpoint_meta(path)
         self.scaler.load_state_dict(json.loads(meta["scaler"]))
+        self.guard.load(meta.get("guard"))
         return int(meta["iteration"])
 
 
-def checkpoint_meta(path: Path) -> dict:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return f.metadata() or {}
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    found = sorted(folder.glob("checkpoint-*.safetensors")) if folder.is_dir() else []
-    return found[-1] if found else None
+NONFINITE_CAUSES = (
+    "a learning rate too high for these settings (lower train.lr), fp16 overflow (set train.precision to fp32 or bf16), "
+    "or a broken example image/sketch (check data/example)"
+)
 
 
-def _trim_live(live_dir: Path, start: int) -> None:
-    """Drop logged rows from iterations after the checkpoint we resume from (they are redone)."""
-    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
-        lines = tsv.read_text().splitlines()
-        header, rows = lines[:1], lines[1:]
-        column = header[0].split("\t").index("step") if header else 0
-        kept = [r for r in rows if int(r.split("\t")[column]) < start]
-        tsv.write_text("\n".join(header + kept) + "\n")
+def load_file_on(path: Path, device) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device=str(device))
 
 
 def _uint8(image: torch.Tensor):
@@ -359,7 +344,9 @@ def run_train(
         clip=clip.name,
         lpips_backbone=lpips_net.backbone,
         key=key,
+        skipped_steps=trainer.guard.skipped,
         version=__version__,
     )
+    check_finite_weights(trainer.generator, "the trained generator")
     save_generator(trainer.generator, paths.generator, meta=meta)
     return record

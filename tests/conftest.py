@@ -10,6 +10,20 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("DVC_STUDIO_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright never downloads its own browser here
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--no-first-run", "--disable-sync"]  # fmt: skip
+needs_chromium = pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium package (apt-get install -y chromium)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (the system's) driven by Playwright, one per test module."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield browser
+        browser.close()
 
 
 @pytest.fixture(scope="session")

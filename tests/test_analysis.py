@@ -179,3 +179,24 @@ def test_selection_with_as_many_clusters_as_timesteps_uses_each_once():
     chosen, clusters = select_timesteps(projection, row_step, centres, steps)
     assert sorted(chosen.tolist()) == list(range(steps))
     assert dict(zip(clusters.tolist(), chosen.tolist())) == dict(enumerate(order.tolist()))
+
+
+def test_previews_keep_each_trajectorys_prompt_and_final_image(tmp_path):
+    """The report's hover cards: the prompt and a 64 px thumbnail of the final image, per trajectory, saved and loaded."""
+    from diffsketch.analysis import THUMBNAIL
+
+    path = synthetic_store(tmp_path / "s.zarr", trajectories=6)
+    root = store.open_group(path, mode="r+")
+    root.attrs["prompts"] = ["a horse", "a cat", "ramen"]
+    root["prompt_ids"][:] = [2, 1, 0, 2, 1, 0]
+    for i in range(6):
+        root["images"][i] = np.full((64, 64, 3), 40 * i, np.uint8)
+    result = analyze(path, cfg(k=4, k_max=5), progress=False)
+    assert result.trajectory_ids.tolist() == list(range(6))
+    assert result.prompts.tolist() == ["ramen", "a cat", "a horse", "ramen", "a cat", "a horse"]
+    assert result.thumbnails.shape == (6, THUMBNAIL, THUMBNAIL, 3)
+    assert [int(t.mean()) for t in result.thumbnails] == [40 * i for i in range(6)]
+    result.save(tmp_path / "res")
+    loaded = AnalysisResult.load(tmp_path / "res")
+    assert loaded.prompts.tolist() == result.prompts.tolist()
+    np.testing.assert_array_equal(loaded.thumbnails, result.thumbnails)

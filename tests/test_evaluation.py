@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from diffsketch import baselines
 from diffsketch.cli import app
 from diffsketch.config import ParamsError, parse_params
-from diffsketch.eval_report import BEGIN, END, update_readme
+from diffsketch.eval_report import BEGIN, END, run_evaluate, update_readme
 from diffsketch.evaldata import PHOTOS, EvalDataError, run_eval_data
-from diffsketch.evaluation import EvalError, run_evaluate
+from diffsketch.evaluation import EvalError
 from diffsketch.student import StudentLoadError
 
 runner = CliRunner()
@@ -218,3 +218,20 @@ def test_lpips_column_when_its_weights_are_there(eval_dir, tmp_path, monkeypatch
     assert result.means["canny"]["lpips"] > 0 and result.summary["lpips"] is True
     assert "lpips ↓" in (tmp_path / "eval" / "index.html").read_text()
     assert not any("LPIPS" in note for note in result.summary["notes"])
+
+
+def test_evaluation_never_imports_its_renderer():
+    """One direction: eval_report imports evaluation; evaluation (computing) imports no renderer, not even lazily."""
+    import ast
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    tree = ast.parse((REPO / "diffsketch" / "evaluation.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m.endswith(("eval_report", "report"))}, imported
+    code = "import sys, diffsketch.evaluation; print('diffsketch.eval_report' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "False"

@@ -1,6 +1,7 @@
 """The HTML report: every figure present as an inline PNG, tables, escaping, offline, saved results."""
 
 import base64
+import re
 from html.parser import HTMLParser
 
 import numpy as np
@@ -157,18 +158,30 @@ def test_tables_list_the_chosen_timesteps(report):
         assert needle in summary, needle
 
 
+def _without_plotly(text: str) -> str:
+    """The page without the inlined plotly.js bundle (whose source mentions URLs it never fetches here)."""
+    from plotly.offline import get_plotlyjs
+
+    bundle = f"<script>{get_plotlyjs()}</script>"
+    assert text.count(bundle) == 1  # inlined exactly once, not linked
+    return text.replace(bundle, "")
+
+
 def test_text_is_escaped(report):
     _, path = report
-    text = path.read_text(encoding="utf-8")
-    assert "<script" not in text
+    text = _without_plotly(path.read_text(encoding="utf-8"))
+    assert EVIL_CLASS not in text and "</script>alert" not in text  # neither in the HTML nor in the explorer's JSON
     assert "&lt;script&gt;" in text
     assert EVIL_CLASS in " ".join(parse(path).text)  # shown as text, unescaped by the parser
+    scripts = [chunk.split(">", 1)[0] for chunk in text.split("<script")[1:]]
+    assert scripts == [' id="explorer-data" type="application/json"', ""]  # the data and the explorer's own code
 
 
 def test_page_is_offline(report):
     _, path = report
-    text = path.read_text(encoding="utf-8")
+    text = _without_plotly(path.read_text(encoding="utf-8"))
     assert "http://" not in text and "https://" not in text
+    assert not re.search(r"""(src|href)\s*=\s*["']?(?!data:)[a-z]+:""", text)  # no external source of any kind
     for src in parse(path).figures.values():
         assert b"http" not in decode_png(src[0])  # no URL in the PNG metadata either
 
@@ -210,3 +223,20 @@ def test_strategy_without_clusters(tmp_path):
     page = parse(path)
     assert page.tables["timesteps"].split().count("—") == len(result.selected)
     assert "no bar is highlighted" in path.read_text(encoding="utf-8")
+
+
+def test_explorer_without_previews_says_so_and_lists_every_class():
+    """An analysis saved before the previews: the explorer still draws, and the page says the card has no thumbnail."""
+    import json
+
+    from diffsketch.report import explorer_html
+
+    result = make_result()
+    page = explorer_html(result)
+    assert "saved without trajectory previews" in page
+    data = json.loads(page.split('<script id="explorer-data" type="application/json">', 1)[1].split("</script>", 1)[0])
+    names = [t["name"] for t in data["figures"]["2d"]["data"]]
+    assert names == ["animals", "food", EVIL_CLASS, "chosen timesteps"]  # the JSON escapes decode back to the text
+    chosen = [t for t in data["figures"]["2d"]["data"] if t["name"] == "chosen timesteps"][0]
+    assert sorted({c[2] for c in chosen["customdata"]}) == sorted(result.selected.tolist())
+    assert all(c[1] == -1 for c in chosen["customdata"]) and data["thumbnails"] == []

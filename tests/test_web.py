@@ -19,12 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, free_port
+from conftest import CHROMIUM, REPO, free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts" / "web"
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--no-first-run", "--disable-sync"]  # fmt: skip
 
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium package (apt-get install -y chromium)"),
@@ -64,15 +61,6 @@ def server(styles):
     yield f"http://127.0.0.1:{port}", app
     server.should_exit = True
     thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

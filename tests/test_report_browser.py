@@ -1,0 +1,153 @@
+"""The analysis report's PCA explorer in a real headless Chromium (Debian's package, driven by Playwright).
+
+The page is opened from a file:// URL with every other request recorded and refused, so "works
+offline" means: nothing but the page itself is requested. Screenshots are kept in
+``test-artifacts/report/`` (git-ignored).
+"""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, needs_chromium
+from diffsketch.report import write_report
+from test_report import make_result
+
+ARTIFACTS = REPO / "test-artifacts" / "report"
+COLOURS = [(220, 40, 40), (40, 160, 60), (40, 80, 220), (230, 180, 20), (150, 40, 200), (20, 190, 200)]
+POINTS_2D = "#explorer-2d .scatterlayer path.point"
+
+pytestmark = [needs_chromium, pytest.mark.usefixtures("one_thread")]
+
+
+def previewed_result():
+    """The test_report analysis (6 trajectories, 3 classes, 10 steps) with a prompt and a one-colour thumbnail each."""
+    result = make_result(trajectories=6)
+    result.trajectory_ids = np.arange(6)
+    result.prompts = np.array([f"prompt number {i} & <b>friends</b>" for i in range(6)])
+    result.thumbnails = np.array([np.full((64, 64, 3), c, np.uint8) for c in COLOURS])
+    return result
+
+
+@pytest.fixture(autouse=True)
+def no_static_figures(monkeypatch):
+    """The matplotlib figures (tested in test_report.py) take seconds per page and play no part here."""
+    import diffsketch.report as report_module
+
+    monkeypatch.setattr(report_module, "_figures", lambda result: "")
+
+
+@pytest.fixture
+def open_report(browser, tmp_path, request):
+    """Open a written report; yields (page, requests other than the page, page errors); screenshot at the end."""
+    opened = []
+
+    def _open(path):
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        outside, errors = [], []
+        url = path.resolve().as_uri()
+
+        def route(r):
+            if r.request.url == url:
+                r.continue_()
+            else:
+                outside.append(r.request.url)
+                r.abort()
+
+        context.route("**/*", route)
+        page.on("requestfailed", lambda req: outside.append(f"failed: {req.url}"))
+        page.on("pageerror", lambda err: errors.append(str(err)))
+        page.goto(url)
+        page.wait_for_selector(POINTS_2D, state="attached", timeout=30_000)
+        opened.append((page, context))
+        return page, outside, errors
+
+    yield _open
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for n, (page, context) in enumerate(opened):
+        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}-{n}-page.png"), full_page=True)
+        context.close()
+
+
+def _point_centre(page, trace: int, index: int):
+    box = page.locator(f"#explorer-2d .scatterlayer .trace:nth-child({trace + 1}) path.point").nth(index).bounding_box()
+    return box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+
+def _pixel_of(data_uri: str):
+    return Image.open(io.BytesIO(base64.b64decode(data_uri.split(",", 1)[1]))).convert("RGB").getpixel((32, 32))
+
+
+def test_explorer_draws_hovers_toggles_and_filters_offline(open_report, tmp_path):
+    result = previewed_result()
+    page, outside, errors = open_report(write_report(result, tmp_path))
+    labels, steps = result.row_label, result.row_step
+    chosen = np.isin(steps, result.selected)
+
+    # drawn: one SVG point per row of each class, plus the chosen timesteps' circles
+    assert page.locator(POINTS_2D).count() == len(steps) + chosen.sum()
+    for label in range(3):
+        assert page.locator(f"#explorer-2d .scatterlayer .trace:nth-child({label + 1}) path.point").count() == (labels == label).sum()
+    assert "All 60 points are drawn." in page.inner_text("#explorer-note")
+
+    # hover: the first point of class 1 is row r (rows are drawn in order); its card shows r's details and thumbnail
+    r = int(np.flatnonzero(labels == 1)[0])
+    page.locator("#explorer-2d .plot-container").scroll_into_view_if_needed()
+    x, y = _point_centre(page, trace=1, index=0)
+    page.mouse.move(x - 30, y - 30)
+    page.mouse.move(x, y, steps=5)
+    card = page.locator("#hover-card")
+    card.wait_for(state="visible", timeout=5_000)
+    text = card.inner_text()
+    trajectory = int(result.row_trajectory[r])
+    assert f"prompt number {trajectory} & <b>friends</b>" in text  # shown as text, not markup
+    assert result.classes[1] in text and f"trajectory {trajectory}" in text.replace("\n", " ").replace("\t", " ")
+    assert f"{int(result.timesteps[steps[r]])} (DDIM index {int(steps[r])})" in text
+    src = card.locator("img").get_attribute("src")
+    assert src.startswith("data:image/jpeg;base64,")
+    assert np.abs(np.subtract(_pixel_of(src), COLOURS[trajectory])).max() <= 8  # that trajectory's image
+    assert card.locator("img").evaluate("img => img.complete && img.naturalWidth") == 64
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "hover.png"))
+    page.mouse.move(5, 5)
+
+    # legend toggle: clicking class 1 hides exactly its points
+    page.locator("#explorer-2d .legend .traces").nth(1).click()
+    page.wait_for_function("document.getElementById('explorer-2d').data[1].visible === 'legendonly'")
+    assert page.locator(POINTS_2D).count() == len(steps) + chosen.sum() - (labels == 1).sum()
+    page.screenshot(path=str(ARTIFACTS / "class-hidden.png"))
+    page.locator("#explorer-2d .legend .traces").nth(1).click()
+    page.wait_for_function("document.getElementById('explorer-2d').data[1].visible === true")
+
+    # timestep filter: DDIM indices 3..6 keep exactly those rows (and the chosen ones among them)
+    for handle, value in (("#t-min", 3), ("#t-max", 6)):
+        page.eval_on_selector(handle, f"el => {{ el.value = {value}; el.dispatchEvent(new Event('input')); }}")
+    page.wait_for_function("document.body.dataset.filtered === '3-6'")
+    keep = (steps >= 3) & (steps <= 6)
+    assert page.locator(POINTS_2D).count() == keep.sum() + (keep & chosen).sum()
+    assert f"t = {int(result.timesteps[3])} down to t = {int(result.timesteps[6])}" in page.inner_text("#t-range")
+    page.locator("#explorer").screenshot(path=str(ARTIFACTS / "filtered.png"))
+
+    assert page.locator("#explorer-3d").count() == 1  # 3 components: the 3-D view is there too
+    assert not errors, errors
+    assert not outside, outside  # no request left the page
+
+
+def test_large_analysis_is_thinned_deterministically_and_says_so(open_report, tmp_path, monkeypatch):
+    import diffsketch.report as report_module
+
+    monkeypatch.setattr(report_module, "MAX_INTERACTIVE_POINTS", 25)
+    result = previewed_result()
+    assert report_module.explorer_html(result) == report_module.explorer_html(result)  # the same subsample every time
+    page, outside, errors = open_report(write_report(result, tmp_path))
+    assert "Drawing 25 of the 60 points" in page.inner_text("#explorer-note")
+    drawn = np.sort(np.random.default_rng(0).permutation(60)[:25])  # oracle: seeded permutation, first 25
+    chosen = np.isin(result.row_step[drawn], result.selected).sum()
+    assert page.locator(POINTS_2D).count() == 25 + chosen
+    rows = page.evaluate("document.getElementById('explorer-2d').data.slice(0, 3).flatMap(t => t.customdata.map(c => c[0]))")
+    assert sorted(rows) == drawn.tolist()
+    assert not errors and not outside

@@ -1,0 +1,228 @@
+"""Nothing lost, nothing silent (issue 17): distill resumes exactly after SIGKILL, non-finite steps are
+skipped and never written, one writer per store."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from diffsketch.checkpoint import NonFiniteError, latest_checkpoint, save_checkpoint
+from diffsketch.config import parse_params
+
+# gan > 0: the discriminator and its optimiser are checkpointed too; crop 24 is the smallest the PatchGAN takes
+DISTILL = {"width": 8, "downsamples": 2, "blocks": 1, "iterations": 8, "batch": 1, "crop": 24, "lr": 3e-3,
+           "holdout": 0.25, "eval_every": 3, "checkpoint_every": 3, "lpips": 0, "gan": 0.5, "max_skips": 3}  # fmt: skip
+SETTINGS = {"model": {"id": "tiny", "device": "cpu"}, "losses": {"lpips_net": "random"}, "distill": DISTILL}
+
+
+def make_pairs(path, count=8, size=32):
+    """A small complete pairs store with random content (no model needed)."""
+    from diffsketch.pairs import _create
+
+    root = _create(path, count, size, {"seed": 0})
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    root["images"][:] = images
+    root["sketches"][:] = np.where(images.mean(-1) > 128, 255, 0).astype(np.uint8)
+    root["complete"][:] = True
+    return path
+
+
+# The distill CLI in a real subprocess; PairSampler.batch counts its calls into a file and, in "kill"
+# mode, the process SIGKILLs itself at the given call (mid-iteration, between two checkpoints).
+RUNNER = """
+import os, signal, sys
+from diffsketch import distillation
+from diffsketch.cli import app
+mode, at, counter = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+real, calls = distillation.PairSampler.batch, []
+def batch(self, *args, **kwargs):
+    calls.append(1)
+    if mode == "kill" and len(calls) == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    with open(counter, "w") as f:
+        f.write(str(len(calls)))
+    return real(self, *args, **kwargs)
+distillation.PairSampler.batch = batch
+app(sys.argv[4:])
+"""
+
+
+def _tsv(live):
+    folder = live / "plots" / "metrics"
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*.tsv"))}
+
+
+def test_distill_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
+    from diffsketch.distillation import run_distill
+    from diffsketch.student import load_student
+
+    pairs = make_pairs(tmp_path / "pairs.zarr")
+    params = parse_params(SETTINGS)
+    run_distill(params, pairs, tmp_path / "a" / "student.safetensors", tmp_path / "a" / "live", progress=False,
+                checkpoints=tmp_path / "a" / "ckpt")  # fmt: skip
+    expected, _ = load_student(tmp_path / "a" / "student.safetensors")
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(SETTINGS))
+    b = tmp_path / "b"
+    cli = ["distill", "--params", str(tmp_path / "params.yaml"), "--pairs", str(pairs), "--out", str(b / "student.safetensors"),
+           "--live", str(b / "live"), "--checkpoints", str(b / "ckpt"), "--no-progress"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1"}
+    counter = tmp_path / "calls"
+    killed = subprocess.run([sys.executable, "-c", RUNNER, "kill", "5", str(counter), *cli], env=env, cwd=tmp_path,
+                            capture_output=True, text=True)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (b / "student.safetensors").exists()
+    assert latest_checkpoint(b / "ckpt").name == "checkpoint-000003.safetensors"
+    # a save torn by a kill leaves only a .tmp file: it must be ignored
+    (b / "ckpt" / "checkpoint-000006.safetensors.tmp").write_bytes(b"\x00torn")
+
+    resumed = subprocess.run([sys.executable, "-c", RUNNER, "count", "0", str(counter), *cli], env=env, cwd=tmp_path,
+                             capture_output=True, text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert counter.read_text() == "5"  # resumed at iteration 3 of 8, not started over
+    got, meta = load_student(b / "student.safetensors")
+    assert expected.state_dict().keys() == got.state_dict().keys()
+    for name, value in expected.state_dict().items():
+        assert torch.equal(value, got.state_dict()[name]), name
+    assert _tsv(b / "live") == _tsv(tmp_path / "a" / "live")  # each iteration logged once, same values
+    assert "train/discriminator.tsv" in _tsv(b / "live")
+    assert json.loads((b / "live" / "metrics.json").read_text()) == json.loads((tmp_path / "a" / "live" / "metrics.json").read_text())
+    assert not list((b / "ckpt").glob("*.tmp"))
+
+    # other settings: refused unless --overwrite
+    other = parse_params({**SETTINGS, "distill": {**DISTILL, "lr": 1e-3}})
+    from diffsketch.distillation import DistillError
+
+    with pytest.raises(DistillError, match="--overwrite"):
+        run_distill(other, pairs, b / "student.safetensors", b / "live", progress=False, checkpoints=b / "ckpt")
+
+
+def _nan_batches(monkeypatch, bad):
+    """Make the distillation's batches NaN at the iterations in ``bad`` (a set of batch-call indices)."""
+    from diffsketch import distillation
+
+    real, calls = distillation.PairSampler.batch, []
+
+    def batch(self, *args, **kwargs):
+        images, sketches = real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) - 1 in bad:
+            images = images * float("nan")
+        return images, sketches
+
+    monkeypatch.setattr(distillation.PairSampler, "batch", batch)
+
+
+def test_distill_skips_nonfinite_steps_and_stops_after_max_skips(tmp_path, monkeypatch):
+    from diffsketch.distillation import run_distill
+    from diffsketch.student import load_student
+
+    pairs = make_pairs(tmp_path / "pairs.zarr")
+    params = parse_params({**SETTINGS, "distill": {**DISTILL, "gan": 0}})
+    _nan_batches(monkeypatch, {2, 3})
+    run_distill(params, pairs, tmp_path / "s.safetensors", tmp_path / "live", progress=False, checkpoints=tmp_path / "ck")
+    student, meta = load_student(tmp_path / "s.safetensors")
+    assert meta["skipped_steps"] == 2
+    assert all(torch.isfinite(v).all() for v in student.state_dict().values() if v.is_floating_point())
+
+    monkeypatch.undo()
+    _nan_batches(monkeypatch, set(range(4, 100)))
+    with pytest.raises(NonFiniteError, match=r"iteration 6\b.*distill\.lr"):
+        run_distill(params, pairs, tmp_path / "t.safetensors", tmp_path / "live2", progress=False, checkpoints=tmp_path / "ck2")
+    assert not (tmp_path / "t.safetensors").exists()
+    from safetensors.torch import load_file
+
+    for path in (tmp_path / "ck2").glob("checkpoint-*.safetensors"):
+        assert all(torch.isfinite(t).all() for t in load_file(str(path)).values() if t.is_floating_point()), path
+
+
+def test_checkpoint_with_nonfinite_values_is_never_written(tmp_path):
+    good = save_checkpoint(tmp_path, 1, {"w": torch.ones(3)}, {"key": "k"})
+    with pytest.raises(NonFiniteError, match="iteration 2"):
+        save_checkpoint(tmp_path, 2, {"w": torch.tensor([1.0, float("inf"), 0.0])}, {"key": "k"})
+    assert latest_checkpoint(tmp_path) == good and not list(tmp_path.glob("*.tmp"))
+
+
+def test_train_skips_a_nan_loss_and_never_writes_nonfinite_weights(tiny, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    from test_training import make_params, prepare
+
+    from diffsketch import training
+    from diffsketch.checkpoint import checkpoint_meta
+
+    real, calls = training.SketchLoss.forward, []
+
+    def nan_at(self, *args, **kwargs):  # iterations 0, 2 and 3 get a NaN loss
+        total, terms = real(self, *args, **kwargs)
+        calls.append(1)
+        return (total * float("nan"), terms) if len(calls) - 1 in (0, 2, 3) else (total, terms)
+
+    monkeypatch.setattr(training.SketchLoss, "forward", nan_at)
+    sample_batch, batches = training.Trainer.sample_batch, []
+
+    def sampled_once(self, iteration):  # the guard does not depend on the images: sample them once (CI time)
+        if not batches:
+            batches.append(sample_batch(self, iteration))
+        return batches[0]
+
+    monkeypatch.setattr(training.Trainer, "sample_batch", sampled_once)
+    paths = prepare(tmp_path / "run")
+    params = make_params(train={"iterations": 5, "checkpoint_every": 1, "sample_every": 5, "max_skips": 2})
+    with pytest.raises(NonFiniteError, match=r"train stopped at iteration 3\b.*2 iterations in a row.*train\.lr"):
+        training.run_train(params, paths, progress=False, model=tiny)
+    assert not paths.generator.exists()
+    ckpts = {int(p.stem.split("-")[1]): p for p in paths.checkpoints.glob("checkpoint-*.safetensors")}
+    assert sorted(ckpts) == [2, 3]  # the last two kept; nothing written after the stop
+    assert json.loads(checkpoint_meta(ckpts[3])["guard"])["skipped"] == 2  # iterations 0 and 2 skipped, 1 trained
+    for path in ckpts.values():
+        tensors = load_file(str(path))
+        assert all(torch.isfinite(t).all() for t in tensors.values() if t.is_floating_point()), path
+    # iteration 2 was skipped: its checkpoint (at 3) has the weights of the one at 2
+    a, b = load_file(str(ckpts[2])), load_file(str(ckpts[3]))
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("generator."))
+
+
+HOLDER = """
+import sys, time
+from diffsketch import store
+lock = store.writer_lock(sys.argv[1])  # kept referenced: collecting it would release the lock
+lock.__enter__()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_one_writer_per_store_and_a_killed_writer_does_not_block(tiny, teacher, prompts_dir, tmp_path):
+    import socket
+
+    from conftest import small_params
+
+    from diffsketch import store
+    from diffsketch.collect import run_sample
+    from diffsketch.pairs import run_pairs
+
+    out = tmp_path / "features.zarr"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        params = small_params(prompts_dir)
+        with pytest.raises(store.StoreBusyError, match=rf"pid {holder.pid} on host {socket.gethostname()}"):
+            run_sample(params, out, progress=False, model=tiny)
+        with pytest.raises(store.StoreBusyError, match=rf"pid {holder.pid}"):
+            run_pairs(params, *teacher, out, progress=False, model=tiny)
+        with store.writer_lock(out, enabled=False):  # another worker of the holder's own distributed run
+            pass
+    finally:
+        holder.kill()  # SIGKILL: its lock file stays behind
+        holder.wait()
+    assert (tmp_path / "features.zarr.lock").exists()
+    run_sample(params, out, progress=False, model=tiny)
+    assert store.complete_mask(store.open_store(out)).all()
+    assert not (tmp_path / "features.zarr.lock").exists()
