@@ -152,3 +152,22 @@ def interrupt_on_call(monkeypatch, module, name: str, n: int):
 
     monkeypatch.setattr(module, name, interrupted)
     return real
+
+
+def record_writes(monkeypatch, interrupt_at: int | None = None) -> list[list[int]]:
+    """Record the trajectory indices of every ``store.write_trajectories`` call (raising
+    KeyboardInterrupt, a Ctrl-C mid-run, on call ``interrupt_at``); returns the record. Patching again
+    (to watch the resumed run) wraps the real function, not the previous recorder."""
+    from diffsketch import store
+
+    real, calls = getattr(store.write_trajectories, "real", store.write_trajectories), []
+
+    def write(root, indices, *rest):
+        calls.append(list(indices))
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return real(root, indices, *rest)
+
+    write.real = real
+    monkeypatch.setattr(store, "write_trajectories", write)
+    return calls

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import assert_same_stores, small_params, store_arrays
+from conftest import assert_same_stores, record_writes, small_params, store_arrays
 from diffsketch import batching
 from diffsketch.config import ModelConfig, parse_params
 from diffsketch.features import unet_layers, vae_layers
@@ -135,21 +135,13 @@ def test_auto_batch_sample_store_matches_fixed_and_resumes(prompts_dir, tmp_path
             np.testing.assert_allclose(a[key].astype(np.float64), b[key].astype(np.float64), atol=2e-3, rtol=1e-3, err_msg=key)
 
     # interrupted after the first batch, resumed while `auto` would now pick another batch: the recorded plan holds
-    original, calls = store.write_trajectories, []
-
-    def crash_second(root, indices, *rest):
-        calls.append(list(indices))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        original(root, indices, *rest)
-
-    monkeypatch.setattr(store, "write_trajectories", crash_second)
+    calls = record_writes(monkeypatch, interrupt_at=2)
     with pytest.raises(KeyboardInterrupt):
         run_sample(auto, tmp_path / "part.zarr", progress=False, model=tiny)
     monkeypatch.setattr(batching, "CPU_DEFAULT", 1)
-    monkeypatch.setattr(store, "write_trajectories", lambda root, i, *r: (calls.append(list(i)), original(root, i, *r)))
+    resumed = record_writes(monkeypatch)
     run_sample(auto, tmp_path / "part.zarr", progress=False, model=tiny)
-    assert calls == [[0, 1, 2, 3], [4], [4]]  # blocks of the recorded 4, not of today's 1
+    assert calls + resumed == [[0, 1, 2, 3], [4], [4]]  # blocks of the recorded 4, not of today's 1
     assert_same_stores(tmp_path / "auto.zarr", tmp_path / "part.zarr")
 
 

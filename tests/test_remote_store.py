@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_same_stores, free_port, interrupt_on_call, small_params
+from conftest import assert_same_stores, free_port, interrupt_on_call, record_writes, small_params
 from diffsketch import store
 from diffsketch.collect import run_sample
 from diffsketch.config import parse_params
@@ -127,21 +127,11 @@ def test_sample_to_s3_equals_local_and_resumes(s3, prompts_dir, tmp_path, tiny, 
     assert info["complete"] == 2 and info["disk_bytes"] > 0
 
     # interrupted after the first batch, then resumed: only the missing trajectory is written
-    original = store.write_trajectories
-    calls = []
-
-    def crash_second(root, indices, *rest):
-        calls.append(list(indices))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        original(root, indices, *rest)
-
-    monkeypatch.setattr(store, "write_trajectories", crash_second)
+    record_writes(monkeypatch, interrupt_at=2)
     with pytest.raises(KeyboardInterrupt):
         run_sample(params, f"{s3}/part.zarr", progress=False, model=tiny)
     assert store.complete_mask(store.open_store(f"{s3}/part.zarr")).tolist() == [True, False]
-    calls.clear()
-    monkeypatch.setattr(store, "write_trajectories", lambda root, i, *a: (calls.append(list(i)), original(root, i, *a)))
+    calls = record_writes(monkeypatch)
     run_sample(params, f"{s3}/part.zarr", progress=False, model=tiny)
     assert calls == [[1]]
     assert_same_stores(store.open_store(local), store.open_store(f"{s3}/part.zarr"))
