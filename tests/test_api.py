@@ -281,3 +281,25 @@ def test_the_readme_example_runs(student, tmp_path, monkeypatch):
         assert sketch.size == photo.size
     assert [s.size for s in namespace["sketches"]] == [(256, 170), (170, 256)]
     assert Path("cat_sketch.svg").read_text().count("<path") >= 1
+
+
+@pytest.mark.parametrize(
+    "device, bf16, runtime, graph, precision, expected",
+    [
+        ("cpu", True, True, True, "auto", ("torch", "bf16")),  # bf16 first where the CPU has it
+        ("cpu", False, True, True, "auto", ("onnx", "fp32")),  # else ONNX Runtime, faster in fp32 (README)
+        ("cpu", False, False, True, "auto", ("torch", "fp32")),  # ... when it is installed
+        ("cpu", False, True, False, "auto", ("torch", "fp32")),  # ... and a graph is there
+        ("cpu", True, True, True, "fp32", ("onnx", "fp32")),  # fp32 asked for on a bf16 CPU
+        ("cuda", False, True, True, "auto", ("torch", "fp32")),  # a GPU: PyTorch
+    ],
+)
+def test_auto_backend_rule(monkeypatch, tmp_path, device, bf16, runtime, graph, precision, expected):
+    from diffsketch import extractor
+
+    monkeypatch.setattr(extractor, "cpu_bf16_capable", lambda: bf16)
+    monkeypatch.setattr(extractor, "onnxruntime_available", lambda: runtime)
+    files = extractor.ModelFiles(tmp_path / "student.safetensors", tmp_path / "student.onnx" if graph else None, tmp_path)
+    assert extractor.choose("auto", precision, torch.device(device), files) == expected
+    only_graph = extractor.ModelFiles(None, tmp_path / "student.onnx", None)
+    assert extractor.choose("auto", "auto", torch.device(device), only_graph) == ("onnx", "fp32")
