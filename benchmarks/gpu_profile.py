@@ -43,8 +43,8 @@ import torch
 import zarr
 
 from diffsketch.collect import run_sample
-from diffsketch.config import load_params, parse_params
-from diffsketch.distillation import PatchDiscriminator
+from diffsketch.config import DistillConfig, load_params, parse_params
+from diffsketch.distillation import Distiller, PatchDiscriminator, distill_step
 from diffsketch.example import build_example
 from diffsketch.features import unet_layers, vae_layers
 from diffsketch.generator import SketchGenerator, save_generator
@@ -274,23 +274,13 @@ def run(setup: dict, compile_mode: str) -> dict:
     opt_d = torch.optim.Adam(disc.parameters(), lr=d["lr"], betas=(0.5, 0.999)) if disc is not None else None
     images, sketches = torch.rand(dbatch, 3, crop, crop, device=device), torch.rand(dbatch, 1, crop, crop, device=device)
 
-    def distill_step(_):  # the loop body of diffsketch.distillation.run_distill
-        pred = student(images)
-        loss = d["l1"] * (pred - sketches).abs().mean()
-        loss = loss + d["lpips"] * lpips_net(pred.expand(-1, 3, -1, -1) * 2 - 1, sketches.expand(-1, 3, -1, -1) * 2 - 1).mean()
-        if disc is not None:
-            loss = loss + d["gan"] * ((disc(images, pred) - 1) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if disc is not None:
-            d_loss = 0.5 * (((disc(images, sketches) - 1) ** 2).mean() + (disc(images, pred.detach()) ** 2).mean())
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-        float(loss.detach())  # the stage logs every iteration's loss
+    step = Distiller(student, opt, lpips_net, disc, opt_d, DistillConfig(**d))
 
-    first, per_distill = timed(distill_step, setup["distill_repeats"], part := Part(device))
+    def distill_iteration(_):  # the stage's step (diffsketch.distillation.distill_step), and its per-iteration log
+        loss, _terms = distill_step(step, images, sketches)
+        float(loss.detach())
+
+    first, per_distill = timed(distill_iteration, setup["distill_repeats"], part := Part(device))
     note("distill s/iteration", per_distill, "s", part, batch=dbatch, crop=crop)
     figures["wall_s"] = dict(value=time.perf_counter() - wall, unit="s")
     return figures

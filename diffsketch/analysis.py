@@ -26,6 +26,10 @@ points and the cluster centre (Hungarian algorithm), so each cluster gets the ti
 points sit closest to its centre on average, and no timestep is used twice. ``k: 1`` (one timestep)
 is k-means with a single cluster, whose centre is the mean of all points: the timestep chosen is the
 one whose points sit closest on average to that overall centre (the sweep still runs for the plots).
+
+Given the model (``model=``: the ``model`` params or a loaded model), the first ``feature_maps``
+trajectories are sampled again at full resolution at the chosen timesteps, and every UNet layer is
+reduced to a colour map for the report (:mod:`diffsketch.feature_maps`: N x one sampling).
 """
 
 from __future__ import annotations
@@ -46,8 +50,10 @@ from sklearn.metrics import silhouette_score
 from tqdm.auto import tqdm
 
 from diffsketch import store
-from diffsketch.config import AnalyzeConfig
+from diffsketch.config import AnalyzeConfig, ModelConfig
 from diffsketch.devices import resolve_device
+from diffsketch.feature_maps import FILE as FEATURE_MAPS_FILE
+from diffsketch.feature_maps import FeatureMaps, compute_feature_maps, final_image, missing_for_resampling
 from diffsketch.pca import randomized_pca
 
 log = logging.getLogger(__name__)
@@ -103,7 +109,7 @@ class FeatureReader:
 
     def stored_block(self, name: str, index: int) -> np.ndarray:
         """(T, C * g * g) as stored (float16): one trajectory's chunks of one layer, read once."""
-        x = self.arrays[name][index, :, self.half]  # (T, C, g, g)
+        x = store.read(self.arrays[name], (index, slice(None), self.half))  # (T, C, g, g); damage: a clear message
         return x.reshape(x.shape[0], -1)
 
     def blocks(self, index: int) -> list[np.ndarray]:
@@ -161,12 +167,17 @@ class AnalysisResult:
     trajectory_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (N,) store indices
     prompts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))  # (N,) the trajectory's prompt
     thumbnails: np.ndarray = field(default_factory=lambda: np.zeros((0, THUMBNAIL, THUMBNAIL, 3), np.uint8))  # final images
+    feature_maps: FeatureMaps | None = None  # the report's feature maps (None: off, or saved before them)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         arrays = {k: v for k, v in vars(self).items() if isinstance(v, np.ndarray)}
         np.savez_compressed(folder / "analysis.npz", **arrays)
+        if self.feature_maps is not None:
+            self.feature_maps.save(folder)
+        else:
+            (folder / FEATURE_MAPS_FILE).unlink(missing_ok=True)  # none from an earlier run left behind
         info = dict(self.meta, classes=self.classes, k=self.k)
         (folder / "analysis.json").write_text(json.dumps(info, indent=2))
 
@@ -178,7 +189,7 @@ class AnalysisResult:
         arrays = dict(np.load(folder / "analysis.npz"))
         info = json.loads((folder / "analysis.json").read_text())
         classes, k = info.pop("classes"), info.pop("k")
-        return cls(**arrays, classes=classes, k=k, meta=info)
+        return cls(**arrays, classes=classes, k=k, meta=info, feature_maps=FeatureMaps.load(folder))
 
     def timesteps_json(self) -> dict:
         chosen = self.selected
@@ -205,8 +216,6 @@ class AnalysisResult:
 
 def trajectory_previews(reader: FeatureReader, trajectories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each trajectory's prompt and a THUMBNAIL x THUMBNAIL thumbnail of its final image (one image read each)."""
-    from PIL import Image
-
     root = reader.root
     names = [str(n) for n in root.attrs.get("prompts", [])]
     ids = np.asarray(root["prompt_ids"][:]) if "prompt_ids" in root else np.full(int(max(trajectories, default=-1)) + 1, -1)
@@ -214,8 +223,7 @@ def trajectory_previews(reader: FeatureReader, trajectories: np.ndarray) -> tupl
     thumbs = np.zeros((len(trajectories), THUMBNAIL, THUMBNAIL, 3), np.uint8)
     if "images" in root:
         for j, i in enumerate(trajectories):
-            image = Image.fromarray(np.asarray(root["images"][int(i)], dtype=np.uint8)).convert("RGB")
-            thumbs[j] = np.asarray(image.resize((THUMBNAIL, THUMBNAIL), Image.Resampling.BOX))
+            thumbs[j] = final_image(root, i, THUMBNAIL)
     return prompts, thumbs
 
 
@@ -320,7 +328,45 @@ def select_timesteps(projection, row_step, centers, steps: int) -> tuple[np.ndar
     return chosen, clusters
 
 
-def analyze(store_path: str | Path, cfg: AnalyzeConfig, model_id: str | None = None, progress: bool = True) -> AnalysisResult:
+def _feature_map_model(cfg: AnalyzeConfig, reader: FeatureReader, model):
+    """The model the feature maps sample with (None: no feature maps), checked before any expensive work."""
+    if not cfg.feature_maps:
+        return None
+    if model is None:
+        log.info("analyze.feature_maps=%d but no model was given: no feature maps", cfg.feature_maps)
+        return None
+    name = model.id if isinstance(model, ModelConfig) else getattr(model, "source", None)
+    if name != reader.root.attrs.get("model"):
+        raise AnalysisInputError(
+            f"the store was sampled with model {reader.root.attrs.get('model')!r}, but the feature maps would sample with "
+            f"{name!r}; fix model.id, or set analyze.feature_maps=0"
+        )
+    missing = missing_for_resampling(reader.root)
+    if missing:
+        raise AnalysisInputError(
+            f"analyze.feature_maps={cfg.feature_maps} samples trajectories again, but the store lacks {', '.join(missing)} "
+            "(written by an older diffsketch); set analyze.feature_maps=0, or resample the store (`dvc repro sample`)"
+        )
+    if isinstance(model, ModelConfig):
+        from diffsketch.models import check_model_reachable
+
+        check_model_reachable(model)
+    return model
+
+
+def analyze(
+    store_path: str | Path,
+    cfg: AnalyzeConfig,
+    model_id: str | None = None,
+    progress: bool = True,
+    model: ModelConfig | object | None = None,
+) -> AnalysisResult:
+    """Choose the representative timesteps of the store at ``store_path``.
+
+    ``model_id``: the params' ``model.id``, checked against the store's; ``model``: the ``model`` params
+    (loaded only for the feature maps) or an already loaded :class:`~diffsketch.models.SDModel`, with which
+    the first ``cfg.feature_maps`` trajectories are sampled again for the report (without it: no feature maps).
+    """
     reader = FeatureReader.open(store_path)
     if model_id is not None and reader.root.attrs.get("model") != model_id:
         raise AnalysisInputError(
@@ -329,6 +375,7 @@ def analyze(store_path: str | Path, cfg: AnalyzeConfig, model_id: str | None = N
         )
     trajectories = reader.trajectories
     _check(cfg, reader, len(trajectories))
+    model = _feature_map_model(cfg, reader, model)
     steps = len(reader.timesteps)
 
     started = time.perf_counter()
@@ -344,7 +391,7 @@ def analyze(store_path: str | Path, cfg: AnalyzeConfig, model_id: str | None = N
     pca_seconds = time.perf_counter() - started
     row_step = np.tile(np.arange(steps), len(trajectories))
     row_trajectory = np.repeat(trajectories, steps)
-    labels = np.asarray(reader.root["labels"][:])[row_trajectory]
+    labels = np.asarray(store.read(reader.root["labels"]))[row_trajectory]
 
     prompts, thumbnails = trajectory_previews(reader, trajectories)
     k_values, inertia, silhouette, fitted = sweep_k(projection, cfg, progress)
@@ -385,6 +432,12 @@ def analyze(store_path: str | Path, cfg: AnalyzeConfig, model_id: str | None = N
         layers=reader.layers,
         half=list(reader.root.attrs["halves"])[reader.half],
     )
+    feature_maps = None
+    if model is not None:
+        started = time.perf_counter()
+        shown = trajectories[: cfg.feature_maps]
+        feature_maps = compute_feature_maps(model, reader.root, shown, chosen, reader.half, progress)
+        meta["feature_map_seconds"] = round(time.perf_counter() - started, 3)
     return AnalysisResult(
         timesteps=reader.timesteps,
         row_step=row_step,
@@ -405,6 +458,7 @@ def analyze(store_path: str | Path, cfg: AnalyzeConfig, model_id: str | None = N
         trajectory_ids=np.asarray(trajectories, dtype=np.int64),
         prompts=prompts,
         thumbnails=thumbnails,
+        feature_maps=feature_maps,
     )
 
 

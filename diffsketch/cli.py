@@ -19,6 +19,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="Learn a sket
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", "-S", help="override a param: section.key=value (repeatable)")]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="start even when the projected store is larger than the free disk space")
+]
 
 
 def _fail(message: str) -> None:
@@ -47,9 +50,10 @@ def _expected_errors():
     from diffsketch.presets import PresetError
     from diffsketch.checkpoint import NonFiniteError
     from diffsketch.distillation import DistillError
+    from diffsketch.ablation import AblationError
 
     return (
-        ParamsError, SampleInputError, ModelLoadError, PromptsError, StoreError, AnalysisInputError,
+        AblationError, ParamsError, SampleInputError, ModelLoadError, PromptsError, StoreError, AnalysisInputError,
         PriorError, ExampleError, StyleError, LossSetupError, TrainInputError, GeneratorLoadError, PairsError,
         StudentLoadError, ExtractError, ExportError, EvalDataError, EvalError, PresetError, NonFiniteError, DistillError,
     )  # fmt: skip
@@ -101,12 +105,13 @@ def sample(
     overwrite: Annotated[bool, typer.Option(help="replace a store sampled with other settings")] = False,
     set_: SetOption = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    force: ForceOption = False,
 ) -> None:
     """Sample SD trajectories and store UNet/VAE features in a Zarr store (resumable)."""
     from diffsketch.collect import run_sample
 
     with _clean_errors():
-        path = run_sample(load_params(params, set_), out, overwrite=overwrite, progress=progress)
+        path = run_sample(load_params(params, set_), out, overwrite=overwrite, progress=progress, force=force)
     typer.echo(f"wrote {path}")
 
 
@@ -127,7 +132,7 @@ def analyze(
 
     with _clean_errors():
         cfg = load_params(params, set_)
-        result = run_analysis(store, cfg.analyze, model_id=cfg.model.id, progress=progress)
+        result = run_analysis(store, cfg.analyze, model_id=cfg.model.id, progress=progress, model=cfg.model)
         write_outputs(result, results, timesteps, reports)
         page = write_report(result, reports)
     chosen = result.timesteps_json()
@@ -182,12 +187,14 @@ def pairs(
     overwrite: Annotated[bool, typer.Option(help="replace a store made from another generator, prior or settings")] = False,
     set_: SetOption = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    force: ForceOption = False,
 ) -> None:
     """Generate (image, sketch) pairs with the trained generator for distillation (resumable)."""
     from diffsketch.pairs import run_pairs
 
     with _clean_errors():
-        path = run_pairs(load_params(params, set_), generator, prior_path, out, overwrite=overwrite, progress=progress)
+        path = run_pairs(load_params(params, set_), generator, prior_path, out, overwrite=overwrite, progress=progress,
+                         force=force)  # fmt: skip
     typer.echo(f"wrote {path}")
 
 
@@ -272,10 +279,80 @@ def report(
 
 
 @app.command()
-def inspect(store: Annotated[Path, typer.Argument(help="feature store (.zarr folder)")]) -> None:
-    """Summarise a feature store: arrays, shapes, dtypes, completed trajectories, size on disk."""
+def ablate(
+    rows: Annotated[Path, typer.Option(help="the ablation rows: name -> description and params changes")] = Path("presets/ablations.yaml"),
+    only: Annotated[list[str] | None, typer.Option("--only", help="run just this row (repeatable)")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="experiments run at once (dvc exp run --run-all --jobs)")] = 1,
+    report_only: Annotated[bool, typer.Option("--report", help="write the report from the finished rows; run nothing")] = False,
+    out: Annotated[Path, typer.Option(help="folder of the ablation report")] = Path("reports/ablation"),
+    params: ParamsOption = Path("params.yaml"),
+) -> None:
+    """Run the paper's ablations as DVC experiments (rows without a result only), then write their report."""
+    from diffsketch.ablation import check_repo, collect, head_commit, load_rows, run_ablation
+    from diffsketch.ablation_report import write_report
+
+    with _clean_errors():
+        selected = load_rows(rows, only)
+        if report_only:
+            check_repo(Path.cwd())
+        else:
+            run_ablation(Path.cwd(), selected, jobs, params, echo=typer.echo)
+        results = collect(Path.cwd(), selected)
+        if not results:
+            _fail(f"no row of {rows} has finished yet; run diffsketch ablate first")
+        missing = [r.name for r in selected if r.name not in {x.row.name for x in results}]
+        if missing:
+            typer.echo(f"not in the report (not run yet, or run with other params): {', '.join(missing)}")
+        page = write_report(results, out, head_commit(Path.cwd()))
+    typer.echo(f"wrote {page} ({len(results)} rows)")
+
+
+def _verify_store(path: Path, repair: bool, progress: bool) -> None:
+    """`inspect --verify` / `--repair`: list the damaged entries and arrays; exit status 1 when
+    anything is damaged (with --repair: when anything is left that a rerun cannot redo)."""
+    from diffsketch import verify
+
+    with _clean_errors():
+        result = verify.verify(path, progress=progress)
+        cleared = verify.repair(result) if repair else []
+    found = "no damage" if result.ok else f"{len(result.problems)} damaged"
+    typer.echo(f"store        {result.path}")
+    typer.echo(f"verified     {result.entries} complete {result.kinds}, {result.chunks} chunks: {found}")
+    width = max((len(p.array) for p in result.problems), default=0)
+    for p in result.problems:
+        where = "whole store" if p.entry is None else f"{result.kind} {p.entry}"
+        typer.echo(f"  {where:<16} {p.array:<{width}}  {p.kind}: {p.detail}")
+    if cleared:
+        typer.echo(f"repaired     completion flag cleared for {result.kinds} {cleared}: rerun `{result.rerun}` with the "
+                   "same settings (or `dvc repro`) to redo exactly them")  # fmt: skip
+    errors = []
+    if result.damaged and not repair:
+        errors.append(f"{len(result.damaged)} damaged {result.kinds} {result.damaged}: run `diffsketch inspect --repair "
+                      f"{result.path}`, then `{result.rerun}` with the same settings redoes exactly them")  # fmt: skip
+    if result.whole_store:
+        errors.append(f"arrays written once for the whole store are damaged ({', '.join(p.array for p in result.whole_store)}), "
+                      f"which no rerun redoes: make the store again (`{result.rerun} --overwrite`)")  # fmt: skip
+    if errors:
+        _fail("; ".join(errors))
+
+
+@app.command()
+def inspect(
+    store: Annotated[Path, typer.Argument(help="feature or pairs store (.zarr folder or fsspec URL)")],
+    verify: Annotated[
+        bool, typer.Option("--verify", help="read and decode every chunk of every completed entry and list what is missing or corrupt (exit status 1 if anything is)")
+    ] = False,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="verify, then clear the completion flag of the damaged entries, so that the next `sample` / `pairs` run redoes exactly them")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar while verifying")] = True,
+) -> None:
+    """Summarise a store: arrays, shapes, dtypes, completed entries, size on disk (--verify: check every chunk)."""
     from diffsketch.store import summary
 
+    if verify or repair:
+        _verify_store(store, repair, progress)
+        return
     with _clean_errors():
         info = summary(store)
     attrs = info["attrs"]

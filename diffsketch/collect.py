@@ -3,7 +3,9 @@
 Inputs are checked cheapest-first (params, prompts, output path, model path), then the model is
 loaded and its layer table checked against the pooling, all before the first denoising step. A
 rerun over an interrupted store samples only the incomplete trajectories; completed ones are
-never rewritten.
+never rewritten. Before the first step the projected size of the store is logged, and the run
+refuses to start when the disk cannot hold it (unless ``force``); a disk that fills up anyway
+stops the run cleanly, resumable (:mod:`diffsketch.diskspace`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffsketch import __version__, batching, distributed, store
+from diffsketch import __version__, batching, diskspace, distributed, store
 from diffsketch.config import Params, fingerprint
 from diffsketch.features import check_pool, unet_layers, vae_layers
 from diffsketch.models import check_model_reachable, load_model
@@ -23,6 +25,8 @@ from diffsketch.prompts import load_prompts, plan_trajectories
 from diffsketch.sampling import prompt_token_lengths, sample
 
 log = logging.getLogger(__name__)
+
+SMALLER = "a smaller sample.pool, fewer sample.trajectories"  # what makes a feature store smaller
 
 
 class SampleInputError(ValueError):
@@ -50,21 +54,31 @@ def _planned_batch_size(root, configured: int | str) -> int:
 
 
 def run_sample(
-    params: Params, out: str | Path, overwrite: bool = False, progress: bool = True, model=None
+    params: Params, out: str | Path, overwrite: bool = False, progress: bool = True, model=None, force: bool = False
 ) -> str | Path:
     """Fill (or resume) the feature store at ``out``, a local path or an fsspec URL such as
     ``s3://bucket/features.zarr`` (see :mod:`diffsketch.store`); returns its path (a URL as a string).
 
     ``model``: an already loaded :class:`SDModel` matching ``params.model`` (benchmarks, notebooks).
+    ``force``: start even when the projected store is larger than the free disk space.
     """
     workers = distributed.workers(params.model.device)
     params = distributed.assign_device(params, workers)
     out = store.location(out)
-    with store.writer_lock(out, enabled=workers.main):  # one writer per store; the run's other workers share it
-        return _run_sample(params, out, overwrite, progress, model, workers)
+    # one writer per store (the run's other workers share it); a full disk stops the run cleanly
+    with diskspace.stop_when_full(out, "trajectories"), store.writer_lock(out, enabled=workers.main):
+        return _run_sample(params, out, overwrite, progress, model, workers, force)
 
 
-def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, workers) -> str | Path:
+def _check_space(out, root, layout: store.StoreLayout, force: bool) -> None:
+    """Log the projected store size; refuse to start when the disk cannot hold it (unless ``force``).
+    ``root``: the store being resumed, or None for a new one (replacing whatever is at ``out``)."""
+    done = 0 if root is None else int(store.complete_mask(root).sum())
+    projection = diskspace.projected_size(out, root if root is not None else store.layout_template(layout), done)
+    diskspace.check_space(out, projection, "trajectories", SMALLER, force=force, replacing=root is None)
+
+
+def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, workers, force: bool) -> str | Path:
     cfg = params.sample
     halves = _halves(params)
     prompts = load_prompts(cfg.prompts)
@@ -107,6 +121,19 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
         raise SampleInputError(str(err)) from None
     model.scheduler.set_timesteps(cfg.steps)
     timesteps = [int(t) for t in model.scheduler.timesteps]
+    side = cfg.resolution // model.vae_scale_factor
+    layout = store.StoreLayout(
+        trajectories=cfg.trajectories,
+        timesteps=timesteps,
+        halves=halves,
+        unet=unet_specs,
+        vae=vae_specs,
+        pool=cfg.pool,
+        resolution=cfg.resolution,
+        latent_shape=(model.latent_channels, side, side),
+    )
+    if workers.main:
+        _check_space(out, root, layout, force)
 
     workers.barrier()  # every process has read the store before process 0 may replace it
     if root is None and workers.main:
@@ -117,17 +144,6 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
                 unet_specs, vae_specs, cfg.pool, cfg.halves, cfg.decode,
             ),
         )  # fmt: skip
-        side = cfg.resolution // model.vae_scale_factor
-        layout = store.StoreLayout(
-            trajectories=cfg.trajectories,
-            timesteps=timesteps,
-            halves=halves,
-            unet=unet_specs,
-            vae=vae_specs,
-            pool=cfg.pool,
-            resolution=cfg.resolution,
-            latent_shape=(model.latent_channels, side, side),
-        )
         attrs = dict(
             fingerprint=key,
             package_version=__version__,

@@ -1,13 +1,17 @@
 """One typed schema for ``params.yaml``.
 
 Every stage and CLI command reads its settings through :func:`load_params`; nothing else parses
-YAML. Unknown keys, wrong types and out-of-range values fail with a message naming the key.
+YAML. Unknown keys, wrong types, out-of-range or non-finite values and YAML that cannot be read fail
+with one message naming the key (its dotted path, ``train.lr``) or the line.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,8 +21,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 Pool = Annotated[int, Field(ge=1)] | Literal["full"]
 
 
+MAX_SEED = 2**32 - 1  # seeds (and the per-trajectory / per-pair seeds derived from them) stay within torch's range
+
+
+def _numeric_only(annotation) -> bool:
+    """True for int / float fields (also Annotated, or unions such as ``int | None``) that take no text or bool."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Annotated:
+        return _numeric_only(args[0])
+    if args and typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = [a for a in args if a is not type(None)]
+        return bool(kinds) and all(_numeric_only(a) for a in kinds)
+    return annotation in (int, float)
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # .inf / .nan are never a setting
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value, info):
+        # YAML reads yes/no/on/off/true as booleans, and pydantic would take them as 1 and 0
+        if isinstance(value, bool) and _numeric_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a number, got the YAML boolean {value} (yes/no/on/off/true/false)")
+        return value
 
 
 class ModelConfig(_Section):
@@ -36,7 +62,7 @@ class ModelConfig(_Section):
     )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
-    seed: int = Field(0, ge=0, description="initialisation seed of the tiny model")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="initialisation seed of the tiny model")
     compile: Literal["auto", "on", "off"] = Field(
         "auto",
         description="torch.compile the UNet and the VAE decoder (and the generator in pairs): auto = on for cuda, "
@@ -83,7 +109,7 @@ class SampleConfig(_Section):
         description="trajectories denoised together; auto = the largest batch that fits the GPU's free memory (measured "
         "probe; 4 on a CPU), recorded in the store so a resumed run keeps the same batch plan",
     )
-    seed: int = Field(0, ge=0, description="trajectory i uses seed + i")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="trajectory i uses seed + i")
 
     @field_validator("resolution")
     @classmethod
@@ -108,7 +134,7 @@ class AnalyzeConfig(_Section):
     strategy: Literal["kmeans", "uniform", "random", "fixed"] = "kmeans"
     fixed: list[int] = Field(default_factory=list, description="timesteps for strategy 'fixed'")
     layer_weighting: Literal["equal", "raw"] = "equal"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     pca: Literal["randomized", "incremental"] = Field(
         "randomized",
         description="'randomized' (streamed block Krylov PCA, a few passes over the store) or 'incremental' "
@@ -117,6 +143,13 @@ class AnalyzeConfig(_Section):
     power_iterations: int = Field(2, ge=0, le=20, description="randomized PCA: Krylov iterations, one more pass over the store each")
     oversamples: int = Field(10, ge=0, description="randomized PCA: random directions beyond pca_dims")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the randomized PCA runs: auto = the GPU when one is visible")
+    feature_maps: int = Field(
+        2,
+        ge=0,
+        description="trajectories (the store's first complete ones) whose UNet features at the chosen timesteps the "
+        "report shows as PCA colour maps; 0 = off. They are sampled again at full resolution with the `model` params, "
+        "so this costs N x one sampling (seconds with the tiny model) and loads the model in `analyze`",
+    )
 
     @model_validator(mode="after")
     def _k_range(self) -> AnalyzeConfig:
@@ -129,7 +162,7 @@ class ExampleConfig(_Section):
     """The one (image, sketch) example the generator learns the style from (issue 4)."""
 
     prompt: str = Field("a photo of a horse in mud", description="prompt of the example image (and the CDST pivot condition)")
-    seed: int = Field(50, ge=0, description="seed of the generated example image")
+    seed: int = Field(50, ge=0, le=MAX_SEED, description="seed of the generated example image")
     image: str | None = Field(
         None, description="a real photo to bring in by DDIM inversion; null = generate the image from prompt and seed"
     )
@@ -144,7 +177,7 @@ class PriorConfig(_Section):
 
     captions: str = Field("data/captions", description="folder of .txt files (one caption per line), or one .txt file")
     components: int = Field(512, ge=1, description="PCA components kept (the authors' code: 512); needs more captions than this")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 class LossConfig(_Section):
@@ -189,7 +222,7 @@ class TrainConfig(_Section):
     max_skips: int = Field(
         10, ge=1, description="stop after this many consecutive steps skipped for a non-finite (NaN/inf) loss or gradient"
     )
-    seed: int = Field(0, ge=0, description="seeds the random conditions, noise and generator initialisation")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the random conditions, noise and generator initialisation")
 
     @field_validator("cdst", "vae_fusion", mode="before")
     @classmethod
@@ -206,7 +239,7 @@ class PairsConfig(_Section):
         description="images sampled together; auto = the largest batch that fits the GPU's free memory (measured probe; "
         "4 on a CPU), recorded in the store so a resumed run keeps the same blocks",
     )
-    seed: int = Field(0, ge=0, description="pair i uses prior draw and noise seeds derived from seed and i")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="pair i uses prior draw and noise seeds derived from seed and i")
 
 
 class DistillConfig(_Section):
@@ -228,7 +261,7 @@ class DistillConfig(_Section):
     max_skips: int = Field(
         10, ge=1, description="stop after this many consecutive steps skipped for a non-finite (NaN/inf) loss or gradient"
     )
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 PhotoName = Literal[
@@ -367,14 +400,47 @@ class ParamsError(ValueError):
     """params.yaml is missing, unreadable or invalid; the message says which key and how to fix it."""
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"{source} is invalid:"]
+_SHOWN = 80  # characters of an offending value quoted in a message
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to :data:`_SHOWN` characters."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def _key(loc: tuple, data: Any, missing: bool) -> str:
+    """The dotted params key (``train.lr``, ``evaluate.datasets.0.path``) of a pydantic error location.
+
+    Pydantic's location also holds the union member it tried (``constrained-int``, ``literal['full']``)
+    and dict-key markers (``[key]``). Only the parts that are keys or list indices of the input ``data``
+    are kept, and, for a ``missing`` error, the last part: the key that should be there.
+    """
+    parts, node = [], data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and (part in node or (missing and i == len(loc) - 1)):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            continue
+        parts.append(str(part))
+    return ".".join(parts) or "(top level)"
+
+
+def _format_errors(err: ValidationError, source: str, data: Any) -> str:
+    """One line per offending key; what pydantic says about each member of a union is joined into it."""
+    problems: dict[str, tuple[list[str], Any]] = {}
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the README's parameter table)"
-        lines.append(f"  - {key}: {msg} (got {e.get('input')!r})")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+        messages, _ = problems.setdefault(_key(e["loc"], data, e["type"] == "missing"), ([], e.get("input")))
+        if msg not in messages:
+            messages.append(msg)
+    lines = [f"{source} is invalid:"]
+    lines += [f"  - {key}: {'; or '.join(messages)} (got {_shown(value)})" for key, (messages, value) in problems.items()]
     return "\n".join(lines)
 
 
@@ -382,21 +448,84 @@ def parse_params(data: dict[str, Any] | None, source: str = "params") -> Params:
     try:
         return Params.model_validate(data or {})
     except ValidationError as err:
-        raise ParamsError(_format_errors(err, source)) from None
+        raise ParamsError(_format_errors(err, source, data or {})) from None
+
+
+def _located(role: str, path: list[str], line: int | None) -> str:
+    """``the value of train.lr (line 42)``, ``the key train.2020-13-45 (line 3)``, or ``the value`` (of a one-line text)."""
+    key = ".".join(path)
+    where = f"the key {key}" if role == "key" else f"the value of {key}" if key else "the value"
+    return where + (f" (line {line})" if line else "")
+
+
+def _unbuildable(text: str) -> str:
+    """The first YAML value (or key) that parses but cannot be built, e.g. a date such as 2020-13-45 or
+    ``!!int x``: ``the value of train.lr (line 42)``."""
+    loader = yaml.SafeLoader(text)
+    try:
+        stack, seen = [(loader.get_single_node(), [], "value")], set()
+        while stack:
+            node, path, role = stack.pop()
+            if node is None or id(node) in seen:  # an empty document; an alias seen before
+                continue
+            seen.add(id(node))
+            if isinstance(node, yaml.MappingNode):
+                for key, value in reversed(node.value):
+                    name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+                    stack += [(value, [*path, name], "value"), (key, [*path, name], "key")]
+            elif isinstance(node, yaml.SequenceNode):
+                stack += [(child, [*path, str(i)], "value") for i, child in reversed(list(enumerate(node.value)))]
+            else:
+                try:
+                    loader.construct_object(node, deep=True)
+                except Exception:  # noqa: BLE001 - the failure the caller reports
+                    return _located(role, path, node.start_mark.line + 1 if "\n" in text.strip() else None)
+    except Exception:  # noqa: BLE001 - cannot be located (e.g. nested too deep): the caller still reports the error
+        pass
+    finally:
+        loader.dispose()
+    return "a value"
+
+
+def _error_line(err: yaml.YAMLError, text: str) -> str:
+    """`` (line N)`` where PyYAML stopped, or nothing when it does not say."""
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:
+        return f" (line {mark.line + 1})"
+    position = getattr(err, "position", None)  # a reader error: a character YAML does not allow
+    if position is None:
+        return ""
+    line = text.count("\n", 0, position) + 1
+    return f" (line {line})"
+
+
+def _read_yaml(text: str, where: str) -> Any:
+    """Parse YAML ``text``; a failure is a ParamsError naming ``where`` and the line (or the key)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{where} is not valid YAML{_error_line(err, text)}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - PyYAML's value constructors raise ValueError, AttributeError, ...
+        raise ParamsError(
+            f"{where}: {_unbuildable(text)} cannot be read ({err}); quote it if it is meant as text"
+        ) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides (value parsed as YAML) to a raw params dict."""
-    data = json.loads(json.dumps(data or {}))
+    data = copy.deepcopy(data or {})
     for item in overrides:
         if "=" not in item:
             raise ParamsError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
         node = data
         *parents, leaf = key.strip().split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                above = ".".join(parents[: depth + 1])
+                raise ParamsError(f"--set {item}: {above} is {_shown(node)}, not a section; set {above}=... instead")
+        node[leaf] = _read_yaml(raw, f"--set {item}")
     return data
 
 
@@ -405,11 +534,14 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     if not path.is_file():
         raise ParamsError(f"params file {path} not found; run from the project root or pass --params PATH")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path} is not valid YAML: {err}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path} is not UTF-8 text ({err}); save it as UTF-8") from None
+    except OSError as err:
+        raise ParamsError(f"{path} cannot be read ({err})") from None
+    data = _read_yaml(text, str(path))
     if data is not None and not isinstance(data, dict):
-        raise ParamsError(f"{path} must be a mapping of sections (model, sample, ...)")
+        raise ParamsError(f"{path} must be a mapping of sections (model, sample, ...), not {_shown(data)}")
     return parse_params(apply_overrides(data or {}, overrides or []), str(path))
 
 

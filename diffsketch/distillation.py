@@ -12,7 +12,8 @@ Every ``distill.checkpoint_every`` iterations a checkpoint (student, discriminat
 states, the batch generator's state that fixes the data order and crops, torch's global random
 state, the last evaluation) is written atomically (:mod:`diffsketch.checkpoint`); a run killed at
 any point and rerun resumes from it and ends with the weights and dvclive rows of an uninterrupted
-run. Steps with a non-finite loss or gradient are skipped (``distill.max_skips`` in a row stop).
+run. Steps with a non-finite loss or gradient are skipped (``distill.max_skips`` in a row stop) and counted: the
+dvclive metric ``train/skipped_steps`` (a running count; its last value, the total, in ``metrics.json``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import logging
 import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffsketch import __version__
+from diffsketch import __version__, store
 from diffsketch.checkpoint import (
     NonFiniteGuard,
     check_finite_weights,
@@ -44,7 +46,7 @@ from diffsketch.checkpoint import (
     save_checkpoint,
     trim_live,
 )
-from diffsketch.config import Params, fingerprint
+from diffsketch.config import DistillConfig, Params, fingerprint
 from diffsketch.losses import load_lpips
 from diffsketch.models import resolve_device
 from diffsketch.pairs import PairsError, open_pairs
@@ -76,7 +78,7 @@ class PairSampler:
     """Random crops of the complete pairs, split into training and held-out indices."""
 
     def __init__(self, root, holdout: float, crop: int | None, seed: int):
-        complete = np.flatnonzero(root["complete"][:])
+        complete = np.flatnonzero(store.complete_mask(root))
         if len(complete) < 2:
             raise PairsError(f"the pairs store has {len(complete)} complete pairs; distillation needs at least 2")
         order = np.random.default_rng(seed).permutation(complete)
@@ -86,8 +88,9 @@ class PairSampler:
         self.crop = None if crop is None or crop >= self.size else crop
 
     def load(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.from_numpy(np.stack([self.root["images"][int(i)] for i in indices])).permute(0, 3, 1, 2)
-        sketches = torch.from_numpy(np.stack([self.root["sketches"][int(i)] for i in indices]))[:, None]
+        # a damaged chunk: a message naming the store, the pair and the `inspect --verify` command
+        images = torch.from_numpy(np.stack([store.read(self.root["images"], int(i)) for i in indices])).permute(0, 3, 1, 2)
+        sketches = torch.from_numpy(np.stack([store.read(self.root["sketches"], int(i)) for i in indices]))[:, None]
         return images.float() / 255, sketches.float() / 255
 
     def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,7 +126,7 @@ class DistillError(ValueError):
 
 NONFINITE_CAUSES = (
     "a learning rate too high (lower distill.lr), a GAN weight that destabilises training (lower distill.gan), "
-    "or damaged pairs (run `diffsketch inspect` on the pairs store)"
+    "or damaged pairs (run `diffsketch inspect --verify` on the pairs store)"
 )
 
 
@@ -131,8 +134,50 @@ def _distill_key(params: Params, sampler: PairSampler) -> str:
     """What the checkpoints depend on; iterations and logging/checkpoint intervals may change on resume."""
     cfg = params.distill.model_copy(update={"iterations": 0, "eval_every": 0, "checkpoint_every": 0, "max_skips": 0})
     extra = dict(model=params.model.id, lpips=params.losses.lpips_net, train=sampler.train.tolist(),
-                 holdout=sampler.holdout.tolist(), size=int(sampler.size))  # fmt: skip
+                 holdout=sampler.holdout.tolist(), size=int(sampler.size),
+                 pairs=sampler.root.attrs.get("fingerprint"))  # the generator, prior and settings that made the pairs  # fmt: skip
     return fingerprint(cfg, extra=extra)
+
+
+@dataclass
+class Distiller:
+    """What one distillation step updates: the student and its optimiser, the frozen LPIPS network (or
+    None), the PatchGAN discriminator and its optimiser (or None: distill.gan is 0), and the loss weights."""
+
+    student: torch.nn.Module
+    opt: torch.optim.Optimizer
+    lpips_net: torch.nn.Module | None
+    disc: torch.nn.Module | None
+    opt_d: torch.optim.Optimizer | None
+    cfg: DistillConfig
+
+
+def distill_step(d: Distiller, images, sketches, guard: NonFiniteGuard | None = None, iteration: int = 0):
+    """One iteration: the student's loss (L1, LPIPS, least-squares PatchGAN) and step, then the discriminator's.
+
+    A non-finite loss or gradient skips that network's step (``guard``, counted there). Returns the
+    student's weighted loss and the terms (``l1``, ``lpips``, ``gan``, ``discriminator`` where present).
+    """
+    cfg = d.cfg
+    pred = d.student(images)
+    terms = {"l1": (pred - sketches).abs().mean()}
+    if d.lpips_net is not None:
+        terms["lpips"] = d.lpips_net(pred.expand(-1, 3, -1, -1) * 2 - 1, sketches.expand(-1, 3, -1, -1) * 2 - 1).mean()
+    if d.disc is not None:
+        terms["gan"] = ((d.disc(images, pred) - 1) ** 2).mean()
+    loss = cfg.l1 * terms["l1"] + cfg.lpips * terms.get("lpips", 0.0) + cfg.gan * terms.get("gan", 0.0)
+    d.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if guard is None or guard.ok(iteration, loss, d.student.parameters()):
+        d.opt.step()
+    if d.disc is not None:
+        d_loss = 0.5 * (((d.disc(images, sketches) - 1) ** 2).mean() + (d.disc(images, pred.detach()) ** 2).mean())
+        d.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        if guard is None or guard.ok(iteration, d_loss, d.disc.parameters()):
+            d.opt_d.step()
+        terms["discriminator"] = d_loss
+    return loss, terms
 
 
 def run_distill(
@@ -214,27 +259,11 @@ def run_distill(
     bar = tqdm(range(start, cfg.iterations), desc="distilling", initial=start, total=cfg.iterations, disable=not progress)
     for i in bar:
         images, sketches = (t.to(device) for t in sampler.batch(cfg.batch, gen))
-        pred = student(images)
-        terms = {"l1": (pred - sketches).abs().mean()}
-        if lpips_net is not None:
-            terms["lpips"] = lpips_net(pred.expand(-1, 3, -1, -1) * 2 - 1, sketches.expand(-1, 3, -1, -1) * 2 - 1).mean()
-        if disc is not None:
-            terms["gan"] = ((disc(images, pred) - 1) ** 2).mean()
-        loss = cfg.l1 * terms["l1"] + cfg.lpips * terms.get("lpips", 0.0) + cfg.gan * terms.get("gan", 0.0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if guard.ok(i, loss, student.parameters()):
-            opt.step()
-        if disc is not None:
-            d_loss = 0.5 * (((disc(images, sketches) - 1) ** 2).mean() + (disc(images, pred.detach()) ** 2).mean())
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            if guard.ok(i, d_loss, disc.parameters()):
-                opt_d.step()
-            terms["discriminator"] = d_loss
+        loss, terms = distill_step(Distiller(student, opt, lpips_net, disc, opt_d, cfg), images, sketches, guard, i)
         live.log_metric("train/loss", float(loss.detach()))
         for name, value in terms.items():
             live.log_metric(f"train/{name}", float(value.detach()))
+        live.log_metric("train/skipped_steps", guard.skipped)  # the non-finite guard's running count (metrics.json: the total)
         done = i + 1
         if done % cfg.eval_every == 0 or done == cfg.iterations:
             result = evaluate(student, sampler, device)

@@ -26,7 +26,7 @@ import numpy as np
 from diffsketch.evaluation import EvalError, EvalResult, evaluate, write_outputs
 from diffsketch.config import Params
 from diffsketch.metrics import HIGHER_IS_BETTER, UNITS
-from diffsketch.report import STYLE, _esc, _table_html
+from diffsketch.report import _esc, _table_html, page_start
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 ARROWS = {True: "↑", False: "↓"}
@@ -105,15 +105,7 @@ def render_html(result) -> str:
     columns = ["dataset", "image", "method", *_columns(result.means)]
     per_image = [[r["dataset"], r["image"], r["method"], *(f"{r[k]:.4f}" for k in columns[3:])] for r in result.rows]
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en">',
-        "<head>",
-        '<meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<title>diffsketch evaluation</title>",
-        f"<style>{STYLE}\n#grid img {{ border: 1px solid #ddd; }} th.name {{ background: #fafafa; font-weight: normal; }}</style>",
-        "</head>",
-        "<body>",
+        *page_start("diffsketch evaluation", "\n#grid img { border: 1px solid #ddd; } th.name { background: #fafafa; font-weight: normal; }"),
         f"<h1>diffsketch evaluation: ground truth {_esc(summary['ground_truth'])}</h1>",
         "<h2>Settings</h2>",
         _table_html("settings", ["setting", "value"], _settings(summary)),

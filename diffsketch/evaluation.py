@@ -16,6 +16,7 @@ Outputs (``out_dir``, replaced as a whole when the run succeeds):
 - ``comparison.json``: one row per method, for the ``dvc plots`` bar charts;
 - ``per_image.csv``: every (image, method) score;
 - ``summary.json``: the settings, notes and timings the report and the README's results use;
+- ``grid/NN-IMAGE/{photo,truth,METHOD}.png``: the report's side-by-side grid as files;
 - ``index.html``: the self-contained report, rendered by :mod:`diffsketch.eval_report`, which imports
   this module (never the reverse); ``eval_report.run_evaluate`` runs both.
 """
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 MIN_SIDE = 11  # the SSIM window is 11 x 11
 THUMBNAIL = 160  # long side (px) of the images kept for the report's grid
+GRID_DIR = "grid"  # the grid's images as files, one folder per photo
 
 
 class EvalError(ValueError):
@@ -281,6 +283,18 @@ def write_outputs(result: EvalResult, out_dir: str | Path, pages: dict[str, str]
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(result.rows)
+        write_grid(result.grid, staging / GRID_DIR)
         for name, text in (pages or {}).items():
             (staging / name).write_text(text)
     return out_dir / "index.html"
+
+
+def write_grid(grid: list[dict], folder: Path) -> None:
+    """The report's grid as PNG files, ``NN-image/{photo,truth,METHOD}.png`` (the ablation report reads them)."""
+    from PIL import Image
+
+    for index, entry in enumerate(grid):
+        cell = folder / f"{index:02d}-{Path(entry['image']).stem}"
+        cell.mkdir(parents=True)
+        for name, array in {"photo": entry["photo"], "truth": entry["truth"], **entry["outputs"]}.items():
+            Image.fromarray(array).save(cell / f"{name}.png")

@@ -42,8 +42,21 @@ def is_style(sketch: str) -> bool:
     return sketch in styles.STYLES
 
 
+def _decoded_shape(path: str | Path, param: str) -> tuple[int, int]:
+    """(height, width) of an example file as displayed, decoded in full as training will read it.
+
+    A structural check is not enough: PIL's ``verify`` does not decode JPEG data, so a cut-off JPEG
+    would pass it and fail only after the diffusion model has loaded.
+    """
+    try:
+        height, width = styles.read_rgb(path, param=param).shape[-2:]
+    except styles.StyleError as err:
+        raise ExampleError(f"{param}: {err}") from None
+    return height, width
+
+
 def check_example(params: Params) -> None:
-    """Cheap checks of the example settings and files, run before any model loads."""
+    """Checks of the example settings and files (each file decoded once), run before any model loads."""
     cfg = params.example
     n_tokens = len(clip_tokenizer()(cfg.prompt, truncation=False).input_ids)
     if n_tokens > 77:
@@ -52,10 +65,7 @@ def check_example(params: Params) -> None:
         )
     source_shape = None
     if cfg.image is not None:
-        try:
-            source_shape = styles.check_image_file(cfg.image)
-        except styles.StyleError as err:
-            raise ExampleError(f"example.image: {err}") from None
+        source_shape = _decoded_shape(cfg.image, "example.image")
     if is_style(cfg.sketch):
         if cfg.sketch in ("hed", "anime") and cfg.style_weights is None:
             raise ExampleError(
@@ -71,10 +81,7 @@ def check_example(params: Params) -> None:
         raise ExampleError(
             f"example.sketch={cfg.sketch!r} is neither a built-in style ({', '.join(styles.STYLES)}) nor an existing file"
         )
-    try:
-        height, width = styles.check_image_file(path)
-    except styles.StyleError as err:
-        raise ExampleError(f"example.sketch: {err}") from None
+    height, width = _decoded_shape(path, "example.sketch")
     ref_h, ref_w = source_shape or (1, 1)
     if abs(width / height - ref_w / ref_h) > 0.01 * (ref_w / ref_h):
         source = f"the photo {cfg.image} ({ref_w}x{ref_h})" if source_shape else "the generated source image (square)"

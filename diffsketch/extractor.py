@@ -310,10 +310,19 @@ def cap_size(height: int, width: int, size: int | None) -> tuple[int, int]:
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """A PIL image (any mode, EXIF orientation applied) as (3, H, W) RGB in [0, 1], as files are read."""
-    from diffsketch.styles import _pixels, _rgb_tensor
+    """A PIL image (any mode, EXIF orientation applied) as (3, H, W) RGB in [0, 1], as files are read.
 
-    return _rgb_tensor(_pixels(ImageOps.exif_transpose(image)))
+    Raises:
+        StyleError: the image cannot be decoded (``Image.open`` reads only the header, so a truncated
+            or damaged file opened that way fails here) or converted.
+    """
+    from diffsketch.styles import _READ_ERRORS, StyleError, _pixels, _rgb_tensor
+
+    try:
+        return _rgb_tensor(_pixels(ImageOps.exif_transpose(image)))
+    except _READ_ERRORS as err:
+        name = getattr(image, "filename", "") or f"the {image.width}x{image.height} PIL image (mode {image.mode})"
+        raise StyleError(f"{name} could not be decoded ({err}); pass a complete, readable image") from None
 
 
 def array_to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -347,7 +356,7 @@ def to_tensor(image) -> torch.Tensor:
     """Any accepted input (a path, a PIL image, a numpy array, a (3, H, W) tensor) as (3, H, W) RGB in [0, 1].
 
     Raises:
-        StyleError: a path that is not a readable image. ExtractError: an input of another type or shape.
+        StyleError: a path, or a PIL image, that cannot be decoded. ExtractError: an input of another type or shape.
     """
     from diffsketch.styles import read_rgb
 

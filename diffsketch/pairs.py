@@ -18,13 +18,14 @@ Dimension names (Zarr v3 ``dimension_names``, read by ``xarray.open_zarr``): ``p
 attribute) work as before.
 
 A rerun resumes: only incomplete pairs are generated. A store made from another generator,
-prior or settings is refused unless ``overwrite``. The store may be a local path or an fsspec URL
+prior or settings is refused unless ``overwrite``. As for `sample`, the projected size is logged
+and checked against the free disk space before the model loads, and a full disk stops the run
+cleanly (:mod:`diffsketch.diskspace`). The store may be a local path or an fsspec URL
 (``s3://bucket/pairs.zarr``; see :mod:`diffsketch.store`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -33,32 +34,23 @@ import torch
 import zarr
 from tqdm.auto import tqdm
 
-from diffsketch import __version__, batching, distributed
+from diffsketch import __version__, batching, diskspace, distributed
 from diffsketch.config import Params, fingerprint
 from diffsketch.example import inputs_from_result
+from diffsketch.files import file_hash
 from diffsketch.features import unet_layers, vae_layers
 from diffsketch.generator import load_generator
 from diffsketch.models import check_model_reachable, load_model
 from diffsketch.prior import TextPrior
 from diffsketch.sampling import initial_noise, sample_conditions
 from diffsketch import store
-from diffsketch.store import StoreError, _compressor
+from diffsketch.store import PAIR, StoreError, _compressors
 
 log = logging.getLogger(__name__)
-
-PAIR = "pair"  # the dimension name of axis 0 of every pairs array
 
 
 class PairsError(ValueError):
     """A pairs input or store is unusable; the message names it and the fix."""
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def pair_seeds(seed: int, index: int) -> tuple[int, int]:
@@ -89,16 +81,21 @@ def open_pairs(path: str | Path) -> zarr.Group:
     return root
 
 
+def _create_arrays(root: zarr.Group, count: int, size: int) -> None:
+    """The arrays of a store of ``count`` pairs of ``size`` px, into the empty group ``root``."""
+    pixels = (PAIR, *store.PIXEL_DIMS)  # Zarr v3 dimension names, so xarray.open_zarr opens the store
+    root.create_array("images", shape=(count, size, size, 3), chunks=(1, size, size, 3), dtype="uint8",
+                      compressors=_compressors(), dimension_names=(*pixels, store.RGB))  # fmt: skip
+    root.create_array("sketches", shape=(count, size, size), chunks=(1, size, size), dtype="uint8",
+                      compressors=_compressors(), dimension_names=pixels)  # fmt: skip
+    root.create_array("seeds", shape=(count,), chunks=(count,), dtype="int64", dimension_names=(PAIR,))
+    root.create_array("complete", shape=(count,), chunks=(1,), dtype="bool", fill_value=False, dimension_names=(PAIR,))
+
+
 def _create(path: str | Path, count: int, size: int, attrs: dict) -> zarr.Group:
     _store_call(store.remove, path)
     root = store.open_group(path, mode="w")
-    pixels = (PAIR, *store.PIXEL_DIMS)  # Zarr v3 dimension names, so xarray.open_zarr opens the store
-    root.create_array("images", shape=(count, size, size, 3), chunks=(1, size, size, 3), dtype="uint8",
-                      compressors=_compressor(), dimension_names=(*pixels, store.RGB))  # fmt: skip
-    root.create_array("sketches", shape=(count, size, size), chunks=(1, size, size), dtype="uint8",
-                      compressors=_compressor(), dimension_names=pixels)  # fmt: skip
-    root.create_array("seeds", shape=(count,), chunks=(count,), dtype="int64", dimension_names=(PAIR,))
-    root.create_array("complete", shape=(count,), chunks=(1,), dtype="bool", fill_value=False, dimension_names=(PAIR,))
+    _create_arrays(root, count, size)
     root["seeds"][:] = np.array([pair_seeds(attrs["seed"], i)[1] for i in range(count)], dtype=np.int64)
     root.attrs.update(attrs)
     root.attrs["format_version"] = store.FORMAT_VERSION
@@ -124,17 +121,33 @@ def run_pairs(
     overwrite: bool = False,
     progress: bool = True,
     model=None,
+    force: bool = False,
 ) -> str | Path:
     """Generate (or resume) ``pairs.count`` pairs into the store at ``out`` (a local path or an
-    fsspec URL); returns its path."""
+    fsspec URL); returns its path. ``force``: start even when the projected store is larger than
+    the free disk space."""
     workers = distributed.workers(params.model.device)
     params = distributed.assign_device(params, workers)
     out = store.location(out)
-    with store.writer_lock(out, enabled=workers.main):  # one writer per store; the run's other workers share it
-        return _run_pairs(params, generator_path, prior_path, out, overwrite, progress, model, workers)
+    # one writer per store (the run's other workers share it); a full disk stops the run cleanly
+    with diskspace.stop_when_full(out, "pairs"), store.writer_lock(out, enabled=workers.main):
+        return _run_pairs(params, generator_path, prior_path, out, overwrite, progress, model, workers, force)
 
 
-def _run_pairs(params: Params, generator_path, prior_path, out, overwrite: bool, progress: bool, model, workers) -> str | Path:
+def _check_space(out, root: zarr.Group | None, count: int, size: int, todo: int, force: bool) -> None:
+    """Log the projected size of the pairs store; refuse to start when the disk cannot hold it
+    (unless ``force``). ``root``: the store being resumed, or None for a new one."""
+    layout = root
+    if root is None:
+        layout = store.scratch_group()
+        _create_arrays(layout, count, size)
+    projection = diskspace.projected_size(out, layout, count - todo)
+    diskspace.check_space(out, projection, "pairs", "fewer pairs.count", force=force, replacing=root is None)
+
+
+def _run_pairs(
+    params: Params, generator_path, prior_path, out, overwrite: bool, progress: bool, model, workers, force: bool
+) -> str | Path:
     cfg = params.pairs
     generator, meta = load_generator(Path(generator_path))
     prior = TextPrior.load(prior_path)
@@ -146,7 +159,7 @@ def _run_pairs(params: Params, generator_path, prior_path, out, overwrite: bool,
     _store_call(store.check_writable, out)
     key = fingerprint(
         params.model.model_copy(update={"device": "any"}), cfg,
-        extra=[_file_hash(Path(generator_path)), _file_hash(Path(prior_path))],
+        extra=[file_hash(generator_path), file_hash(prior_path)],
     )  # fmt: skip
     size = int(meta["resolution"])
     root = None
@@ -160,12 +173,14 @@ def _run_pairs(params: Params, generator_path, prior_path, out, overwrite: bool,
                 )
             log.info("settings changed: replacing %s", out)
             root = None
-    todo = list(range(cfg.count)) if root is None else [int(i) for i in np.flatnonzero(~root["complete"][:])]
+    todo = list(range(cfg.count)) if root is None else [int(i) for i in np.flatnonzero(~store.complete_mask(root))]
     if not todo:
         log.info("%s: all %d pairs complete", out, cfg.count)
         if workers.main:
             store.finalize(root, out, "pairs")
         return out
+    if workers.main:
+        _check_space(out, root, cfg.count, size, len(todo), force)
     if model is None:
         check_model_reachable(params.model)
         model = load_model(params.model)
@@ -219,10 +234,11 @@ def _run_pairs(params: Params, generator_path, prior_path, out, overwrite: bool,
     for block in blocks:
         batch = [i for i in range(block * batch_size, min((block + 1) * batch_size, cfg.count)) if i in pending]
         images, sketch_u8 = make_pairs(batch)
-        for j, i in enumerate(batch):
-            root["images"][i] = images[j]
-            root["sketches"][i] = sketch_u8[j]
-            root["complete"][i] = True  # last: a pair is complete only once both arrays are written
+        with store.writing():
+            for j, i in enumerate(batch):
+                root["images"][i] = images[j]
+                root["sketches"][i] = sketch_u8[j]
+                root["complete"][i] = True  # last: a pair is complete only once both arrays are written
         bar.update(len(batch))
     bar.close()
     workers.barrier()

@@ -15,6 +15,7 @@ from pathlib import Path
 from diffsketch.config import ParamsError, load_params
 
 PRESETS_DIR = Path("presets")
+ABLATIONS_FILE = "ablations.yaml"  # the ablation rows of `diffsketch ablate` (diffsketch.ablation), not a profile
 
 
 class PresetError(ValueError):
@@ -22,7 +23,7 @@ class PresetError(ValueError):
 
 
 def available(folder: Path = PRESETS_DIR) -> dict[str, Path]:
-    return {path.stem: path for path in sorted(Path(folder).glob("*.yaml"))}
+    return {path.stem: path for path in sorted(Path(folder).glob("*.yaml")) if path.name != ABLATIONS_FILE}
 
 
 def preset_file(name: str, folder: Path = PRESETS_DIR) -> Path:

@@ -24,6 +24,13 @@ URI, in a ``<figure id="...">`` whose ``<figcaption>`` says how to read it:
 
 Two tables follow: ``summary`` (model, store, sizes, parameters, scores) and ``timesteps``
 (one row per chosen timestep). All text put into the page is HTML-escaped.
+
+When the analysis carries feature maps (``analyze.feature_maps``, :mod:`diffsketch.feature_maps`),
+``feature_maps_html`` draws, after the explorer, one ``<figure class="feature-map">`` per shown
+trajectory: its final image at the left, then a grid of small PNGs (data URIs, drawn pixelated at
+``FEATURE_MAP_CELL`` px), one row per UNet layer (name, channels, side, the variance its three
+colours show) and one column per chosen timestep (denoising order), under a caption saying what
+the colours mean.
 """
 
 from __future__ import annotations
@@ -46,6 +53,9 @@ MAX_SCATTER_POINTS = 20_000  # scatter plots above this show a seeded random sub
 MAX_INTERACTIVE_POINTS = 6_000  # the interactive (SVG) scatter draws at most this many points, a seeded subsample
 SUBSAMPLE_SEED = 0
 T_START = 1000  # the timeline spans the whole DDPM schedule, t = 1000 (noise) down to 0 (image)
+
+FEATURE_MAP_CELL = 64  # px: every feature map is drawn this size (pixelated), whatever its resolution
+FINAL_IMAGE_SIDE = 128  # px: the trajectory's final image beside its feature maps (the size it is kept at)
 
 CHOSEN_COLOR = "tab:orange"
 BAR_COLOR = "tab:blue"
@@ -74,6 +84,19 @@ th { background: #f3f3f3; }
 #hover-card .prompt { font-weight: bold; margin-bottom: 4px; }
 #hover-card .fields { color: #333; line-height: 1.5; }
 #hover-card .fields b { font-weight: normal; color: #777; display: inline-block; width: 5.5em; }
+.feature-maps .note { font-size: 0.9em; color: #444; margin: 0.4em 0; }
+.feature-maps .figures { display: flex; flex-wrap: wrap; gap: 0 2em; }
+.feature-maps .feature-map { margin: 1em 0 1.5em; max-width: 100%; overflow-x: auto; }
+.feature-maps figcaption { font-size: 0.95em; color: #222; font-weight: bold; margin: 0 0 0.4em; }
+table.fm-grid { border-collapse: collapse; margin: 0; }
+table.fm-grid th, table.fm-grid td { border: none; background: none; padding: 2px 3px; text-align: center; vertical-align: middle; }
+table.fm-grid thead th { font-weight: normal; font-size: 0.85em; line-height: 1.2; padding-bottom: 4px; }
+table.fm-grid thead th small, table.fm-grid th.fm-layer small { color: #777; }
+table.fm-grid th.fm-layer { text-align: right; font-weight: normal; font-size: 0.8em; line-height: 1.25; white-space: nowrap; padding-right: 8px; }
+table.fm-grid td.fm-final { vertical-align: top; padding-right: 16px; }
+table.fm-grid tr.fm-block > th, table.fm-grid tr.fm-block > td:not(.fm-final) { border-top: 1px solid #ccc; padding-top: 5px; }
+img.fm-cell { display: block; width: var(--cell); height: var(--cell); image-rendering: pixelated; border: 1px solid #ddd; }
+img.fm-final-image { display: block; width: var(--final); height: var(--final); border: 1px solid #ddd; }
 @media print { .explorer, #hover-card { display: none !important; } }
 """
 
@@ -458,6 +481,76 @@ def _no_cluster_note(result: AnalysisResult) -> str:
     return f" Strategy '{strategy}' picks timesteps without the clusters, so no bar is highlighted."
 
 
+# --- feature maps ---------------------------------------------------------------------------------
+
+
+def _feature_map_caption(result: AnalysisResult) -> list[str]:
+    """The section's explanation: what is shown, then what the colours mean (one paragraph each)."""
+    fm = result.feature_maps
+    seconds = result.meta.get("feature_map_seconds")
+    cost = f" in {seconds:.1f} s" if seconds is not None else ""
+    return [
+        f"What the chosen timesteps encode. The first {len(fm.trajectory_ids)} trajectories of the store were sampled "
+        f"again{cost} (from their stored prompt, initial noise and seed), capturing the UNet features at full resolution "
+        "at the chosen timesteps. Each grid has one row per UNet up-block layer (its name, channels and side) and one "
+        "column per chosen timestep in denoising order (high t, early, on the left), beside the trajectory's final image.",
+        "Colours: a PCA over each layer's channels, fitted on all of its pixels in these trajectories at these timesteps, "
+        "shows its first three principal components as red, green and blue (each scaled from its 1st to its 99th "
+        "percentile). Within a row a colour means the same feature direction at every timestep and in every trajectory, "
+        "so a row shows how the layer's features change while denoising; colours do not compare between rows. Regions of "
+        "one colour are pixels the layer encodes alike: maps that follow the objects of the final image mean that "
+        "timestep already encodes its layout. The percentage under each layer is the share of its channel variance the "
+        "three colours show.",
+    ]
+
+
+def _feature_map_grid(fm, slot: int) -> str:
+    """One trajectory's table: its final image (spanning every row), then one row per layer, one column per timestep."""
+    head = "".join(f"<th>t = {int(t)}<br><small>step {int(s)}</small></th>" for t, s in zip(fm.timesteps, fm.steps))
+    rows, previous_size = [], None
+    for spec, maps, explained in zip(fm.layers, fm.maps, fm.explained):
+        cells = "".join(
+            f'<td><img class="fm-cell" data-layer="{_esc(spec.name)}" data-timestep="{int(t)}" src="{_image_uri(maps[slot, j])}" '
+            f'alt="{_esc(spec.name)} at t = {int(t)}"></td>'
+            for j, t in enumerate(fm.timesteps)
+        )
+        final = ""
+        if not rows:
+            final = (f'<td class="fm-final" rowspan="{len(fm.layers)}"><img class="fm-final-image" '
+                     f'src="{_image_uri(fm.finals[slot])}" alt="final image of trajectory {int(fm.trajectory_ids[slot])}"></td>')  # fmt: skip
+        block = ' class="fm-block"' if previous_size is not None and spec.size != previous_size else ""
+        label = (f'<th class="fm-layer">{_esc(spec.name)}<br><small>{spec.channels} ch · {spec.size}×{spec.size}'
+                 f"<br>RGB: {float(np.sum(explained)):.0%} of variance</small></th>")  # fmt: skip
+        rows.append(f"<tr{block}>{final}{label}{cells}</tr>")
+        previous_size = spec.size
+    return (
+        f'<table class="fm-grid"><thead><tr><th>final image</th><th>layer</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def feature_maps_html(result: AnalysisResult) -> str:
+    """The feature-map section (empty when the analysis has none): a figure per shown trajectory."""
+    fm = result.feature_maps
+    if fm is None:
+        return ""
+    parts = [
+        f'<section id="feature-maps" class="feature-maps" style="--cell: {FEATURE_MAP_CELL}px; --final: {FINAL_IMAGE_SIDE}px">',
+        "<h2>Feature maps at the chosen timesteps</h2>",
+        *(f'<p class="note">{_esc(text)}</p>' for text in _feature_map_caption(result)),
+        '<div class="figures">',
+    ]
+    for slot, (trajectory, prompt) in enumerate(zip(fm.trajectory_ids, fm.prompts)):
+        parts += [
+            f'<figure class="feature-map" id="feature-map-{int(trajectory)}" data-trajectory="{int(trajectory)}">',
+            f"<figcaption>Trajectory {int(trajectory)}: <q>{_esc(prompt)}</q></figcaption>",
+            _feature_map_grid(fm, slot),
+            "</figure>",
+        ]
+    parts.append("</div></section>")
+    return "\n".join(parts)
+
+
 # --- the interactive explorer (Plotly) -------------------------------------------------------------
 
 
@@ -477,15 +570,17 @@ def _safe_json(value) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _thumbnail_uris(result: AnalysisResult) -> list[str]:
+def _image_uri(image: np.ndarray, fmt: str = "PNG", **options) -> str:
+    """An (H, W, 3) uint8 image as a base64 data URI (``fmt``: a PIL format, PNG or JPEG)."""
     from PIL import Image
 
-    uris = []
-    for thumb in result.thumbnails:
-        buffer = io.BytesIO()
-        Image.fromarray(np.asarray(thumb, dtype=np.uint8)).save(buffer, format="JPEG", quality=85)
-        uris.append("data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
-    return uris
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format=fmt, **options)
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _thumbnail_uris(result: AnalysisResult) -> list[str]:
+    return [_image_uri(thumb, "JPEG", quality=85) for thumb in result.thumbnails]
 
 
 def explorer_figures(result: AnalysisResult, rows: np.ndarray) -> dict:
@@ -640,21 +735,21 @@ def explorer_html(result: AnalysisResult, max_points: int | None = None) -> str:
     ])  # fmt: skip
 
 
+def page_start(title: str, css: str = "", head: str = "") -> list[str]:
+    """The opening lines of a self-contained report page, up to ``<body>``: the title, STYLE plus
+    ``css``, and ``head`` (an inlined script) in the head."""
+    return ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{_esc(title)}</title>",
+            f"<style>{STYLE}{css}</style>", *([head] if head else []), "</head>", "<body>"]  # fmt: skip
+
+
 def render_html(result: AnalysisResult, max_points: int | None = None) -> str:
     """The whole report page as a string."""
     model = result.meta.get("model", "unknown model")
     chosen = ", ".join(str(int(result.timesteps[i])) for i in result.selected)
     return "\n".join(
         [
-            "<!DOCTYPE html>",
-            '<html lang="en">',
-            "<head>",
-            '<meta charset="utf-8">',
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>diffsketch analysis: {_esc(model)}</title>",
-            f"<style>{STYLE}</style>",
-            "</head>",
-            "<body>",
+            *page_start(f"diffsketch analysis: {model}"),
             f"<h1>diffsketch analysis: {_esc(model)}</h1>",
             f"<p>Chosen timesteps (k = {_esc(result.k)}, strategy {_esc(result.meta.get('strategy', '—'))}): "
             f"<strong>{_esc(chosen)}</strong></p>",
@@ -662,6 +757,7 @@ def render_html(result: AnalysisResult, max_points: int | None = None) -> str:
             summary_table(result),
             timesteps_table(result),
             explorer_html(result, max_points),
+            feature_maps_html(result),
             "<h2>Static figures (for print)</h2>",
             _figures(result),
             "</body>",

@@ -34,7 +34,11 @@ it, everything in diffsketch reads it as before); 2 = with them. Readers accept 
 
 Every array is created at full size up front, so writers never resize metadata. A trajectory is
 one shard per array and its ``complete`` flag one chunk of its own, so processes writing disjoint
-trajectories never touch the same file. Chunks are compressed with zstd (blosc, bit-shuffled).
+trajectories never touch the same file. Chunks are compressed with zstd (blosc, bit-shuffled) and
+carry a CRC32C checksum, so that a changed or cut chunk fails to read instead of giving wrong
+values (stores written before the checksums read as before, checked by decoding alone). Chunks are
+written even when all zeros (``array.write_empty_chunks``), so that a chunk file absent from a
+completed entry always means damage (:mod:`diffsketch.verify`).
 
 Where a store lives: a local folder (``data/features.zarr``, also ``file:///abs/path``) or an
 fsspec URL (``s3://bucket/features.zarr``, ``gs://...``, ``memory://...``; ``s3://`` needs
@@ -56,7 +60,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 from zarr.dtype import VariableLengthUTF8
 
 from diffsketch.features import LayerSpec
@@ -66,10 +70,15 @@ warnings.filterwarnings("ignore", message="Consolidated metadata is currently no
 
 FORMAT_VERSION = 2  # 2: dimension names and coordinate arrays; stores of version 1 (without them) still read
 WRITE_BATCH_CHUNKS = 64
+# How every entry is written. zarr encodes a shard's inner chunks in groups of codec_pipeline.batch_size
+# (default 1); larger groups halve the per-chunk overhead of the many small per-timestep chunks. Chunks
+# equal to the fill value are written too: a chunk missing from a completed entry then means damage.
+WRITE_CONFIG = {"codec_pipeline.batch_size": WRITE_BATCH_CHUNKS, "array.write_empty_chunks": True}
 
 
 # Zarr v3 dimension names (what xarray reads), one per axis; see the module docstring.
 TRAJECTORY, TIMESTEP, HALF = "trajectory", "timestep", "half"
+PAIR = "pair"  # axis 0 of every array of a pairs store (diffsketch.pairs)
 PIXEL_DIMS = ("pixel_y", "pixel_x")
 RGB = "rgb"
 LATENT_DIMS = ("latent_channel", "latent_y", "latent_x")
@@ -98,12 +107,74 @@ def data_arrays(group: zarr.Group) -> list[tuple[str, zarr.Array]]:
     return sorted(((n, a) for n, a in group.arrays() if not is_coordinate(n, a)), key=lambda kv: kv[0])
 
 
+def all_arrays(root: zarr.Group) -> list[tuple[str, zarr.Array]]:
+    """Every array of a store, in every group, as (path, array) sorted by path."""
+    return sorted((p, a) for p, a in root.members(max_depth=None) if isinstance(a, zarr.Array))
+
+
+def entry_arrays(root: zarr.Group) -> list[tuple[str, zarr.Array]]:
+    """The arrays with one row per entry (trajectory or pair) along axis 0: those whose first
+    dimension is named so, or (stores written before dimension names) as long as ``complete``."""
+    n = root["complete"].shape[0]
+
+    def per_entry(path: str, array: zarr.Array) -> bool:
+        names = dimension_names(array)
+        if names:
+            return names[0] in (TRAJECTORY, PAIR)
+        return array.shape[:1] == (n,) and path != "timesteps"
+
+    return [(p, a) for p, a in all_arrays(root) if per_entry(p, a)]
+
+
 class StoreError(RuntimeError):
     """The store is missing, damaged or was written with other settings."""
 
 
-def _compressor():
-    return BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.bitshuffle)
+class CorruptStoreError(StoreError):
+    """A chunk of the store cannot be read or decoded; the message names the entry and the fix."""
+
+
+# What reading a damaged chunk raises: a checksum mismatch (ValueError), blosc/zstd decoding failures
+# (RuntimeError; zarrs reports all its codec errors so), and OSError for a damaged frame or unreadable file.
+DECODE_ERRORS = (ValueError, RuntimeError, OSError)
+
+
+def store_path(node: zarr.Array | zarr.Group) -> str | Path:
+    """Where the store of an open array or group lives: a local Path or an fsspec URL."""
+    backend = node.store
+    if isinstance(backend, zarr.storage.LocalStore):
+        return Path(backend.root)
+    fs = getattr(backend, "fs", None)
+    if fs is None:
+        return str(backend)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return f"{protocol}://{backend.path.lstrip('/')}"
+
+
+def entry_name(array: zarr.Array) -> str:
+    """What axis 0 of a store array counts: ``trajectory``, ``pair`` (``entry`` for stores without names)."""
+    names = dimension_names(array)
+    return names[0] if names and names[0] in (TRAJECTORY, PAIR) else "entry"
+
+
+def read(array: zarr.Array, selection=slice(None)) -> np.ndarray:
+    """``array[selection]``, with a damaged chunk raised as a :class:`CorruptStoreError` naming the
+    store, the entry (the selection's first index, when it is one) and the `inspect --verify` command."""
+    try:
+        return array[selection]
+    except DECODE_ERRORS as err:
+        path = store_path(array)
+        first = selection[0] if isinstance(selection, tuple) else selection
+        where = f"{entry_name(array)} {int(first)} of" if isinstance(first, (int, np.integer)) else "array"
+        raise CorruptStoreError(
+            f"{path}: {where} `{array.path}` cannot be read ({type(err).__name__}: {err}); the store is damaged. "
+            f"Run `diffsketch inspect --verify {path}` to list the damage, and `--repair` to have the next run redo it"
+        ) from None
+
+
+def _compressors() -> tuple:
+    """zstd (blosc, bit-shuffled), then a CRC32C checksum of the compressed chunk."""
+    return BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.bitshuffle), Crc32cCodec()
 
 
 @dataclass(frozen=True)
@@ -288,6 +359,14 @@ def writer_lock(path: str | Path, enabled: bool = True):
         os.close(fd)
 
 
+def existing_parent(path: Path) -> Path:
+    """``path`` itself when it exists, else its nearest existing parent folder (where it would be made)."""
+    parent = path if path.exists() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent
+
+
 def check_writable(path: str | Path) -> None:
     """Fail early (before loading any model) when ``path`` (a local path or an fsspec URL) cannot be written."""
     loc = location(path)
@@ -295,9 +374,7 @@ def check_writable(path: str | Path) -> None:
         _check_writable_remote(loc)
         return
     path = loc
-    parent = path if path.exists() else path.parent
-    while not parent.exists():
-        parent = parent.parent
+    parent = existing_parent(path)
     if path.exists() and not path.is_dir():
         raise StoreError(f"output path {path} exists and is not a folder; remove it or choose another output path")
     target = path if path.exists() else parent
@@ -331,6 +408,28 @@ def create(path: str | Path, layout: StoreLayout, attrs: dict, overwrite: bool =
             raise StoreError(f"{path} already exists; pass --overwrite to replace it")
         remove(path)
     root = open_group(path, mode="w")
+    _create_arrays(root, layout)
+    root.attrs.update({k: v for k, v in attrs.items() if k != "fingerprint"})
+    root.attrs["format_version"] = FORMAT_VERSION
+    root.attrs["halves"] = layout.halves
+    root.attrs["fingerprint"] = attrs["fingerprint"]
+    return root
+
+
+def scratch_group() -> zarr.Group:
+    """An empty Zarr v3 group in memory: lay a store out there to measure it before writing anything."""
+    return zarr.open_group(zarr.storage.MemoryStore(), mode="w", zarr_format=3)
+
+
+def layout_template(layout: StoreLayout) -> zarr.Group:
+    """The arrays of a store of ``layout``, in memory and empty (:func:`diffsketch.diskspace.projected_size`)."""
+    root = scratch_group()
+    _create_arrays(root, layout)
+    return root
+
+
+def _create_arrays(root: zarr.Group, layout: StoreLayout) -> None:
+    """Every array of a feature store of ``layout``, at full size, into the empty group ``root``."""
     n, t, k = layout.trajectories, len(layout.timesteps), len(layout.halves)
     timesteps = np.asarray(layout.timesteps, dtype="int64")
     unet = root.create_group("unet")
@@ -342,7 +441,7 @@ def create(path: str | Path, layout: StoreLayout, attrs: dict, overwrite: bool =
             dtype="float16",
             chunks=(1, 1, k, spec.channels, g, g),
             shards=(1, t, k, spec.channels, g, g),
-            compressors=_compressor(),
+            compressors=_compressors(),
             fill_value=0,
             dimension_names=(TRAJECTORY, TIMESTEP, HALF, *feature_dims(spec.channels, g)),
             attributes={"module": spec.module},
@@ -354,15 +453,15 @@ def create(path: str | Path, layout: StoreLayout, attrs: dict, overwrite: bool =
         g = spec.grid(layout.pool)
         vae.create_array(
             spec.name, shape=(n, spec.channels, g, g), dtype="float16", chunks=(1, spec.channels, g, g),
-            compressors=_compressor(), fill_value=0, dimension_names=(TRAJECTORY, *feature_dims(spec.channels, g)),
+            compressors=_compressors(), fill_value=0, dimension_names=(TRAJECTORY, *feature_dims(spec.channels, g)),
             attributes={"module": spec.module},
         )  # fmt: skip
     r = layout.resolution
-    root.create_array("images", shape=(n, r, r, 3), dtype="uint8", chunks=(1, r, r, 3), compressors=_compressor(),
+    root.create_array("images", shape=(n, r, r, 3), dtype="uint8", chunks=(1, r, r, 3), compressors=_compressors(),
                       fill_value=0, dimension_names=(TRAJECTORY, *PIXEL_DIMS, RGB))  # fmt: skip
     for name in ("noise", "latents"):
         root.create_array(name, shape=(n, *layout.latent_shape), dtype="float32", chunks=(1, *layout.latent_shape),
-                          compressors=_compressor(), fill_value=0,
+                          compressors=_compressors(), fill_value=0,
                           dimension_names=(TRAJECTORY, *LATENT_DIMS))  # fmt: skip
     per_trajectory = dict(shape=(n,), dimension_names=(TRAJECTORY,))
     for name in ("seeds", "labels", "prompt_ids"):
@@ -370,11 +469,6 @@ def create(path: str | Path, layout: StoreLayout, attrs: dict, overwrite: bool =
     root.create_array("complete", dtype="bool", chunks=(1,), fill_value=False, **per_trajectory)
     root.create_array("timesteps", data=timesteps, dimension_names=(TIMESTEP,))
     _coordinate(root, TIMESTEP, timesteps)
-    root.attrs.update({k: v for k, v in attrs.items() if k != "fingerprint"})
-    root.attrs["format_version"] = FORMAT_VERSION
-    root.attrs["halves"] = layout.halves
-    root.attrs["fingerprint"] = attrs["fingerprint"]
-    return root
 
 
 def _coordinate(group: zarr.Group, name: str, values: np.ndarray, dtype=None) -> None:
@@ -418,7 +512,15 @@ def finalize(root: zarr.Group, path: str | Path, what: str = "trajectories") -> 
 
 
 def complete_mask(root: zarr.Group) -> np.ndarray:
-    return np.asarray(root["complete"][:], dtype=bool)
+    """Which entries are complete (a damaged flag chunk raises :class:`CorruptStoreError`)."""
+    return np.asarray(read(root["complete"]), dtype=bool)
+
+
+@contextmanager
+def writing():
+    """Write entries with :data:`WRITE_CONFIG` (arrays must be opened inside the block to take it)."""
+    with zarr.config.set(WRITE_CONFIG):
+        yield
 
 
 def write_trajectory(root: zarr.Group, index: int, unet: dict, vae: dict, image, noise, latents) -> None:
@@ -445,9 +547,7 @@ def write_trajectories(root: zarr.Group, indices: list[int], unet: dict, vae: di
     per array per contiguous run of indices; each run is marked complete only after all its arrays."""
     named = {f"unet/{k}": v for k, v in unet.items()} | {f"vae/{k}": v for k, v in vae.items()}
     named |= {"images": images, "noise": noise, "latents": latents}
-    # zarr encodes a shard's inner chunks in groups of codec_pipeline.batch_size (default 1); larger
-    # groups halve the per-chunk overhead of the many small per-timestep chunks.
-    with zarr.config.set({"codec_pipeline.batch_size": WRITE_BATCH_CHUNKS}):
+    with writing():
         for pos, first, stop in _runs(list(indices)):
             rows = slice(pos, pos + stop - first)
             for name, value in named.items():
@@ -514,7 +614,7 @@ def summary(path: str | Path) -> dict:
     for name, array in data_arrays(root):  # coordinate arrays (xarray's indexes) are not listed
         arrays.append((name, array.shape, str(array.dtype), array.chunks))
     for group in ("unet", "vae"):
-        for name, array in data_arrays(root[group]):
+        for name, array in data_arrays(root[group]) if group in root else ():  # a pairs store has neither
             arrays.append((f"{group}/{name}", array.shape, str(array.dtype), array.chunks))
     for name, shape, dtype, _ in arrays:
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize

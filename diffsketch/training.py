@@ -8,7 +8,8 @@ resumed from a checkpoint (weights, Adam moments, loss scaler) ends with exactly
 uninterrupted one.
 
 Outputs: ``models/generator.safetensors`` + ``.json``, resumable checkpoints, and a dvclive folder
-(loss curves for ``dvc plots``, sample grids, example images).
+(loss curves for ``dvc plots``, the running count of steps skipped for a non-finite loss or gradient,
+``train/skipped_steps``, sample grids, example images).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from diffsketch.checkpoint import checkpoint_meta, latest_checkpoint, save_check
 from diffsketch.checkpoint import trim_live as _trim_live  # noqa: F401 - kept importable under its old name
 from diffsketch.config import Params, fingerprint
 from diffsketch.example import Example, build_example, check_example, inputs_from_result
+from diffsketch.files import file_hash
 from diffsketch.features import unet_layers, vae_layers
 from diffsketch.generator import SketchGenerator, save_generator
 from diffsketch.losses import SketchLoss, load_clip, load_lpips
@@ -86,11 +88,15 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
-def _train_key(params: Params, indices: list[int]) -> str:
-    """What the checkpoints depend on; iterations and logging intervals may change on resume."""
+def _train_key(params: Params, indices: list[int], prior_path: Path) -> str:
+    """What the checkpoints depend on: settings and the contents of the input files (a drawing replaced under
+    the same name, or a refitted prior, must not resume); iterations and logging intervals may change on resume."""
     train = params.train.model_copy(update={"iterations": 0, "checkpoint_every": 0, "sample_every": 0, "max_skips": 0})
     model = params.model.model_copy(update={"device": "any"})
-    return fingerprint(model, params.sample, params.example, params.prior, params.losses, train, extra=indices)
+    ex = params.example
+    files = {"prior": prior_path, "image": ex.image, "sketch": ex.sketch, "style_weights": ex.style_weights}
+    contents = {name: file_hash(path) for name, path in files.items() if path and Path(path).is_file()}
+    return fingerprint(model, params.sample, params.example, params.prior, params.losses, train, extra=[indices, contents])
 
 
 class Trainer:
@@ -273,7 +279,7 @@ def run_train(
     """
     cfg = params.train
     indices, prior = check_train_inputs(params, paths)
-    key = _train_key(params, indices)
+    key = _train_key(params, indices, paths.prior)
     checkpoint = latest_checkpoint(paths.checkpoints)
     if checkpoint is not None and checkpoint_meta(checkpoint).get("key") != key:
         if not overwrite:
@@ -315,7 +321,7 @@ def run_train(
     bar = tqdm(range(start, cfg.iterations), desc="training", initial=start, total=cfg.iterations, disable=not progress)
     for i in bar:
         record = trainer.step(i)
-        for name in ("loss", *SketchLoss.TERMS, "cdst_weight"):
+        for name in ("loss", *SketchLoss.TERMS, "cdst_weight", "skipped_steps"):  # skipped_steps: the guard's running count
             if name in record:
                 live.log_metric(f"train/{name}", record[name])
         bar.set_postfix(loss=f"{record['loss']:.3f}", l1=f"{record['l1']:.3f}")

@@ -55,12 +55,52 @@ def small_params(prompts, **sample):
     return parse_params({"model": {"id": "tiny", "device": "cpu"}, "sample": settings})
 
 
-@pytest.fixture
-def repo_copy(tmp_path):
-    """A copy of the project's pipeline files (dvc.yaml, params.yaml, stages, library, data) in a fresh folder."""
-    dst = tmp_path / "repo"
-    dst.mkdir()
-    for name in ("dvc.yaml", "params.yaml"):
+TINY_PIPELINE = {  # params small enough to run the whole DVC pipeline in about a minute on 2 cores
+    "sample": dict(trajectories=4, steps=4, resolution=64, pool=1), "analyze": dict(pca_dims=3, k_min=2, k_max=3),
+    "prior": dict(components=8), "train": dict(iterations=2, checkpoint_every=1, sample_every=1), "pairs": dict(count=4),
+    "distill": dict(iterations=3, eval_every=3, crop=32, holdout=0.25), "eval_data": dict(photos=["chelsea", "coins"]),
+    "evaluate": dict(size=48, grid=1),
+}  # fmt: skip
+
+
+def run_in(args, cwd, stdout_only=False):
+    """Run a command in ``cwd`` with this venv's ``python`` first on PATH, offline; fail the test on an error."""
+    import subprocess
+    import sys
+
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "PATH": path, "DVC_NO_ANALYTICS": "1", "DVC_STUDIO_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout if stdout_only else result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def reproduced_repo(tmp_path_factory):
+    """The project's pipeline on TINY_PIPELINE params in a git + DVC repo, reproduced once and committed
+    (tests copy it: ``shutil.copytree(reproduced_repo, tmp_path / "repo", symlinks=True)``)."""
+    import sys
+
+    import yaml
+
+    repo = _copy_pipeline(tmp_path_factory.mktemp("reproduced") / "repo")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in TINY_PIPELINE.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_in(["git", "init", "-q"], repo)
+    run_in([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    log = run_in([sys.executable, "-m", "dvc", "repro"], repo)
+    run_in(["git", "add", "-A"], repo)
+    run_in(["git", "commit", "-qm", "baseline"], repo)
+    (repo.parent / "repro.log").write_text(log)  # beside the repo, which stays clean
+    return repo
+
+
+def _copy_pipeline(dst: Path) -> Path:
+    dst.mkdir(parents=True)
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(REPO / name, dst / name)
     shutil.copytree(REPO / "stages", dst / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "diffsketch", dst / "diffsketch", ignore=shutil.ignore_patterns("__pycache__"))

@@ -54,7 +54,7 @@ def test_analyze_then_report_regenerates_without_recomputing(tmp_path, monkeypat
     import diffsketch.analysis
 
     synthetic_store(tmp_path / "s.zarr")
-    params = _params(tmp_path, "analyze: {pca_dims: 5, k_min: 2, k_max: 6, k: auto}\n")
+    params = _params(tmp_path, "analyze: {pca_dims: 5, k_min: 2, k_max: 6, k: auto, feature_maps: 0}\n")  # a synthetic store: no model
     folders = ["--results", str(tmp_path / "res"), "--timesteps", str(tmp_path / "t.json"), "--reports", str(tmp_path / "rep")]
     result = runner.invoke(app, ["analyze", "-p", params, "--store", str(tmp_path / "s.zarr"), "--no-progress", *folders])
     assert result.exit_code == 0, result.output

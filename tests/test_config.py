@@ -51,3 +51,18 @@ def test_fingerprint_tracks_values():
     a, b = parse_params({}), parse_params({"sample": {"steps": 10}})
     assert fingerprint(a.sample) == fingerprint(parse_params({}).sample)
     assert fingerprint(a.sample) != fingerprint(b.sample)
+
+
+@pytest.mark.parametrize("section", ["model", "sample", "analyze", "example", "prior", "train", "pairs", "distill"])
+def test_seeds_beyond_torch_range_are_refused_by_name(section):
+    with pytest.raises(ParamsError, match=rf"{section}\.seed: Input should be less than or equal to 4294967295"):
+        parse_params({section: {"seed": 10**30}})  # torch.manual_seed would overflow at run time
+    assert getattr(parse_params({section: {"seed": 2**32 - 1}}), section).seed == 2**32 - 1
+
+
+def test_yaml_booleans_are_not_taken_for_numbers():
+    for section, key in [("train", "iterations"), ("train", "lr"), ("distill", "crop"), ("sample", "guidance")]:
+        with pytest.raises(ParamsError, match=rf"{section}\.{key}: expected a number, got the YAML boolean True"):
+            parse_params({section: {key: True}})  # `iterations: yes` was 1 iteration
+    assert parse_params({"distill": {"crop": None}}).distill.crop is None
+    assert parse_params({"train": {"cdst": False}}).train.cdst == "off"  # on/off switches still read YAML's booleans

@@ -1,12 +1,16 @@
 """The eval-data and evaluate stages: packaged photos, baselines, scores, report and README results."""
 
+import base64
 import csv
+import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from diffsketch import baselines
@@ -117,6 +121,15 @@ def test_evaluate_scores_student_and_baselines(eval_dir, student, tmp_path):
     assert 'id="means"' in page and 'id="grid"' in page and "dog left out" in page
     assert page.count("data:image/png;base64,") == 2 * (2 + 7)  # grid of 2 photos: photo, truth, 7 methods
     assert "http://" not in page and "https://" not in page  # self-contained
+    # the grid as files (read by the ablation report): the same pictures as the page's data URIs
+    cells = sorted((out / "grid").iterdir())
+    assert [c.name for c in cells] == ["00-camera", "01-chelsea"]  # the first two test photos, by name
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    files = [(cell / f"{name}.png").read_bytes() for cell in cells for name in ["photo", "truth", *result.summary["methods"]]]
+    decoded = [np.asarray(Image.open(io.BytesIO(base64.b64decode(u)))) for u in uris]
+    assert len(files) == len(decoded) == 2 * (2 + 7)
+    for data, picture in zip(files, decoded):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), picture)
 
 
 def test_scores_match_a_direct_computation(eval_dir, tmp_path):

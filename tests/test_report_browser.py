@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, needs_chromium
-from diffsketch.report import write_report
+from diffsketch.report import FEATURE_MAP_CELL, FINAL_IMAGE_SIDE, write_report
 from test_report import make_result
 
 ARTIFACTS = REPO / "test-artifacts" / "report"
@@ -29,6 +29,35 @@ def previewed_result():
     result.trajectory_ids = np.arange(6)
     result.prompts = np.array([f"prompt number {i} & <b>friends</b>" for i in range(6)])
     result.thumbnails = np.array([np.full((64, 64, 3), c, np.uint8) for c in COLOURS])
+    return result
+
+
+def with_feature_maps(result, shown: int = 2):
+    """``result`` with made-up feature maps of ``shown`` trajectories: the tiny model's UNet layers at 128 px, one smooth
+    colour pattern per (trajectory, layer, chosen timestep), and a gradient as each final image."""
+    from types import SimpleNamespace
+
+    from diffsketch.feature_maps import FeatureMaps
+    from diffsketch.features import unet_layers
+    from diffsketch.models import TINY_UNET_CONFIG
+
+    layers = unet_layers(SimpleNamespace(**TINY_UNET_CONFIG), 128, 8)
+    steps = np.sort(result.selected)
+    maps = []
+    for i, spec in enumerate(layers):
+        y, x = np.mgrid[0 : spec.size, 0 : spec.size] / spec.size
+        waves = [[np.stack([np.sin(np.pi * (x * (1 + j) + y * n + c / 3 + i / 7)) for c in range(3)], axis=-1)
+                  for j in range(len(steps))] for n in range(shown)]  # fmt: skip
+        maps.append(((np.asarray(waves) + 1) * 127.5).round().astype(np.uint8))
+    ramp = np.linspace(0, 255, 128).astype(np.uint8)
+    finals = np.stack([np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, ::-1], np.full((128, 128), 90 * n, np.uint8)), axis=-1)
+                       for n in range(shown)])  # fmt: skip
+    result.feature_maps = FeatureMaps(
+        trajectory_ids=result.trajectory_ids[:shown], prompts=result.prompts[:shown], steps=steps,
+        timesteps=result.timesteps[steps], layers=layers, maps=maps, explained=np.full((len(layers), 3), [0.3, 0.2, 0.1]),
+        finals=finals,
+    )  # fmt: skip
+    result.meta["feature_map_seconds"] = 1.25
     return result
 
 
@@ -151,3 +180,25 @@ def test_large_analysis_is_thinned_deterministically_and_says_so(open_report, tm
     rows = page.evaluate("document.getElementById('explorer-2d').data.slice(0, 3).flatMap(t => t.customdata.map(c => c[0]))")
     assert sorted(rows) == drawn.tolist()
     assert not errors and not outside
+
+
+def test_feature_map_grids_are_drawn(open_report, tmp_path):
+    result = with_feature_maps(previewed_result())
+    fm = result.feature_maps
+    page, outside, errors = open_report(write_report(result, tmp_path))
+    section = page.locator("#feature-maps")
+    section.scroll_into_view_if_needed()
+    cells = page.locator("#feature-maps img.fm-cell")
+    assert cells.count() == len(fm.trajectory_ids) * len(fm.layers) * len(fm.steps)
+    drawn = cells.evaluate_all("imgs => imgs.map(i => [i.dataset.layer, i.complete, i.naturalWidth, i.clientWidth])")
+    size = {spec.name: spec.size for spec in fm.layers}
+    assert all(done and natural == size[layer] and width == FEATURE_MAP_CELL for layer, done, natural, width in drawn), drawn
+    finals = page.locator("#feature-maps img.fm-final-image").evaluate_all("imgs => imgs.map(i => [i.naturalWidth, i.clientWidth])")
+    assert finals == [[128, FINAL_IMAGE_SIDE]] * len(fm.trajectory_ids)
+    headers = page.locator("#feature-map-0 thead th").all_inner_texts()
+    assert [h.split()[2] for h in headers[2:]] == [str(int(t)) for t in fm.timesteps]  # "t = 901 step 1": in denoising order
+    assert "up3_res2" in page.locator("#feature-map-0 tbody tr").last.inner_text()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    section.screenshot(path=str(ARTIFACTS / "feature-maps.png"))
+    assert not errors, errors
+    assert not outside, outside

@@ -226,3 +226,146 @@ def test_one_writer_per_store_and_a_killed_writer_does_not_block(tiny, teacher, 
     run_sample(params, out, progress=False, model=tiny)
     assert store.complete_mask(store.open_store(out)).all()
     assert not (tmp_path / "features.zarr.lock").exists()
+
+
+def _skipped_metric(live):
+    """The dvclive record of skipped steps: [(step, running count)] from its plot file, and the total in metrics.json."""
+    rows = (live / "plots" / "metrics" / "train" / "skipped_steps.tsv").read_text().splitlines()
+    assert rows[0].split("\t") == ["step", "skipped_steps"]
+    series = [(int(step), float(value)) for step, value in (row.split("\t") for row in rows[1:])]
+    return series, json.loads((live / "metrics.json").read_text())["train"]["skipped_steps"]
+
+
+def test_distill_logs_the_running_count_of_skipped_steps(tmp_path, monkeypatch):
+    from diffsketch.distillation import run_distill
+
+    pairs = make_pairs(tmp_path / "pairs.zarr")
+    clean = parse_params({**SETTINGS, "distill": {**DISTILL, "gan": 0}})
+    run_distill(clean, pairs, tmp_path / "a.safetensors", tmp_path / "clean", progress=False, checkpoints=tmp_path / "ck")
+    assert _skipped_metric(tmp_path / "clean") == ([(i, 0.0) for i in range(DISTILL["iterations"])], 0)
+
+    bad = {2, 5}
+    _nan_batches(monkeypatch, bad)  # gan > 0: the student's and the discriminator's steps are both skipped on a NaN batch
+    run_distill(parse_params(SETTINGS), pairs, tmp_path / "b.safetensors", tmp_path / "nan", progress=False, checkpoints=tmp_path / "ck2")
+    expected = [(i, 2.0 * sum(b <= i for b in bad)) for i in range(DISTILL["iterations"])]  # two steps per bad iteration
+    assert _skipped_metric(tmp_path / "nan") == (expected, 4)
+
+
+def test_train_logs_the_running_count_of_skipped_steps_across_a_resume(tiny, tmp_path, monkeypatch):
+    from test_training import make_params, prepare
+
+    from diffsketch import training
+
+    sample_batch, batches = training.Trainer.sample_batch, []
+
+    def sampled_once(self, iteration):  # the count does not depend on the images: sample them once (CI time)
+        if not batches:
+            batches.append(sample_batch(self, iteration))
+        return batches[0]
+
+    monkeypatch.setattr(training.Trainer, "sample_batch", sampled_once)
+    paths = prepare(tmp_path / "run")
+    settings = {"checkpoint_every": 1, "sample_every": 10, "max_skips": 2}
+    training.run_train(make_params(train={**settings, "iterations": 2}), paths, progress=False, model=tiny)
+    assert _skipped_metric(paths.live) == ([(0, 0.0), (1, 0.0)], 0)  # a clean run
+
+    real, calls = training.SketchLoss.forward, []
+
+    def nan_first(self, *args, **kwargs):  # the resumed run's first iteration (iteration 2) gets a NaN loss
+        total, terms = real(self, *args, **kwargs)
+        calls.append(1)
+        return (total * float("nan"), terms) if len(calls) == 1 else (total, terms)
+
+    monkeypatch.setattr(training.SketchLoss, "forward", nan_first)
+    training.run_train(make_params(train={**settings, "iterations": 4}), paths, progress=False, model=tiny)
+    assert _skipped_metric(paths.live) == ([(0, 0.0), (1, 0.0), (2, 1.0), (3, 1.0)], 1)
+
+
+def test_distill_does_not_resume_on_other_pairs(tmp_path):
+    """Same settings, new pairs (DVC reruns `distill` after a new generator, its checkpoints persisting): start over."""
+    import zarr
+
+    from diffsketch.distillation import DistillError, run_distill
+    from diffsketch.student import load_student
+
+    pairs = make_pairs(tmp_path / "pairs.zarr")
+    zarr.open_group(str(pairs), mode="r+").attrs["fingerprint"] = "generator-1"
+    params = parse_params({**SETTINGS, "distill": {**DISTILL, "gan": 0, "iterations": 3}})
+    out = tmp_path / "student.safetensors"
+    run = lambda **kw: run_distill(params, pairs, out, tmp_path / "live", progress=False, checkpoints=tmp_path / "ckpt", **kw)  # noqa: E731
+    run()
+    first, _ = load_student(out)
+    root = zarr.open_group(str(pairs), mode="r+")
+    root["sketches"][:] = 255 - root["sketches"][:]  # what another generator drew
+    root.attrs["fingerprint"] = "generator-2"
+    with pytest.raises(DistillError, match="other settings or pairs"):
+        run()
+    run(overwrite=True)
+    second, _ = load_student(out)
+    assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_the_other_workers_of_a_distributed_run_are_not_blocked_by_its_lock(tiny, prompts_dir, tmp_path, monkeypatch):
+    """Rank 0 of a distributed run holds the store's lock (here: another process, as rank 0 is); rank 1
+    of that run writes its share of the store all the same."""
+    from conftest import interrupt_on_call, small_params
+
+    from diffsketch import collect, distributed, store
+    from diffsketch.distributed import Workers
+
+    params = small_params(prompts_dir, trajectories=4, steps=2)  # batches [0, 1] | [2, 3]: rank 1 takes [2, 3]
+    out = tmp_path / "features.zarr"
+    real = interrupt_on_call(monkeypatch, collect, "sample", 1)  # rank 0 created the store; nothing written yet
+    with pytest.raises(KeyboardInterrupt):
+        collect.run_sample(params, out, progress=False, model=tiny)
+    monkeypatch.setattr(collect, "sample", real)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(store.StoreBusyError):  # a writer from outside the run is refused...
+            collect.run_sample(params, out, progress=False, model=tiny)
+        monkeypatch.setattr(distributed, "workers", lambda device: Workers(rank=1, world=2))
+        collect.run_sample(params, out, progress=False, model=tiny)  # ...the run's own rank 1 is not
+    finally:
+        holder.kill()
+        holder.wait()
+    assert store.complete_mask(store.open_store(out)).tolist() == [False, False, True, True]
+
+
+# A real `diffsketch sample` that stops after writing its first batch, holding the store's lock, to be SIGKILLed there
+STOPS_AFTER_ONE_BATCH = """
+import sys, time
+from diffsketch import store
+from diffsketch.cli import app
+real = store.write_trajectories
+def write(root, indices, *rest):
+    real(root, indices, *rest)
+    print("wrote", list(indices), flush=True)
+    time.sleep(300)
+store.write_trajectories = write
+app(sys.argv[1:])
+"""
+
+
+def test_a_sample_run_killed_while_holding_the_lock_does_not_block_the_next(tiny, prompts_dir, tmp_path):
+    from conftest import REPO, small_params
+
+    from diffsketch import store
+    from diffsketch.collect import run_sample
+
+    params = small_params(prompts_dir, trajectories=4, steps=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))
+    out, lock = tmp_path / "features.zarr", tmp_path / "features.zarr.lock"
+    cli = ["sample", "-p", str(tmp_path / "params.yaml"), "-o", str(out), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.Popen([sys.executable, "-c", STOPS_AFTER_ONE_BATCH, *cli], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        assert run.stdout.readline().strip() == "wrote [0, 1]"
+        assert f"pid {run.pid} " in lock.read_text()  # the run holds the lock
+    finally:
+        run.kill()  # SIGKILL: no cleanup, the lock file stays behind
+        run.wait()
+    assert run.returncode == -signal.SIGKILL and lock.exists()
+    run_sample(params, out, progress=False, model=tiny)  # not blocked: resumes and finishes
+    assert store.complete_mask(store.open_store(out)).all() and not lock.exists()

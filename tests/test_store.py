@@ -225,7 +225,9 @@ def test_failed_array_write_leaves_its_batch_incomplete(prompts_dir, tmp_path, m
         return await real_set(self, key, value)
 
     monkeypatch.setattr(zarr.storage.LocalStore, "set", disk_full_on_second_latents)
-    with pytest.raises(OSError, match="No space left"):
+    from diffsketch.diskspace import DiskFullError
+
+    with pytest.raises(DiskFullError, match="No space left"):
         run_sample(params, tmp_path / "part.zarr", progress=False)
     assert failed
     monkeypatch.undo()

@@ -177,3 +177,25 @@ def test_drawing_file_in_any_mode_is_accepted(tiny, tmp_path):
     params = make_params(example={"sketch": str(tmp_path / "drawing.png")}, train={"iterations": 1})
     record = run_train(params, paths, progress=False, model=tiny)
     assert record["l1"] > 0
+
+
+def test_a_drawing_replaced_under_the_same_name_does_not_resume(tiny, tmp_path):
+    """DVC reruns `train` when data/example changes, with the old checkpoints still there (they persist):
+    a finished run's checkpoint must not stand in for training on the new drawing."""
+    import numpy as np
+    from PIL import Image
+
+    from diffsketch.generator import load_generator
+
+    paths = prepare(tmp_path)
+    drawing = tmp_path / "drawing.png"
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(drawing)
+    params = make_params(train={"iterations": 2}, example={"sketch": str(drawing)})
+    run_train(params, paths, progress=False, model=tiny)
+    first, _ = load_generator(paths.generator)
+    Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))).save(drawing)  # another drawing, same file
+    with pytest.raises(TrainInputError, match="other settings"):
+        run_train(params, paths, progress=False, model=tiny)
+    run_train(params, paths, overwrite=True, progress=False, model=tiny)
+    second, _ = load_generator(paths.generator)
+    assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))

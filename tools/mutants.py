@@ -255,6 +255,65 @@ MUTANTS: list[Mutant] = [
         "            if False:\n",
         ("tests/test_presets.py",),
     ),
+    # --- ablations (diffsketch ablate), resumable stages, the extractor's auto backend -------------
+    M(
+        "ablation: a row counts as done whatever params it ran with",
+        "diffsketch/ablation.py",
+        '    return "done" if ran_with == expected else "stale"\n',
+        '    return "done"\n',
+        ("tests/test_ablation.py::test_row_status",),
+        "an edited params.yaml would keep the old experiment",
+    ),
+    M(
+        "ablation: a failed experiment counts as done",
+        "diffsketch/ablation.py",
+        '    if exp.state != "success" or METHOD not in',
+        '    if METHOD not in',
+        ("tests/test_ablation.py::test_row_status",),
+    ),
+    M(
+        "ablation: the rows' overrides are not applied",
+        "diffsketch/ablation.py",
+        "apply_overrides(raw, row.set_params())",
+        "apply_overrides(raw, [])",
+        ("tests/test_ablation.py::test_every_shipped_row_changes_what_it_names",),
+    ),
+    M(
+        "ablation report: bold the largest mean whatever the metric's direction",
+        "diffsketch/ablation_report.py",
+        "    return max(values) if HIGHER_IS_BETTER[key] else min(values)\n",
+        "    return max(values)\n",
+        ("tests/test_ablation.py::test_the_table_marks_the_best_mean_of_each_column_by_its_direction",),
+    ),
+    M(
+        "distill: the checkpoint key ignores which pairs it was trained on",
+        "diffsketch/distillation.py",
+        '                 pairs=sampler.root.attrs.get("fingerprint"))',
+        "                 )",
+        ("tests/test_resilience.py::test_distill_does_not_resume_on_other_pairs",),
+        "a new generator's pairs would resume the old student (seen in DVC experiments)",
+    ),
+    M(
+        "train: the checkpoint key ignores the input files' contents",
+        "diffsketch/training.py",
+        "extra=[indices, contents])",
+        "extra=[indices])",
+        ("tests/test_training.py::test_a_drawing_replaced_under_the_same_name_does_not_resume",),
+    ),
+    M(
+        "extractor: auto never picks ONNX Runtime",
+        "diffsketch/extractor.py",
+        '    return "onnx" if cpu_fp32 and files.onnx is not None and onnxruntime_available() else "torch"\n',
+        '    return "torch"\n',
+        ("tests/test_api.py::test_auto_backend_rule",),
+    ),
+    M(
+        "evaluation: the grid files are written in another order",
+        "diffsketch/evaluation.py",
+        "    for index, entry in enumerate(grid):\n",
+        "    for index, entry in enumerate(reversed(grid)):\n",
+        ("tests/test_evaluation.py::test_evaluate_scores_student_and_baselines",),
+    ),
 ]
 
 

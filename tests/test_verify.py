@@ -1,0 +1,128 @@
+"""Verify and repair (issue 17): `inspect --verify` lists every missing or corrupt chunk of the completed
+entries, `--repair` makes the next run redo exactly them, and readers name the damage instead of
+raising a zarr traceback."""
+
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import assert_same_stores, record_writes, small_params
+from diffsketch import store, verify
+from diffsketch.cli import app
+from diffsketch.collect import run_sample
+
+runner = CliRunner()
+
+
+def _cut(path) -> None:
+    """Truncate a chunk file to half its length (a partial copy)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _scramble(path, at: int = 40) -> None:
+    """Overwrite a few bytes in the middle of a chunk file (a bad disk block): its length is unchanged."""
+    data = bytearray(path.read_bytes())
+    data[at : at + 8] = bytes(b ^ 0x5A for b in data[at : at + 8])
+    path.write_bytes(bytes(data))
+
+
+def test_verify_lists_the_damage_and_repair_redoes_exactly_it(tiny, prompts_dir, tmp_path, monkeypatch):
+    params = small_params(prompts_dir, trajectories=4, steps=2)  # batches [0, 1] and [2, 3]
+    untouched = run_sample(params, tmp_path / "untouched.zarr", progress=False, model=tiny)
+    assert verify.verify(untouched).ok
+
+    damaged = tmp_path / "features.zarr"
+    shutil.copytree(untouched, damaged)
+    shard = damaged / "unet" / "up3_res2" / "c" / "2" / "0" / "0" / "0" / "0" / "0"  # trajectory 2's two timesteps
+    _scramble(shard)
+    _cut(damaged / "images" / "c" / "3" / "0" / "0" / "0")
+    (damaged / "vae" / "mid_res0" / "c" / "3" / "0" / "0" / "0").unlink()
+
+    result = runner.invoke(app, ["inspect", "--verify", "--no-progress", str(damaged)])
+    assert result.exit_code == 1, result.output
+    lines = [line.split() for line in result.output.splitlines() if line.startswith("  trajectory")]
+    assert [(int(w[1]), w[2], w[3]) for w in lines] == [
+        (2, "unet/up3_res2", "corrupt:"), (3, "images", "corrupt:"), (3, "vae/mid_res0", "missing:"),
+    ], result.output  # fmt: skip
+    assert "verified     4 complete trajectories" in result.output and "--repair" in result.output
+    assert "Traceback" not in result.output
+    assert store.complete_mask(store.open_store(damaged)).all()  # --verify changes nothing
+
+    result = runner.invoke(app, ["inspect", "--repair", "--no-progress", str(damaged)])
+    assert result.exit_code == 0, result.output
+    assert "completion flag cleared for trajectories [2, 3]" in result.output
+    assert store.complete_mask(store.open_store(damaged)).tolist() == [True, True, False, False]
+
+    writes = record_writes(monkeypatch)
+    run_sample(params, damaged, progress=False, model=tiny)
+    assert writes == [[2, 3]]  # exactly the damaged trajectories, nothing else rewritten
+    assert verify.verify(damaged).ok
+    assert_same_stores(untouched, damaged)
+
+
+def _pairs(tmp_path, count=4):
+    from test_resilience import make_pairs
+
+    return make_pairs(tmp_path / "pairs.zarr", count=count)
+
+
+def test_pairs_store_damage_and_whole_store_arrays(tmp_path):
+    pairs = _pairs(tmp_path)
+    _scramble(pairs / "sketches" / "c" / "1" / "0" / "0")
+    (pairs / "complete" / "c" / "2").write_bytes(b"\x00garbage")  # the completion flag itself
+    result = verify.verify(pairs)
+    assert result.kind == "pair" and result.entries == 4
+    assert [(p.entry, p.array, p.kind) for p in result.problems] == [(1, "sketches", "corrupt"), (2, "complete", "corrupt")]
+    assert verify.repair(result) == [1, 2]
+    assert store.complete_mask(store.open_group(pairs)).tolist() == [True, False, False, True]
+    assert verify.verify(pairs).ok  # what is left complete reads back
+
+    (pairs / "seeds" / "c" / "0").write_bytes(b"\x00garbage")  # written once for the whole store
+    result = runner.invoke(app, ["inspect", "--repair", "--no-progress", str(pairs)])
+    assert result.exit_code == 1 and "whole store" in result.output and "diffsketch pairs --overwrite" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_analyze_names_a_corrupt_chunk_and_the_verify_command(tmp_path):
+    from test_analysis import synthetic_store
+
+    features = synthetic_store(tmp_path / "s.zarr")  # its images are all zeros: written all the same
+    assert verify.verify(features).ok
+    _cut(features / "unet" / "up3_res0" / "c" / "5" / "0" / "0" / "0" / "0" / "0")
+    params = tmp_path / "params.yaml"
+    params.write_text("analyze: {pca_dims: 5, k_min: 2, k_max: 6, k: auto, feature_maps: 0}\n")  # no resampling
+    folders = ["--results", str(tmp_path / "res"), "--timesteps", str(tmp_path / "t.json"), "--reports", str(tmp_path / "rep")]
+    result = runner.invoke(app, ["analyze", "-p", str(params), "--store", str(features), "--no-progress", *folders])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    assert f"{features}: trajectory 5 of `unet/up3_res0` cannot be read" in result.output, result.output
+    assert f"diffsketch inspect --verify {features}" in result.output
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_distill_names_a_corrupt_pair_and_the_verify_command(tmp_path):
+    pairs = _pairs(tmp_path, count=2)  # one training pair, one held out: both are read at once
+    _cut(pairs / "images" / "c" / "0" / "0" / "0" / "0")
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        "model: {id: tiny, device: cpu}\nlosses: {lpips_net: random}\n"
+        "distill: {width: 8, downsamples: 2, blocks: 1, iterations: 2, batch: 1, crop: 24, lpips: 0, gan: 0}\n"
+    )
+    out = ["--out", str(tmp_path / "s.safetensors"), "--live", str(tmp_path / "live"), "--checkpoints", str(tmp_path / "ck")]
+    result = runner.invoke(app, ["distill", "-p", str(params), "--pairs", str(pairs), "--no-progress", *out])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    assert f"{pairs}: pair 0 of `images` cannot be read" in result.output, result.output
+    assert f"diffsketch inspect --verify {pairs}" in result.output
+    assert not (tmp_path / "s.safetensors").exists()
+
+
+def test_a_damaged_completion_flag_names_the_verify_command(tmp_path):
+    pairs = _pairs(tmp_path, count=3)
+    (pairs / "complete" / "c" / "1").write_bytes(b"\x00garbage")
+    with pytest.raises(store.CorruptStoreError, match=rf"{pairs}: array `complete` cannot be read.*inspect --verify"):
+        store.complete_mask(store.open_group(pairs))
+    assert verify.repair(verify.verify(pairs)) == [1]
+    assert store.complete_mask(store.open_group(pairs)).tolist() == [True, False, True]
