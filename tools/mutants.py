@@ -314,6 +314,35 @@ MUTANTS: list[Mutant] = [
         "    for index, entry in enumerate(reversed(grid)):\n",
         ("tests/test_evaluation.py::test_evaluate_scores_student_and_baselines",),
     ),
+    # --- verify / repair, disk space, feature maps, the params schema ---------------------------
+    M(
+        "verify: repair clears no completion flag",
+        "diffsketch/verify.py",
+        "            complete[entry] = False",
+        "            pass",
+        ("tests/test_verify.py",),
+    ),
+    M(
+        "diskspace: a short disk never refuses to start",
+        "diffsketch/diskspace.py",
+        "    if need <= free + reclaimed:\n        return\n",
+        "    if True:\n        return\n",
+        ("tests/test_diskspace.py",),
+    ),
+    M(
+        "feature maps: no percentile scaling of the colours",
+        "diffsketch/feature_maps.py",
+        "    low, high = np.percentile(scores, PERCENTILES, axis=0)",
+        "    low, high = np.zeros(scores.shape[1]), np.ones(scores.shape[1])",
+        ("tests/test_feature_maps.py",),
+    ),
+    M(
+        "config: YAML booleans taken for numbers again",
+        "diffsketch/config.py",
+        "        if isinstance(value, bool) and _numeric_only(cls.model_fields[info.field_name].annotation):",
+        "        if False:",
+        ("tests/test_config.py",),
+    ),
 ]
 
 
