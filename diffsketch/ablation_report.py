@@ -21,6 +21,9 @@ from diffsketch.metrics import HIGHER_IS_BETTER, UNITS
 from diffsketch.report import _esc, page_start
 
 CSS = """
+.wide { overflow-x: auto; }
+#ablation { font-size: 0.9em; }
+#ablation td:nth-child(2) { min-width: 16em; }
 #ablation td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 #sketches img { width: 128px; height: auto; border: 1px solid #ddd; display: block; }
 #sketches th.row { white-space: nowrap; }
@@ -63,7 +66,8 @@ def table_html(results: list[RowResult]) -> str:
         cells += [f'<td class="num">{r.extra[k]:.4f}</td>' if k in r.extra else "<td>–</td>" for k in extras]
         lines.append(f'<tr data-row="{_esc(r.row.name)}">' + "".join(cells) + "</tr>")
     thead = "".join(f"<th>{_esc(h)}</th>" for h in head)
-    return f'<table id="ablation">\n<thead><tr>{thead}</tr></thead>\n<tbody>\n' + "\n".join(lines) + "\n</tbody>\n</table>"
+    body = "\n".join(lines)
+    return f'<div class="wide"><table id="ablation">\n<thead><tr>{thead}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>'
 
 
 def table_markdown(results: list[RowResult]) -> str:
