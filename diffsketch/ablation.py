@@ -4,7 +4,7 @@ The rows live in ``presets/ablations.yaml``: a name, what the row tests, and the
 on top of ``params.yaml`` as it is (dotted keys). :func:`run_ablation` checks the repository and
 every row against the params schema before anything runs, then queues each row that has no result
 yet as a named DVC experiment (``dvc exp run --queue -n ablate-NAME -S params.yaml:KEY=VALUE``) and
-runs the queue (``dvc exp run --run-all --jobs N``). DVC reruns only the stages a row changes (a
+runs the queue (``dvc queue start --jobs N``, waiting for its rows: :func:`run_queue`). DVC reruns only the stages a row changes (a
 row that changes ``train`` reuses ``sample`` and ``analyze`` from the committed ``dvc.lock``).
 
 A row counts as done when an experiment ``ablate-NAME`` of the current commit ran with the params
@@ -30,6 +30,7 @@ import logging
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,44 @@ def plan(root: str | Path, rows: list[Row], params_path: Path) -> dict[str, str]
     return {row.name: status(row, expected[row.name], found) for row in rows}
 
 
+WORKERS = re.compile(r"Worker status: (\d+) active, (\d+) idle")
+POLL_SECONDS = 5.0
+
+
+def _workers(root: Path) -> int:
+    found = WORKERS.search(_dvc(root, "queue", "status").stdout or "")
+    return int(found.group(1)) + int(found.group(2)) if found else 0
+
+
+def run_queue(root: Path, names: list[str], jobs: int, echo=print, poll: float = POLL_SECONDS) -> None:
+    """Start the queue's workers and wait until none of ``names`` is queued or running.
+
+    A DVC queue worker can exit while tasks are still queued (treeverse/dvc#10398: ``dvc exp run
+    --run-all`` then waits forever), so the workers are started again whenever tasks wait with none
+    alive. Each experiment's end is echoed as it happens (its log: ``dvc queue logs NAME``).
+    """
+    _dvc(root, "queue", "start", "--jobs", str(jobs))
+    reported: set[str] = set()
+    stalls, last = 0, None
+    while True:
+        time.sleep(poll)
+        found = experiments(root)
+        waiting = [n for n in names if n not in found or found[n].state in ("queued", "running")]
+        for name in names:
+            if name not in waiting and name not in reported:
+                reported.add(name)
+                echo(f"{name}: {found[name].state} ({len(reported)}/{len(names)})")
+        if not waiting:
+            return
+        if _workers(root) == 0:
+            stalls = stalls + 1 if waiting == last else 0
+            if stalls >= 3:
+                raise AblationError(f"DVC's queue does not run {', '.join(waiting)}; see dvc queue status and dvc queue logs NAME")
+            log.info("no queue worker is alive with %d experiment(s) waiting: starting the workers again", len(waiting))
+            _dvc(root, "queue", "start", "--jobs", str(jobs))
+        last = waiting
+
+
 def run_ablation(root: str | Path, rows: list[Row], jobs: int = 1, params_path: Path = Path("params.yaml"), echo=print) -> dict[str, str]:
     """Queue and run every row without a current result; returns each row's status before the run."""
     root = Path(root)
@@ -250,8 +289,8 @@ def run_ablation(root: str | Path, rows: list[Row], jobs: int = 1, params_path: 
     if not todo and not any(s == "pending" for s in before.values()):
         echo("nothing to run: every row has its result (diffsketch ablate --report writes the table)")
         return before
-    echo(f"running {len(todo)} experiment(s) with {jobs} job(s): dvc exp run --run-all --jobs {jobs}")
-    _dvc(root, "exp", "run", "--run-all", "--jobs", str(jobs), capture=False)
+    echo(f"running {len(todo)} experiment(s) with {jobs} job(s): dvc queue start --jobs {jobs}")
+    run_queue(root, [row.experiment for row in todo], jobs, echo)
     after = plan(root, rows, params_path)
     failed = [row.experiment for row in rows if after[row.name] != "done"]
     if failed:
