@@ -282,7 +282,7 @@ def report(
 def ablate(
     rows: Annotated[Path, typer.Option(help="the ablation rows: name -> description and params changes")] = Path("presets/ablations.yaml"),
     only: Annotated[list[str] | None, typer.Option("--only", help="run just this row (repeatable)")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="experiments run at once (dvc exp run --run-all --jobs)")] = 1,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="experiments run at once (dvc queue start --jobs)")] = 1,
     report_only: Annotated[bool, typer.Option("--report", help="write the report from the finished rows; run nothing")] = False,
     out: Annotated[Path, typer.Option(help="folder of the ablation report")] = Path("reports/ablation"),
     params: ParamsOption = Path("params.yaml"),
