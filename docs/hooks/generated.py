@@ -1,0 +1,420 @@
+"""MkDocs hooks: the parts of the site that are generated, so that they cannot drift from the code.
+
+A page asks for a generated block with an HTML comment on a line of its own:
+
+- ``<!-- generated:params SECTION -->``: the table of one ``params.yaml`` section, walked from the
+  pydantic schema (``diffsketch.core.params.Params``): key, type and allowed range, schema default,
+  the value in each preset of ``presets/`` (with the preset's own comment on where it comes from),
+  description. A page that uses it must name every section of the schema, so a section added to
+  the schema fails the build until it is documented.
+- ``<!-- generated:cli -->``: every command of the Typer app (``diffsketch.cli``), its help,
+  usage, arguments and options.
+- ``<!-- generated:results -->``: the evaluation's mean scores from ``reports/eval`` (rendered by
+  the package's own ``results_markdown``), or, when the pipeline has not run in this checkout, a
+  note saying which command fills it and the table recorded in ``README.md``.
+- ``<!-- generated:ablation -->``: the ablation table from ``reports/ablation/table.md`` (written by
+  ``diffsketch ablate``), or a note saying which command fills it.
+- ``<!-- generated:ablation-rows -->``: the ablation rows of ``presets/ablations.yaml``.
+
+Anything that cannot be imported or read raises, so ``mkdocs build --strict`` fails instead of
+publishing an empty page. The example pair of ``data/example`` and, when present, the HTML
+reports of ``reports/eval`` and ``reports/ablation`` are added to the site as files.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import re
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mkdocs.exceptions import PluginError
+from mkdocs.structure.files import File, Files
+
+ROOT = Path(__file__).resolve().parents[2]
+MARKER = re.compile(r"^<!--\s*generated:([\w-]+)(?:[ \t]+([^>]*?))?\s*-->[ \t]*$", re.MULTILINE)
+ISSUE_REF = re.compile(r"\s*\(issues? #?\d+\)")  # "(issue 3)" in a docstring is development history, not reference
+
+# files of the repository published with the site: (source under ROOT, path in the site)
+EXAMPLE_FILES = [("data/example/cat.png", "assets/example/cat.png"), ("data/example/cat_sketch.png", "assets/example/cat_sketch.png")]
+REPORT_FILES = [("reports/eval/index.html", "reports/eval.html"), ("reports/ablation/index.html", "reports/ablation.html")]
+
+
+def _import(*names: str) -> types.ModuleType:
+    """The first of ``names`` that imports; raises with every failure when none does."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    failures = []
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 - reported below, all of them
+            failures.append(f"{name}: {type(err).__name__}: {err}")
+    raise PluginError("generated docs: cannot import " + " or ".join(names) + "\n  " + "\n  ".join(failures))
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def on_files(files: Files, config) -> Files:
+    for source, dest in EXAMPLE_FILES + REPORT_FILES:
+        path = ROOT / source
+        if path.is_file():
+            files.append(File.generated(config, dest, abs_src_path=str(path)))
+        elif source.startswith("data/"):
+            raise PluginError(f"generated docs: {source} not found")
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters
+
+
+def _cell(text: Any) -> str:
+    """Prose for a table cell: one line, pipes escaped, and no character Markdown or HTML would take as markup."""
+    text = str(text).replace("\n", " ").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text.replace("*", "\\*").replace("|", "\\|")
+
+
+def _code(text: Any) -> str:
+    """A code span for a table cell."""
+    return "`" + str(text).replace("\n", " ").replace("|", "\\|") + "`"
+
+
+def _yaml_value(value: Any) -> str:
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    if isinstance(value, list):
+        value = [v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in value]
+    text = yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=10_000).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
+def _constraints(metadata: list) -> str:
+    signs = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<", "min_length": "length ≥", "max_length": "length ≤"}
+    parts = []
+    for item in metadata:
+        for attr, sign in signs.items():
+            value = getattr(item, attr, None)
+            if value is not None:
+                parts.append(f"{sign} {value}")
+        for inner in getattr(item, "metadata", None) or []:  # a FieldInfo inside Annotated[...]
+            parts.append(_constraints([inner]))
+    return ", ".join(p for p in parts if p)
+
+
+def _type_name(annotation: Any) -> str:
+    """A readable type: ``int ≥ 1 | "full"``, ``"auto" | "cpu"``, ``list[DatasetConfig]``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is type(None):
+        return "null"
+    if origin is typing.Annotated:
+        limits = _constraints(list(args[1:]))
+        return _type_name(args[0]) + (f" ({limits})" if limits else "")
+    if origin is typing.Literal:
+        return " | ".join(json.dumps(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin in (list, dict, tuple, set):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _models_in(annotation: Any) -> list[type]:
+    """The pydantic models an annotation holds (``list[DatasetConfig]`` -> ``[DatasetConfig]``)."""
+    if inspect.isclass(annotation) and hasattr(annotation, "model_fields"):
+        return [annotation]
+    return [m for a in typing.get_args(annotation) for m in _models_in(a)]
+
+
+def _default(field) -> str:
+    from pydantic_core import PydanticUndefined
+
+    if field.default_factory is not None:
+        return _yaml_value(field.default_factory())
+    if field.default is PydanticUndefined:
+        return "(required)"
+    return _yaml_value(field.default)
+
+
+def _presets() -> dict[str, tuple[dict, dict[str, str]]]:
+    """Each preset of ``presets/``: its values and the comment of each ``section.key`` line."""
+    folder = ROOT / "presets"
+    try:
+        available = _import("diffsketch.core.presets", "diffsketch.presets").available(folder)
+    except PluginError:
+        raise
+    out = {}
+    for name, path in available.items():
+        text = Path(path).read_text(encoding="utf-8")
+        comments, section = {}, None
+        for line in text.splitlines():
+            top = re.match(r"^([A-Za-z_]\w*):", line)
+            if top:
+                section = top.group(1)
+                continue
+            keyed = re.match(r"^  ([A-Za-z_]\w*):[^#]*?#\s*(.+)$", line)
+            if section and keyed:
+                comments[f"{section}.{keyed.group(1)}"] = keyed.group(2).strip()
+        values = _import("diffsketch.core.params", "diffsketch.config").load_params(path).model_dump(mode="json")
+        out[name] = (values, comments)
+    return out
+
+
+def _lookup(data: dict, dotted: str) -> tuple[bool, Any]:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _fields_table(model: type, prefix: str, presets: dict) -> tuple[str, list[tuple[str, type]]]:
+    names = list(presets)
+    head = ["key", "type", "default", *names, "description"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    nested = []
+    for key, field in model.model_fields.items():
+        dotted = f"{prefix}.{key}"
+        type_text = _type_name(field.annotation)
+        limits = _constraints(field.metadata)
+        if limits:
+            type_text += f" ({limits})"
+        cells = [_code(dotted), _cell(type_text), _code(_default(field))]
+        for name in names:
+            values, comments = presets[name]
+            found, value = _lookup(values, dotted)
+            text = _code(_yaml_value(value)) if found else "–"
+            if comments.get(dotted):
+                text += f" <small>{_cell(comments[dotted])}</small>"
+            cells.append(text)
+        cells.append(_cell(field.description or ""))
+        lines.append("| " + " | ".join(cells) + " |")
+        nested += [(f"{dotted}[]" if typing.get_origin(field.annotation) is list else dotted, m) for m in _models_in(field.annotation)]
+    return "\n".join(lines), nested
+
+
+def render_params(section: str | None, state: dict) -> str:
+    module = _import("diffsketch.core.params", "diffsketch.config")
+    params = module.Params
+    if not section:
+        raise PluginError("generated:params needs a section name, e.g. <!-- generated:params sample -->")
+    if section not in params.model_fields:
+        raise PluginError(f"generated:params: {section!r} is no section of Params ({', '.join(params.model_fields)})")
+    state.setdefault("params", set()).add(section)
+    model = _models_in(params.model_fields[section].annotation)[0]
+    presets = _presets()
+    blocks = []
+    doc = ISSUE_REF.sub("", inspect.getdoc(model) or "").strip()
+    if doc:
+        blocks.append(doc.split("\n\n")[0].replace("\n", " "))
+    table, nested = _fields_table(model, section, presets)
+    blocks.append(table)
+    while nested:
+        dotted, sub = nested.pop(0)
+        sub_table, deeper = _fields_table(sub, dotted, presets)
+        sub_doc = ISSUE_REF.sub("", inspect.getdoc(sub) or "").strip().split("\n\n")[0].replace("\n", " ")
+        blocks.append(f"Each item of `{dotted.removesuffix('[]')}`: {sub_doc}".rstrip(": "))
+        blocks.append(sub_table)
+        nested += deeper
+    return "\n\n".join(blocks)
+
+
+def _check_params_complete(state: dict) -> None:
+    if "params" not in state:
+        return
+    sections = list(_import("diffsketch.core.params", "diffsketch.config").Params.model_fields)
+    missing = [s for s in sections if s not in state["params"]]
+    if missing:
+        raise PluginError(f"generated:params: the page documents no table for section(s) {', '.join(missing)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def _clean_help(text: str | None) -> str:
+    lines = [line for line in inspect.cleandoc(text or "").splitlines() if line.strip() != "\b"]
+    return "\n".join(lines).strip()
+
+
+def _param_kind(param) -> str:
+    """The value a parameter takes, from its Python annotation (Typer) or its click type."""
+    if getattr(param, "is_flag", False):
+        return "flag"
+    descriptor = getattr(param, "type_descriptor", None)
+    if descriptor is not None:
+        annotation = descriptor.annotation
+        if typing.get_origin(annotation) is list:  # repeatable: the item type
+            annotation = typing.get_args(annotation)[0]
+        kind = _type_name(annotation).replace("NoneType", "null")
+        kind = " | ".join(k for k in kind.split(" | ") if k != "null")
+    else:
+        choices = getattr(param.type, "choices", None)
+        kind = " | ".join(json.dumps(c) for c in choices) if choices else param.type.name.lower()
+    if getattr(param, "multiple", False) or param.nargs == -1:
+        kind += ", repeatable"
+    return _cell(kind)
+
+
+def _param_row(param, name: str) -> str:
+    default = param.default
+    if param.required:
+        default_text = "required"
+    elif callable(default) or default is None or default == () or default == []:
+        default_text = "–"
+    elif isinstance(default, bool) and param.secondary_opts:
+        default_text = _code(param.opts[0] if default else param.secondary_opts[0])
+    elif isinstance(default, bool):
+        default_text = "on" if default else "off"
+    else:
+        default_text = _code(default)
+    help_text = _cell(_clean_help(getattr(param, "help", None)))
+    return f"| {name} | {_param_kind(param)} | {default_text} | {help_text} |"
+
+
+def _usage(command, path: str, arguments: list) -> str:
+    pieces = [path]
+    if any(p.param_type_name == "option" for p in command.params) or hasattr(command, "list_commands"):
+        pieces.append("[OPTIONS]")
+    for p in arguments:
+        name = (p.metavar or p.name).upper() + ("..." if p.nargs == -1 else "")
+        pieces.append(name if p.required else f"[{name}]")
+    if hasattr(command, "list_commands"):
+        pieces.append("COMMAND [ARGS]...")
+    return " ".join(pieces)
+
+
+def _command_markdown(command, path: str, level: int) -> list[str]:
+    out = [f"{'#' * level} `{path}`", ""]
+    help_text = _clean_help(command.help)
+    if help_text:
+        out += [help_text, ""]
+    # duck-typed: Typer builds on click or on its own copy of it (typer._click)
+    arguments = [p for p in command.params if p.param_type_name == "argument" and not getattr(p, "hidden", False)]
+    options = [p for p in command.params if p.param_type_name == "option" and not getattr(p, "hidden", False)]
+    out += ["```text", _usage(command, path, arguments), "```", ""]
+    if arguments:
+        out += ["| argument | takes | default | meaning |", "|---|---|---|---|"]
+        out += [_param_row(p, f"`{(p.metavar or p.name).upper()}`") for p in arguments]
+        out.append("")
+    if options:
+        out += ["| option | takes | default | meaning |", "|---|---|---|---|"]
+        out += [_param_row(p, ", ".join(f"`{n}`" for n in [*p.opts, *p.secondary_opts])) for p in options]
+        out.append("")
+    return out
+
+
+def render_cli(_arg: str | None, state: dict) -> str:
+    cli = _import("diffsketch.cli", "diffsketch.cli.main")
+    app = getattr(cli, "app", None) or _import("diffsketch.cli.main").app
+    typer_main = _import("typer.main")
+    group = typer_main.get_command(app)
+    root = group.context_class(group, info_name="diffsketch")
+    out = _command_markdown(group, "diffsketch", 2)
+    names = group.list_commands(root) if hasattr(group, "list_commands") else []
+    if not names:
+        raise PluginError("generated:cli: the Typer app has no commands")
+    for name in names:
+        command = group.get_command(root, name)
+        if command is None or command.hidden:
+            continue
+        out += _command_markdown(command, f"diffsketch {name}", 3)
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+
+
+def _readme_block(begin: str, end: str) -> str | None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    if text.count(begin) != 1 or text.count(end) != 1:
+        return None
+    return text.split(begin)[1].split(end)[0].strip()
+
+
+def render_results(_arg: str | None, state: dict) -> str:
+    reports = ROOT / "reports" / "eval"
+    if (reports / "summary.json").is_file() and (reports / "metrics.json").is_file():
+        report = _import("diffsketch.evaluation.report", "diffsketch.eval_report")
+        link = " The full report, with every per-image score and the side-by-side grid: [reports/eval](reports/eval.html)." if (
+            reports / "index.html"
+        ).is_file() else ""
+        return f"Generated from `reports/eval/` of this checkout.{link}\n\n" + report.saved_results(reports)
+    report = _import("diffsketch.evaluation.report", "diffsketch.eval_report")
+    note = (
+        '!!! info "Not evaluated in this checkout"\n'
+        "    `reports/eval/` is written by the `evaluate` stage: run `dvc repro` (or `dvc repro evaluate`),\n"
+        "    then build the site again. `diffsketch results --readme README.md` copies the same table into\n"
+        "    the README."
+    )
+    recorded = _readme_block(report.BEGIN, report.END)
+    if recorded:
+        note += "\n\nThe table that `diffsketch results --readme README.md` last recorded in `README.md`:\n\n" + recorded
+    return note
+
+
+def render_ablation(_arg: str | None, state: dict) -> str:
+    reports = ROOT / "reports" / "ablation"
+    table, results = reports / "table.md", reports / "results.json"
+    if table.is_file() and results.is_file():
+        rows = json.loads(results.read_text(encoding="utf-8"))
+        images = sorted({r.get("images") for r in rows})
+        link = " The full report (sketches side by side, training curves): [reports/ablation](reports/ablation.html)." if (
+            reports / "index.html"
+        ).is_file() else ""
+        head = (
+            f"Generated from `reports/ablation/` of this checkout: {len(rows)} rows, the student's scores "
+            f"(mean ± standard deviation over {', '.join(map(str, images))} test photos; the best mean in bold).{link}"
+        )
+        return head + "\n\n" + table.read_text(encoding="utf-8").strip()
+    return (
+        '!!! info "No ablation run in this checkout"\n'
+        "    `reports/ablation/` is written by `diffsketch ablate` (after `dvc repro` and a commit, see below),\n"
+        "    or redrawn from finished rows by `diffsketch ablate --report`; then build the site again."
+    )
+
+
+def render_ablation_rows(_arg: str | None, state: dict) -> str:
+    rows = yaml.safe_load((ROOT / "presets" / "ablations.yaml").read_text(encoding="utf-8"))
+    if not rows:
+        raise PluginError("generated:ablation-rows: presets/ablations.yaml has no rows")
+    lines = ["| row | what it tests | params changed |", "|---|---|---|"]
+    for name, row in rows.items():
+        changes = ", ".join(_code(f"{k}: {_yaml_value(v)}") for k, v in (row.get("set") or {}).items()) or "(none)"
+        lines.append(f"| {_code(name)} | {_cell(row.get('description', ''))} | {changes} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+RENDERERS = {
+    "params": render_params,
+    "cli": render_cli,
+    "results": render_results,
+    "ablation": render_ablation,
+    "ablation-rows": render_ablation_rows,
+}
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    state: dict = {}
+
+    def replace(match: re.Match) -> str:
+        name, arg = match.group(1), (match.group(2) or "").strip() or None
+        if name not in RENDERERS:
+            raise PluginError(f"{page.file.src_uri}: unknown generated block {name!r} (known: {', '.join(RENDERERS)})")
+        return RENDERERS[name](arg, state)
+
+    out = MARKER.sub(replace, markdown)
+    _check_params_complete(state)
+    return out
