@@ -144,15 +144,15 @@ def _default(field) -> str:
     return _yaml_value(field.default)
 
 
-def _presets() -> dict[str, tuple[dict, dict[str, str]]]:
+def _presets() -> dict[str, tuple[Any, dict[str, str]]]:
     """Each preset of ``presets/``: its values and the comment of each ``section.key`` line."""
     folder = ROOT / "presets"
-    try:
-        available = _import("diffsketch.core.presets", "diffsketch.presets").available(folder)
-    except PluginError:
-        raise
+    available = _import("diffsketch.core.presets", "diffsketch.presets").available(folder)
+    current = (ROOT / "params.yaml").read_text(encoding="utf-8") if (ROOT / "params.yaml").is_file() else None
     out = {}
-    for name, path in available.items():
+    # the preset params.yaml is a copy of comes first, and says so
+    ordered = sorted(available.items(), key=lambda item: Path(item[1]).read_text(encoding="utf-8") != current)
+    for name, path in ordered:
         text = Path(path).read_text(encoding="utf-8")
         comments, section = {}, None
         for line in text.splitlines():
@@ -163,17 +163,19 @@ def _presets() -> dict[str, tuple[dict, dict[str, str]]]:
             keyed = re.match(r"^  ([A-Za-z_]\w*):[^#]*?#\s*(.+)$", line)
             if section and keyed:
                 comments[f"{section}.{keyed.group(1)}"] = keyed.group(2).strip()
-        values = _import("diffsketch.core.params", "diffsketch.config").load_params(path).model_dump(mode="json")
-        out[name] = (values, comments)
+        values = _import("diffsketch.core.params", "diffsketch.config").load_params(path)  # as the stages read it
+        label = f"{name} (params.yaml)" if text == current else name
+        out[label] = (values, comments)
     return out
 
 
-def _lookup(data: dict, dotted: str) -> tuple[bool, Any]:
-    node: Any = data
+def _lookup(params: Any, dotted: str) -> tuple[bool, Any]:
+    """The value at ``section.key`` of a validated Params (attributes, so fields excluded from dumps are found too)."""
+    node: Any = params
     for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
+        if not hasattr(node, "model_fields") or part not in type(node).model_fields:
             return False, None
-        node = node[part]
+        node = getattr(node, part)
     return True, node
 
 
@@ -193,8 +195,10 @@ def _fields_table(model: type, prefix: str, presets: dict) -> tuple[str, list[tu
             values, comments = presets[name]
             found, value = _lookup(values, dotted)
             text = _code(_yaml_value(value)) if found else "–"
-            if comments.get(dotted):
-                text += f" <small>{_cell(comments[dotted])}</small>"
+            note = comments.get(dotted, "")
+            # a note says where a value comes from ([code], [reviews], [ours]) or why it departs from the default
+            if note and (re.match(r"^\[\w+\]", note) or (found and _yaml_value(value) != _default(field))):
+                text += f" <small>{_cell(note)}</small>"
             cells.append(text)
         cells.append(_cell(field.description or ""))
         lines.append("| " + " | ".join(cells) + " |")
@@ -404,6 +408,14 @@ RENDERERS = {
     "ablation": render_ablation,
     "ablation-rows": render_ablation_rows,
 }
+
+
+SPHINX_ROLE = re.compile(r":(?:py:)?(?:func|mod|class|meth|attr|data|obj|exc):<code>(~?)([^<]+)</code>")
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """Docstrings written with Sphinx roles (``:func:`~a.b.c```) show the name as code, without the role."""
+    return SPHINX_ROLE.sub(lambda m: f"<code>{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}</code>", html)
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
