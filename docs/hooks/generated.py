@@ -173,7 +173,8 @@ def _lookup(params: Any, dotted: str) -> tuple[bool, Any]:
     """The value at ``section.key`` of a validated Params (attributes, so fields excluded from dumps are found too)."""
     node: Any = params
     for part in dotted.split("."):
-        if not hasattr(node, "model_fields") or part not in type(node).model_fields:
+        fields = getattr(type(node), "model_fields", None)
+        if not isinstance(fields, dict) or part not in fields:
             return False, None
         node = getattr(node, part)
     return True, node
