@@ -2,7 +2,7 @@
 
 Builds synthetic feature stores with the SD 1.5 layer table pooled to an 8x8 grid (the paper
 profile's store: 12 layers, 10,560 channels, 675,840 values per vector, 50 timesteps), with N and
-4N trajectories, then runs `diffsketch.analysis.analyze` on them, each run in a fresh process
+4N trajectories, then runs `diffsketch.analysis.timesteps.analyze` on them, each run in a fresh process
 (so the peak resident memory, torch's allocations included, is that run's own), alternating:
 
 - ``pca: randomized`` (the default, streamed block Krylov) on N and 4N, on the CPU, and on the GPU
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from diffsketch import store
-from diffsketch.analysis import analyze, sweep_k
-from diffsketch.config import AnalyzeConfig
-from diffsketch.features import LayerSpec
+from diffsketch.store import zarr_store as store
+from diffsketch.analysis.timesteps import analyze, sweep_k
+from diffsketch.core.params import AnalyzeConfig
+from diffsketch.diffusion.features import LayerSpec
 
 SD15_UNET = [(1280, 8)] * 6 + [(640, 32)] * 3 + [(320, 64)] * 3
 PAPER_TRAJECTORIES = 1000

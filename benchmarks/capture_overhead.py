@@ -3,7 +3,7 @@
 For each model this times, on the same prompts, seeds, steps and guidance:
 
     A (bare)  diffusers' StableDiffusionPipeline over our model's modules, output_type="np"
-    B (ours)  the `sample` stage itself (diffsketch.collect.run_sample on the already loaded model):
+    B (ours)  the `sample` stage itself (diffsketch.store.collect.run_sample on the already loaded model):
               every UNet up-block ResNet and VAE decoder ResNet hooked and pooled, a fresh feature
               store created, batches written by the background writer, in a temp dir
 
@@ -34,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from diffsketch import store
-from diffsketch.config import ModelConfig
-from diffsketch.collect import run_sample
-from diffsketch.config import parse_params
-from diffsketch.models import load_model
+from diffsketch.store import zarr_store as store
+from diffsketch.core.params import ModelConfig
+from diffsketch.store.collect import run_sample
+from diffsketch.core.params import parse_params
+from diffsketch.diffusion.models import load_model
 
 TARGET = 1.10  # B/A
 PROMPTS = [

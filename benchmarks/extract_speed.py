@@ -5,7 +5,7 @@ Times, per image, on this machine (medians after a warm-up):
     student   the distilled network (random weights: speed does not depend on them) at 512x512
               and 1024x1024, batch 1, torch.inference_mode; the paper-preset size (width 32,
               3 downsamplings, 4 residual blocks) and the smoke size (16/3/2)
-    xdog      the weight-free XDoG baseline (diffsketch.styles.xdog) at the same sizes
+    xdog      the weight-free XDoG baseline (diffsketch.training.styles.xdog) at the same sizes
     pipeline  the non-distilled DiffSketch: a DDIM+CFG sampling with full-resolution capture at
               the representative timesteps, VAE decode with capture, and the generator, for
                 tiny        128 px, 50 steps
@@ -14,13 +14,13 @@ Times, per image, on this machine (medians after a warm-up):
 
 and prints the speed-ups pipeline / student (target at SD 1.5 size: >= 100x) and xdog / student.
 
-``--only backends`` compares the extractor's backends (diffsketch.extractor) side by side at
+``--only backends`` compares the extractor's backends (diffsketch.extractor.api) side by side at
 512x512, batch 1, for the paper-size student, in interleaved rounds (each round times every
 backend once, so a busy shared machine slows them alike): today's path (eager PyTorch fp32, the
 Student module as distillation trains it), ``torch`` fp32 (group-norm instance norms, inference
 mode), ``torch`` bf16 (+ channels-last), ``onnx`` fp32 (ONNX Runtime) and the XDoG baseline;
 images/s, the ratio to today's path, and the 4 images/s target. It then checks every backend
-against eager fp32 on the packaged photos (diffsketch.evaldata, long side 512): the max abs
+against eager fp32 on the packaged photos (diffsketch.evaluation.data, long side 512): the max abs
 difference and the worst line-pixel F-score (line = below the fp32 sketch's median, so half the
 pixels are lines, matched within 1 px). The student's weights are random (speed does not depend
 on them; a trained student's larger logits can make bf16 differences larger, so check yours with
@@ -35,14 +35,14 @@ import time
 
 import torch
 
-from diffsketch.config import ModelConfig
-from diffsketch.example import inputs_from_result
-from diffsketch.features import unet_layers, vae_layers
-from diffsketch.generator import SketchGenerator
-from diffsketch.models import load_model
-from diffsketch.sampling import encode_prompts, initial_noise, sample_conditions
-from diffsketch.student import Student, StudentConfig
-from diffsketch.styles import xdog
+from diffsketch.core.params import ModelConfig
+from diffsketch.training.example import inputs_from_result
+from diffsketch.diffusion.features import unet_layers, vae_layers
+from diffsketch.training.generator import SketchGenerator
+from diffsketch.diffusion.models import load_model
+from diffsketch.diffusion.sampling import encode_prompts, initial_noise, sample_conditions
+from diffsketch.student.network import Student, StudentConfig
+from diffsketch.training.styles import xdog
 
 STUDENTS = {"paper": StudentConfig(32, 3, 4), "smoke": StudentConfig(16, 3, 2)}
 
@@ -85,12 +85,12 @@ def backend_times(repeats: int, side: int = 512, threads: int | None = None) -> 
 
     import numpy as np
 
-    from diffsketch import metrics
-    from diffsketch.evaldata import PHOTOS
-    from diffsketch.export import export_onnx
-    from diffsketch.extractor import SketchExtractor, cpu_bf16_capable, resize_capped
-    from diffsketch.student import save_student
-    from diffsketch.styles import read_rgb
+    from diffsketch.evaluation import metrics
+    from diffsketch.evaluation.data import PHOTOS
+    from diffsketch.student.onnx import export_onnx
+    from diffsketch.extractor.api import SketchExtractor, cpu_bf16_capable, resize_capped
+    from diffsketch.student.network import save_student
+    from diffsketch.core.images import read_rgb
 
     torch.manual_seed(0)
     model = Student(STUDENTS["paper"]).eval()

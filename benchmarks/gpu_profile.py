@@ -6,12 +6,12 @@ on the weights) at 512 px and 50 DDIM steps, fp16, it measures, after an untimed
 
     anchor      diffusers' StableDiffusionPipeline, batch 1, eager, fp16: seconds per image
     anchor+c    the same pipeline with its UNet torch.compile'd
-    sample      our `sample` stage (diffsketch.collect.run_sample: capture, pooling, Zarr writes),
+    sample      our `sample` stage (diffsketch.store.collect.run_sample: capture, pooling, Zarr writes),
                 batch_size auto, per trajectory
-    train       one training iteration (diffsketch.training.Trainer.step: sampling with
+    train       one training iteration (diffsketch.training.trainer.Trainer.step: sampling with
                 full-resolution capture at 13 timesteps, generator, the five losses with ViT-B-32
                 and AlexNet-shaped LPIPS at random weights, backward, Adam)
-    pairs       our `pairs` stage (diffsketch.pairs.run_pairs) at the auto batch, per pair
+    pairs       our `pairs` stage (diffsketch.student.pairs.run_pairs) at the auto batch, per pair
     student     the paper-size student at 512x512, fp16, channels-last, batch 1 and the best batch:
                 images per second
     distill     one distillation iteration at the paper preset (batch, crop, L1 + LPIPS + PatchGAN,
@@ -42,18 +42,18 @@ from pathlib import Path
 import torch
 import zarr
 
-from diffsketch.collect import run_sample
-from diffsketch.config import DistillConfig, load_params, parse_params
-from diffsketch.distillation import Distiller, PatchDiscriminator, distill_step
-from diffsketch.example import build_example
-from diffsketch.features import unet_layers, vae_layers
-from diffsketch.generator import SketchGenerator, save_generator
-from diffsketch.losses import SketchLoss, load_clip, load_lpips
-from diffsketch.models import SDModel, apply_fast_paths, build_random, resolve_compile
-from diffsketch.pairs import run_pairs
-from diffsketch.prior import fit_prior
-from diffsketch.student import Student, StudentConfig
-from diffsketch.training import Trainer
+from diffsketch.store.collect import run_sample
+from diffsketch.core.params import DistillConfig, load_params, parse_params
+from diffsketch.student.distill import Distiller, PatchDiscriminator, distill_step
+from diffsketch.training.example import build_example
+from diffsketch.diffusion.features import unet_layers, vae_layers
+from diffsketch.training.generator import SketchGenerator, save_generator
+from diffsketch.training.losses import SketchLoss, load_clip, load_lpips
+from diffsketch.diffusion.models import SDModel, apply_fast_paths, build_random, resolve_compile
+from diffsketch.student.pairs import run_pairs
+from diffsketch.training.prior import fit_prior
+from diffsketch.student.network import Student, StudentConfig
+from diffsketch.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = load_params(REPO / "presets" / "paper.yaml").model_dump(mode="json")  # read through the one schema
@@ -185,7 +185,7 @@ def run(setup: dict, compile_mode: str) -> dict:
     if device.type == "cuda":  # the step loop must not synchronise with the host: count what CUDA reports
         import warnings
 
-        from diffsketch.sampling import ddim_loop, empty_embedding, encode_prompts, initial_noise
+        from diffsketch.diffusion.sampling import ddim_loop, empty_embedding, encode_prompts, initial_noise
 
         cond = encode_prompts(model, [prompt])
         noise = initial_noise(model, [0], res).to(device)
@@ -276,7 +276,7 @@ def run(setup: dict, compile_mode: str) -> dict:
 
     step = Distiller(student, opt, lpips_net, disc, opt_d, DistillConfig(**d))
 
-    def distill_iteration(_):  # the stage's step (diffsketch.distillation.distill_step), and its per-iteration log
+    def distill_iteration(_):  # the stage's step (diffsketch.student.distill.distill_step), and its per-iteration log
         loss, _terms = distill_step(step, images, sketches)
         float(loss.detach())
 

@@ -14,8 +14,8 @@ import numpy as np
 from scipy.linalg import subspace_angles
 from sklearn.decomposition import PCA
 
-from diffsketch.analysis import FeatureReader
-from diffsketch.pca import randomized_pca
+from diffsketch.analysis.timesteps import FeatureReader
+from diffsketch.analysis.pca import randomized_pca
 
 
 def weighted_matrix(reader: FeatureReader, equal: bool) -> np.ndarray:

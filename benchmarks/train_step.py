@@ -1,6 +1,6 @@
 """What does one training iteration cost, and how much of it is the generator and the losses?
 
-For each model this builds the real training setup (``diffsketch.training.Trainer``: the example's
+For each model this builds the real training setup (``diffsketch.training.trainer.Trainer``: the example's
 features, the tiny or real CLIP/LPIPS per ``--clip``/``--lpips``, the generator, Adam) and times,
 interleaved after one untimed warm-up:
 
@@ -31,14 +31,14 @@ import time
 
 import torch
 
-from diffsketch.config import parse_params
-from diffsketch.example import build_example
-from diffsketch.features import unet_layers, vae_layers
-from diffsketch.losses import SketchLoss, load_clip, load_lpips
-from diffsketch.models import load_model
-from diffsketch.prior import fit_prior
-from diffsketch.sampling import initial_noise, sample_conditions
-from diffsketch.training import Trainer, _seed
+from diffsketch.core.params import parse_params
+from diffsketch.training.example import build_example
+from diffsketch.diffusion.features import unet_layers, vae_layers
+from diffsketch.training.losses import SketchLoss, load_clip, load_lpips
+from diffsketch.diffusion.models import load_model
+from diffsketch.training.prior import fit_prior
+from diffsketch.diffusion.sampling import initial_noise, sample_conditions
+from diffsketch.training.trainer import Trainer, _seed
 
 SETUPS = {
     "tiny": dict(model="tiny", resolution=128, steps=50, timesteps=13),

@@ -1,16 +1,20 @@
 """diffsketch: learn a sketch style from one example with Stable Diffusion features.
 
-``from diffsketch import SketchExtractor`` gives the extractor API (:mod:`diffsketch.extractor`);
-it is imported on first use, so ``import diffsketch`` stays light (no torch).
+``from diffsketch import SketchExtractor`` gives the extractor API (:mod:`diffsketch.extractor.api`).
+It is imported on first use, so ``import diffsketch`` stays light (no torch).
+
+The package has one subpackage per pipeline stage, over :mod:`diffsketch.core`; each imports only
+``core`` and the stages before it:
+``core`` < ``diffusion`` < ``store`` < ``analysis`` < ``training`` < ``student`` < ``extractor``
+< ``evaluation`` < ``ablation`` < ``cli``.
 """
 
-__version__ = "0.1.0"
-__all__ = ["SketchExtractor", "__version__"]
+from diffsketch.core import attach
 
-
-def __getattr__(name: str):
-    if name == "SketchExtractor":
-        from diffsketch.extractor import SketchExtractor
-
-        return SketchExtractor
-    raise AttributeError(f"module 'diffsketch' has no attribute {name!r}")
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    submod_attrs={
+        "core.version": ["__version__"],
+        "extractor.api": ["SketchExtractor"],
+    },
+)

@@ -1,3 +1,3 @@
-from diffsketch.cli import app
+from diffsketch.cli.main import app
 
 app()

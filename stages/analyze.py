@@ -1,13 +1,12 @@
-"""DVC stage `analyze`: pick the representative timesteps from data/features.zarr.
+"""DVC stage `analyze`: Pick the representative timesteps from the feature store (PCA + k-means); write the analysis report.
 
-Writes data/timesteps.json (read by training), data/analysis/ (saved results for
-`diffsketch report`) and reports/analysis/ (HTML report, DVC metrics and plots). For the
-report's feature maps (`analyze.feature_maps`, 0 = off) it loads the model (`model` params) and
-samples that many trajectories of the store again.
+The paths are the arguments in ``dvc.yaml`` (``cmd:``); they go to ``diffsketch analyze``.
 """
 
-from diffsketch.cli import app
+import sys
+
+from diffsketch.cli.common import run_stage
+from diffsketch.cli.analyze import analyze
 
 if __name__ == "__main__":
-    app(["analyze", "--params", "params.yaml", "--store", "data/features.zarr", "--results", "data/analysis",
-         "--timesteps", "data/timesteps.json", "--reports", "reports/analysis"])  # fmt: skip
+    run_stage(analyze, ["analyze", *sys.argv[1:]])

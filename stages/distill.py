@@ -1,10 +1,12 @@
-"""DVC stage `distill`: train the fast student on data/pairs.zarr -> models/student.safetensors.
+"""DVC stage `distill`: Train the fast student on the generated pairs (resumes from its last checkpoint).
 
-Resumable checkpoints go to models/distill-checkpoints (a `persist: true` out, so an interrupted run
-resumes; they are discarded when the settings change)."""
+The paths are the arguments in ``dvc.yaml`` (``cmd:``); they go to ``diffsketch distill``.
+"""
 
-from diffsketch.cli import app
+import sys
+
+from diffsketch.cli.common import run_stage
+from diffsketch.cli.distill import distill
 
 if __name__ == "__main__":
-    app(["distill", "--params", "params.yaml", "--pairs", "data/pairs.zarr", "--out", "models/student.safetensors",
-         "--live", "reports/distill", "--checkpoints", "models/distill-checkpoints", "--overwrite"])  # fmt: skip
+    run_stage(distill, ["distill", *sys.argv[1:]])

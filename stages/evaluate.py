@@ -1,6 +1,12 @@
-"""DVC stage `evaluate`: the student against baselines on real photos -> reports/eval."""
+"""DVC stage `evaluate`: Score the student and the baselines on real photos; write the evaluation report.
 
-from diffsketch.cli import app
+The paths are the arguments in ``dvc.yaml`` (``cmd:``); they go to ``diffsketch evaluate``.
+"""
+
+import sys
+
+from diffsketch.cli.common import run_stage
+from diffsketch.cli.evaluate import evaluate
 
 if __name__ == "__main__":
-    app(["evaluate", "--params", "params.yaml", "--student", "models/student.safetensors", "--out", "reports/eval"])
+    run_stage(evaluate, ["evaluate", *sys.argv[1:]])

@@ -1,20 +1,20 @@
-"""DVC stage `pairs`: (image, sketch) pairs from the trained generator -> data/pairs.zarr.
+"""DVC stage `pairs`: Generate (image, sketch) pairs with the trained generator (resumable).
 
-The store is a `persist: true` out, so an interrupted run resumes; when the generator, prior or
-settings change it is replaced. With `launch.processes` > 1 the stage reruns itself under
-torchrun, one worker per process (results are identical).
+The paths are the arguments in ``dvc.yaml`` (``cmd:``); they go to ``diffsketch pairs``.
+With ``launch.processes`` > 1 the stage reruns itself under torchrun, one worker per process
+(results are identical).
 """
 
 import sys
 
-from diffsketch.cli import app
-from diffsketch.config import load_params
-from diffsketch.distributed import relaunch
+from diffsketch.cli.common import run_stage
+from diffsketch.cli.pairs import pairs
+from diffsketch.core.distributed import relaunch
+from diffsketch.core.params import load_params
 
 if __name__ == "__main__":
     launch = load_params("params.yaml").launch
-    code = relaunch(launch.processes, launch.args, [__file__])
+    code = relaunch(launch.processes, launch.args, [__file__, *sys.argv[1:]])
     if code is not None:
         sys.exit(code)
-    app(["pairs", "--params", "params.yaml", "--generator", "models/generator.safetensors",
-         "--prior", "models/prior.safetensors", "--out", "data/pairs.zarr", "--overwrite"])  # fmt: skip
+    run_stage(pairs, ["pairs", *sys.argv[1:]])

@@ -1,6 +1,12 @@
-"""DVC stage `prior`: fit the text-condition prior on data/captions -> models/prior.safetensors."""
+"""DVC stage `prior`: Fit the text-condition prior (PCA-Gaussian of CLIP text embeddings) that CDST samples from.
 
-from diffsketch.cli import app
+The paths are the arguments in ``dvc.yaml`` (``cmd:``); they go to ``diffsketch prior``.
+"""
+
+import sys
+
+from diffsketch.cli.common import run_stage
+from diffsketch.cli.prior import prior
 
 if __name__ == "__main__":
-    app(["prior", "--params", "params.yaml", "--out", "models/prior.safetensors"])
+    run_stage(prior, ["prior", *sys.argv[1:]])

@@ -1,13 +1,12 @@
-"""DVC stage `train`: one-shot training of the sketch generator with CDST.
+"""DVC stage `train`: Train the one-shot sketch generator with CDST (resumes from its latest checkpoint).
 
-Reads data/timesteps.json and models/prior.safetensors; writes models/generator.safetensors
-(+ .json), resumable checkpoints in models/checkpoints (a `persist: true` out, so an interrupted
-run resumes; they are discarded when the settings change) and the dvclive folder reports/train.
+The paths are the arguments in ``dvc.yaml`` (``cmd:``); they go to ``diffsketch train``.
 """
 
-from diffsketch.cli import app
+import sys
+
+from diffsketch.cli.common import run_stage
+from diffsketch.cli.train import train
 
 if __name__ == "__main__":
-    app(["train", "--params", "params.yaml", "--timesteps", "data/timesteps.json", "--prior", "models/prior.safetensors",
-         "--out", "models/generator.safetensors", "--checkpoints", "models/checkpoints", "--live", "reports/train",
-         "--overwrite"])  # fmt: skip
+    run_stage(train, ["train", *sys.argv[1:]])

@@ -29,8 +29,8 @@ def browser():
 @pytest.fixture(scope="session")
 def tiny():
     """The tiny SD model on the CPU (session-wide: build it once)."""
-    from diffsketch.config import ModelConfig
-    from diffsketch.models import load_model
+    from diffsketch.core.params import ModelConfig
+    from diffsketch.diffusion.models import load_model
 
     return load_model(ModelConfig(id="tiny", device="cpu"))
 
@@ -48,7 +48,7 @@ def prompts_dir(tmp_path):
 
 def small_params(prompts, **sample):
     """Params for a fast tiny run: 64 px, few steps."""
-    from diffsketch.config import parse_params
+    from diffsketch.core.params import parse_params
 
     settings = dict(prompts=str(prompts), trajectories=4, steps=4, resolution=64, pool=1, batch_size=2)
     settings.update(sample)
@@ -125,7 +125,7 @@ def student(tmp_path_factory):
     """A random student (width 8, 2 downsamples, 1 block) saved to a file."""
     import torch
 
-    from diffsketch.student import Student, StudentConfig, save_student
+    from diffsketch.student.network import Student, StudentConfig, save_student
 
     torch.manual_seed(0)
     return save_student(Student(StudentConfig(width=8, downsamples=2, blocks=1)), tmp_path_factory.mktemp("model") / "s.safetensors")
@@ -167,9 +167,9 @@ def teacher(tiny, tmp_path):
     """A random generator and a text prior for the tiny model, saved as the train and prior stages would."""
     import torch
 
-    from diffsketch.features import unet_layers, vae_layers
-    from diffsketch.generator import SketchGenerator, save_generator
-    from diffsketch.prior import fit_prior
+    from diffsketch.diffusion.features import unet_layers, vae_layers
+    from diffsketch.training.generator import SketchGenerator, save_generator
+    from diffsketch.training.prior import fit_prior
 
     torch.manual_seed(0)
     gen = SketchGenerator(unet_layers(tiny.unet.config, 64, 8), vae_layers(tiny.vae.config, 64), 2)
@@ -198,7 +198,7 @@ def record_writes(monkeypatch, interrupt_at: int | None = None) -> list[list[int
     """Record the trajectory indices of every ``store.write_trajectories`` call (raising
     KeyboardInterrupt, a Ctrl-C mid-run, on call ``interrupt_at``); returns the record. Patching again
     (to watch the resumed run) wraps the real function, not the previous recorder."""
-    from diffsketch import store
+    from diffsketch.store import zarr_store as store
 
     real, calls = getattr(store.write_trajectories, "real", store.write_trajectories), []
 

@@ -12,9 +12,9 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import CHROMIUM, LAUNCH_ARGS, REPO, run_in
-from diffsketch.ablation import AblationError, Experiment, Row, check_repo, expected_params, load_rows, status
-from diffsketch.cli import app
-from diffsketch.config import load_params
+from diffsketch.ablation.runner import AblationError, Experiment, Row, check_repo, expected_params, load_rows, status
+from diffsketch.cli.main import app
+from diffsketch.core.params import load_params
 
 ARTIFACTS = REPO / "test-artifacts" / "ablation"
 ENV = {"DVC_NO_ANALYTICS": "1", "DVC_STUDIO_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
@@ -181,8 +181,8 @@ def _ablation_page_in_a_browser(page_path: Path) -> None:
 
 
 def test_the_table_marks_the_best_mean_of_each_column_by_its_direction():
-    from diffsketch.ablation import RowResult
-    from diffsketch.ablation_report import sketches_html, table_html, table_markdown
+    from diffsketch.ablation.runner import RowResult
+    from diffsketch.ablation.report import sketches_html, table_html, table_markdown
 
     def result(name, ssim, chamfer, sketch=b"\x89PNG-" ):
         return RowResult(Row(name, f"row {name}", {"train.cdst": "off"} if name == "b" else {}), "rev", {"ssim": ssim, "chamfer": chamfer},

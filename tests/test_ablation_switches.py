@@ -13,14 +13,14 @@ import pytest
 import torch
 import yaml
 
-from diffsketch import training
-from diffsketch.analysis import analyze
-from diffsketch.cdst import cdst_weight
-from diffsketch.config import AnalyzeConfig, ParamsError, load_params, parse_params
-from diffsketch.features import unet_layers, vae_layers
-from diffsketch.generator import GeneratorConfig, GeneratorInputs, SketchGenerator, load_generator, parameter_counts, save_generator
-from diffsketch.models import TINY_UNET_CONFIG, TINY_VAE_CONFIG
-from diffsketch.prior import fit_prior
+from diffsketch.training import trainer as training
+from diffsketch.analysis.timesteps import analyze
+from diffsketch.training.cdst import cdst_weight
+from diffsketch.core.params import AnalyzeConfig, ParamsError, load_params, parse_params
+from diffsketch.diffusion.features import unet_layers, vae_layers
+from diffsketch.training.generator import GeneratorConfig, GeneratorInputs, SketchGenerator, load_generator, parameter_counts, save_generator
+from diffsketch.diffusion.models import TINY_UNET_CONFIG, TINY_VAE_CONFIG
+from diffsketch.training.prior import fit_prior
 from test_analysis import TIMESTEPS, synthetic_store
 
 T = 2

@@ -3,10 +3,10 @@ import json
 import numpy as np
 import pytest
 
-from diffsketch import store
-from diffsketch.analysis import AnalysisInputError, AnalysisResult, analyze, knee, select_timesteps, write_outputs
-from diffsketch.config import AnalyzeConfig
-from diffsketch.features import LayerSpec
+from diffsketch.store import zarr_store as store
+from diffsketch.analysis.timesteps import AnalysisInputError, AnalysisResult, analyze, knee, select_timesteps, write_outputs
+from diffsketch.core.params import AnalyzeConfig
+from diffsketch.diffusion.features import LayerSpec
 
 TIMESTEPS = [951, 901, 851, 801, 751, 701, 651, 601, 551, 501, 451, 401, 351, 301, 251, 201, 151, 101, 51, 1]
 GROUPS = np.repeat(np.arange(4), 5)  # timesteps form 4 blocks of 5 along the trajectory
@@ -183,7 +183,7 @@ def test_selection_with_as_many_clusters_as_timesteps_uses_each_once():
 
 def test_previews_keep_each_trajectorys_prompt_and_final_image(tmp_path):
     """The report's hover cards: the prompt and a 64 px thumbnail of the final image, per trajectory, saved and loaded."""
-    from diffsketch.analysis import THUMBNAIL
+    from diffsketch.analysis.timesteps import THUMBNAIL
 
     path = synthetic_store(tmp_path / "s.zarr", trajectories=6)
     root = store.open_group(path, mode="r+")

@@ -17,11 +17,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import REPO
-from diffsketch import metrics
-from diffsketch.cli import app
-from diffsketch.evaldata import PHOTOS
-from diffsketch.student import StudentLoadError, load_student
-from diffsketch.styles import read_rgb
+from diffsketch.evaluation import metrics
+from diffsketch.cli.main import app
+from diffsketch.evaluation.data import PHOTOS
+from diffsketch.student.network import StudentLoadError, load_student
+from diffsketch.core.images import read_rgb
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
@@ -29,7 +29,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def photos():
-    """Every packaged photo's path (diffsketch.evaldata): PNG and JPEG, colour and grey."""
+    """Every packaged photo's path (diffsketch.evaluation.data): PNG and JPEG, colour and grey."""
     return {name: photo.source_path() for name, photo in PHOTOS.items()}
 
 
@@ -118,7 +118,7 @@ def test_size_threshold_and_transparent(fp32, student, photos):
     assert np.array_equal(binary == 0, grey < 127.5)
     rgba = np.asarray(fp32(photos["coins"], size=128, transparent=True))
     assert rgba.shape[2] == 4 and np.array_equal(rgba[..., 3], 255 - grey) and not rgba[..., :3].any()
-    from diffsketch.extract import ExtractError
+    from diffsketch.extractor.batch import ExtractError
 
     with pytest.raises(ExtractError, match="between 0 and 1"):
         fp32(photos["coins"], threshold=1.5)
@@ -156,8 +156,8 @@ def test_svg_renders_back_to_the_png_lines(photos, small, fp32):
     student's. (The random test student draws salt-and-pepper noise, which no tracer keeps pixel
     for pixel; its SVGs are checked for size and for CLI = API.)
     """
-    from diffsketch.extractor import render_svg, resize_capped, sketch_to_png, sketch_to_svg
-    from diffsketch.styles import xdog
+    from diffsketch.extractor.api import render_svg, resize_capped, sketch_to_png, sketch_to_svg
+    from diffsketch.training.styles import xdog
 
     for name, path in photos.items():
         sketch = xdog(resize_capped(read_rgb(path), 256))[0].numpy()
@@ -174,7 +174,7 @@ def test_svg_renders_back_to_the_png_lines(photos, small, fp32):
 
 def test_backends_agree_on_the_packaged_photos(student, small, tmp_path):
     from diffsketch import SketchExtractor
-    from diffsketch.extractor import cpu_bf16_capable
+    from diffsketch.extractor.api import cpu_bf16_capable
 
     folder = tmp_path / "style"
     folder.mkdir()
@@ -201,7 +201,7 @@ def test_backends_agree_on_the_packaged_photos(student, small, tmp_path):
 
 def test_loading_refuses_pickles_and_names_the_fix(tmp_path, student):
     from diffsketch import SketchExtractor
-    from diffsketch.extract import ExtractError
+    from diffsketch.extractor.batch import ExtractError
 
     torch.save({"x": torch.zeros(1)}, tmp_path / "student.pt")
     with pytest.raises(StudentLoadError, match="pickle"):
@@ -295,7 +295,7 @@ def test_the_readme_example_runs(student, tmp_path, monkeypatch):
     ],
 )
 def test_auto_backend_rule(monkeypatch, tmp_path, device, bf16, runtime, graph, precision, expected):
-    from diffsketch import extractor
+    from diffsketch.extractor import api as extractor
 
     monkeypatch.setattr(extractor, "cpu_bf16_capable", lambda: bf16)
     monkeypatch.setattr(extractor, "onnxruntime_available", lambda: runtime)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffsketch.cdst import cdst_condition, cdst_weight
+from diffsketch.training.cdst import cdst_condition, cdst_weight
 
 
 @pytest.mark.parametrize(

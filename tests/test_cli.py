@@ -1,7 +1,7 @@
 import pytest
 from typer.testing import CliRunner
 
-from diffsketch.cli import app
+from diffsketch.cli.main import app
 
 runner = CliRunner()
 
@@ -51,7 +51,7 @@ def test_clear_errors_exit_1_without_traceback(prompts_dir, tmp_path):
 def test_analyze_then_report_regenerates_without_recomputing(tmp_path, monkeypatch):
     from test_analysis import synthetic_store
 
-    import diffsketch.analysis
+    import diffsketch.analysis.timesteps
 
     synthetic_store(tmp_path / "s.zarr")
     params = _params(tmp_path, "analyze: {pca_dims: 5, k_min: 2, k_max: 6, k: auto, feature_maps: 0}\n")  # a synthetic store: no model
@@ -62,7 +62,7 @@ def test_analyze_then_report_regenerates_without_recomputing(tmp_path, monkeypat
     result = runner.invoke(app, ["analyze", "-p", params, "--store", str(tmp_path / "s.zarr"), "-S", "analyze.k_max=30", *folders])
     assert result.exit_code == 1 and "k_max=30 must be below" in result.output
     (tmp_path / "rep" / "index.html").unlink()
-    monkeypatch.setattr(diffsketch.analysis, "analyze", lambda *a, **k: pytest.fail("report must not recompute"))
+    monkeypatch.setattr(diffsketch.analysis.timesteps, "analyze", lambda *a, **k: pytest.fail("report must not recompute"))
     result = runner.invoke(app, ["report", "--results", str(tmp_path / "res"), "--reports", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     assert "pca-timestep" in (tmp_path / "rep" / "index.html").read_text()

@@ -1,7 +1,7 @@
 import pytest
 
 from conftest import REPO
-from diffsketch.config import ParamsError, fingerprint, load_params, parse_params
+from diffsketch.core.params import ParamsError, fingerprint, load_params, parse_params
 
 
 def test_project_params_and_paper_preset_validate():

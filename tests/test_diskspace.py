@@ -16,8 +16,9 @@ import zarr
 from typer.testing import CliRunner
 
 from conftest import REPO, assert_same_stores, record_writes, small_params, store_arrays
-from diffsketch import diskspace, store
-from diffsketch.collect import run_sample
+from diffsketch.store import diskspace
+from diffsketch.store import zarr_store as store
+from diffsketch.store.collect import run_sample
 
 SETTINGS = dict(trajectories=4, steps=2, batch_size=2)  # batches [0, 1] and [2, 3]
 Usage = namedtuple("Usage", "total used free")
@@ -67,7 +68,7 @@ def test_projection_refusal_force_and_measured_compression(tiny, prompts, refere
 
     # --force starts anyway (and warns); interrupted after the first batch
     record_writes(monkeypatch, interrupt_at=2)
-    with caplog.at_level(logging.INFO, logger="diffsketch.diskspace"), pytest.raises(KeyboardInterrupt):
+    with caplog.at_level(logging.INFO, logger="diffsketch.store.diskspace"), pytest.raises(KeyboardInterrupt):
         run_sample(params, out, progress=False, model=tiny, force=True)
     assert "--force: starting anyway" in caplog.text
     assert f"projected size {diskspace.human_bytes(per_trajectory * n)} ({n} trajectories" in caplog.text, caplog.text
@@ -86,8 +87,8 @@ def test_projection_refusal_force_and_measured_compression(tiny, prompts, refere
 
 
 def test_pairs_refuse_before_loading_the_model(teacher, tmp_path, monkeypatch):
-    from diffsketch import pairs
-    from diffsketch.config import parse_params
+    from diffsketch.student import pairs
+    from diffsketch.core.params import parse_params
 
     params = parse_params({"model": {"id": "tiny", "device": "cpu"}, "pairs": {"count": 3, "batch_size": 1}})
     monkeypatch.setattr(pairs, "load_model", lambda *a: pytest.fail("the space check must come before the model"))
@@ -97,8 +98,9 @@ def test_pairs_refuse_before_loading_the_model(teacher, tmp_path, monkeypatch):
 
 
 def test_force_option_reaches_sample_and_pairs(monkeypatch, tmp_path):
-    from diffsketch import collect, pairs
-    from diffsketch.cli import app
+    from diffsketch.store import collect
+    from diffsketch.student import pairs
+    from diffsketch.cli.main import app
 
     seen = {}
     monkeypatch.setattr(collect, "run_sample", lambda *a, **k: seen.setdefault("sample", k["force"]))
@@ -116,7 +118,7 @@ def test_force_option_reaches_sample_and_pairs(monkeypatch, tmp_path):
 FULL_DISK = """
 import errno, os, re, sys
 import zarr.storage
-from diffsketch.cli import app
+from diffsketch.cli.main import app
 first_full, real = int(sys.argv[1]), zarr.storage.LocalStore.set
 async def full(self, key, value, *args, **kwargs):
     entry = re.search(r"/c/(\\d+)", key)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import interrupt_on_call
-from diffsketch.config import parse_params
-from diffsketch.pairs import PairsError, open_pairs, run_pairs
+from diffsketch.core.params import parse_params
+from diffsketch.student.pairs import PairsError, open_pairs, run_pairs
 
 
 def params(**pairs):
@@ -24,7 +24,7 @@ def test_pairs_resume_and_batch_independence(tiny, teacher, tmp_path, monkeypatc
     assert a["sketches"][:].std() > 0
 
     # interrupted after the first block, then resumed: the same pairs
-    import diffsketch.pairs as pairs_module
+    import diffsketch.student.pairs as pairs_module
 
     real = interrupt_on_call(monkeypatch, pairs_module, "sample_conditions", 2)
     with pytest.raises(KeyboardInterrupt):
@@ -41,7 +41,7 @@ def test_pairs_resume_and_batch_independence(tiny, teacher, tmp_path, monkeypatc
 
 
 def test_pairs_bad_inputs(teacher, tmp_path):
-    from diffsketch.generator import GeneratorLoadError
+    from diffsketch.training.generator import GeneratorLoadError
 
     gen_path, prior_path = teacher
     with pytest.raises(GeneratorLoadError):
@@ -54,8 +54,8 @@ def test_pairs_bad_inputs(teacher, tmp_path):
 
 
 def test_student_learns_its_teacher(tiny, teacher, tmp_path):
-    from diffsketch.distillation import run_distill
-    from diffsketch.student import load_student
+    from diffsketch.student.distill import run_distill
+    from diffsketch.student.network import load_student
 
     gen_path, prior_path = teacher
     p = params(count=10)

@@ -12,8 +12,8 @@ import pytest
 import zarr
 
 from conftest import REPO, assert_same_stores, free_port
-from diffsketch import store
-from diffsketch.distributed import Workers
+from diffsketch.store import zarr_store as store
+from diffsketch.core.distributed import Workers
 
 pytestmark = pytest.mark.slow
 
@@ -97,7 +97,7 @@ def test_pairs_stage_relaunches_itself_over_two_processes(teacher, tmp_path):
     """`launch.processes: 2` makes the pairs stage script run under torchrun; the pairs equal one process's."""
     import shutil
 
-    from diffsketch.pairs import open_pairs
+    from diffsketch.student.pairs import open_pairs
 
     settings = {"model": {"id": "tiny", "device": "cpu"}, "pairs": {"count": 5, "batch_size": 2}}
     stores = {}

@@ -33,7 +33,7 @@ def test_dvc_repro_and_param_granularity(reproduced_repo, tmp_path):
     log = (reproduced_repo.parent / "repro.log").read_text()
     assert all(f"Running stage '{stage}'" in log for stage in ("sample", "analyze", "prior", "train", "pairs", "distill", "evaluate"))
     assert (repo / "dvc.lock").is_file()
-    from diffsketch import store
+    from diffsketch.store import zarr_store as store
 
     assert store.complete_mask(store.open_store(repo / "data" / "features.zarr")).sum() == 4
     timesteps = json.loads((repo / "data" / "timesteps.json").read_text())

@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffsketch import baselines
-from diffsketch.cli import app
-from diffsketch.config import ParamsError, parse_params
-from diffsketch.eval_report import BEGIN, END, run_evaluate, update_readme
-from diffsketch.evaldata import PHOTOS, EvalDataError, run_eval_data
-from diffsketch.evaluation import EvalError
-from diffsketch.student import StudentLoadError
+from diffsketch.evaluation import baselines
+from diffsketch.cli.main import app
+from diffsketch.core.params import ParamsError, parse_params
+from diffsketch.evaluation.report import BEGIN, END, run_evaluate, update_readme
+from diffsketch.evaluation.data import PHOTOS, EvalDataError, run_eval_data
+from diffsketch.evaluation.protocol import EvalError
+from diffsketch.student.network import StudentLoadError
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -133,8 +133,9 @@ def test_evaluate_scores_student_and_baselines(eval_dir, student, tmp_path):
 
 
 def test_scores_match_a_direct_computation(eval_dir, tmp_path):
-    from diffsketch import metrics, styles
-    from diffsketch.extract import prepare_image
+    from diffsketch.evaluation import metrics
+    from diffsketch.training import styles
+    from diffsketch.extractor.batch import prepare_image
 
     params = _params(eval_dir, methods=["canny"], datasets=[{"path": str(eval_dir), "limit": 1}])
     result = run_evaluate(params, None, tmp_path / "eval", progress=False)
@@ -145,7 +146,7 @@ def test_scores_match_a_direct_computation(eval_dir, tmp_path):
 
 
 def test_bad_inputs_fail_before_any_image_is_read(eval_dir, student, tmp_path, monkeypatch):
-    import diffsketch.evaluation as evaluation
+    import diffsketch.evaluation.protocol as evaluation
 
     def no_reading(*args, **kwargs):
         raise AssertionError("an image was read before the inputs were checked")
@@ -170,7 +171,7 @@ def test_bad_inputs_fail_before_any_image_is_read(eval_dir, student, tmp_path, m
         run_evaluate(_params(eval_dir, methods=["student", "anime"], weights={"anime": str(tmp_path / "no.pth")}), student, out)
     with pytest.raises(EvalError, match="nothing to compare"):
         run_evaluate(_params(eval_dir, methods=["dog"]), student, out)
-    monkeypatch.setattr("diffsketch.losses.alexnet_cached", lambda: None)
+    monkeypatch.setattr("diffsketch.training.losses.alexnet_cached", lambda: None)
     with pytest.raises(EvalError, match="AlexNet"):
         run_evaluate(_params(eval_dir, lpips="on"), student, out)
     assert (out / "metrics.json").read_text() == "{}"
@@ -220,7 +221,7 @@ def test_cli_evaluate_and_readme_results(eval_dir, student, tmp_path):
 
 
 def test_lpips_column_when_its_weights_are_there(eval_dir, tmp_path, monkeypatch):
-    import diffsketch.losses as losses
+    import diffsketch.training.losses as losses
 
     random_backbone = losses.load_lpips("random")  # stands in for the cached AlexNet, which is not available offline
     monkeypatch.setattr(losses, "alexnet_cached", lambda: tmp_path / "alexnet.pth")
@@ -241,10 +242,10 @@ def test_evaluation_never_imports_its_renderer():
 
     from conftest import REPO
 
-    tree = ast.parse((REPO / "diffsketch" / "evaluation.py").read_text())
+    tree = ast.parse((REPO / "diffsketch" / "evaluation" / "protocol.py").read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not {m for m in imported if m.endswith(("eval_report", "report"))}, imported
-    code = "import sys, diffsketch.evaluation; print('diffsketch.eval_report' in sys.modules)"
+    code = "import sys, diffsketch.evaluation.protocol; print('diffsketch.evaluation.report' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from diffsketch.cli import app
-from diffsketch.export import ExportError, export_onnx, verify_onnx
-from diffsketch.student import Student, StudentConfig, load_student, save_student
+from diffsketch.cli.main import app
+from diffsketch.student.onnx import ExportError, export_onnx, verify_onnx
+from diffsketch.student.network import Student, StudentConfig, load_student, save_student
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

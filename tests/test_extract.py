@@ -8,10 +8,10 @@ import torch
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
-from diffsketch.cli import app
-from diffsketch.extract import ExtractError, cap_size, collect_jobs, run_extract
-from diffsketch.student import Student, load_student
-from diffsketch.styles import read_rgb
+from diffsketch.cli.main import app
+from diffsketch.extractor.batch import ExtractError, cap_size, collect_jobs, run_extract
+from diffsketch.student.network import Student, load_student
+from diffsketch.core.images import read_rgb
 
 runner = CliRunner()
 SUMMARY = "{} written, {} skipped (exists), {} failed"

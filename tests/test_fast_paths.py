@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from conftest import assert_same_stores, record_writes, small_params, store_arrays
-from diffsketch import batching
-from diffsketch.config import ModelConfig, parse_params
-from diffsketch.features import unet_layers, vae_layers
-from diffsketch.models import apply_fast_paths, load_model, resolve_compile
-from diffsketch.sampling import sample
+from diffsketch.core import batching
+from diffsketch.core.params import ModelConfig, parse_params
+from diffsketch.diffusion.features import unet_layers, vae_layers
+from diffsketch.diffusion.models import apply_fast_paths, load_model, resolve_compile
+from diffsketch.diffusion.sampling import sample
 
 PROMPTS = ["a photo of a horse in mud", "a bowl of ramen"]
 
@@ -118,8 +118,8 @@ def test_fit_batch_and_probe_arithmetic():
 
 
 def test_auto_batch_sample_store_matches_fixed_and_resumes(prompts_dir, tmp_path, tiny, monkeypatch):
-    from diffsketch import store
-    from diffsketch.collect import run_sample
+    from diffsketch.store import zarr_store as store
+    from diffsketch.store.collect import run_sample
 
     auto, fixed = small_params(prompts_dir, trajectories=5, batch_size="auto"), small_params(prompts_dir, trajectories=5, batch_size=1)
     run_sample(auto, tmp_path / "auto.zarr", progress=False, model=tiny)
@@ -146,9 +146,9 @@ def test_auto_batch_sample_store_matches_fixed_and_resumes(prompts_dir, tmp_path
 
 
 def test_auto_batch_pairs_match_fixed_and_resume(tiny, teacher, tmp_path, monkeypatch):
-    import diffsketch.pairs as pairs_module
+    import diffsketch.student.pairs as pairs_module
     from conftest import interrupt_on_call
-    from diffsketch.pairs import open_pairs, run_pairs
+    from diffsketch.student.pairs import open_pairs, run_pairs
 
     gen_path, prior_path = teacher
 

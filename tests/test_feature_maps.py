@@ -12,13 +12,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from conftest import small_params
-from diffsketch import store
-from diffsketch.analysis import AnalysisInputError, AnalysisResult, analyze
-from diffsketch.cli import app
-from diffsketch.collect import run_sample
-from diffsketch.config import AnalyzeConfig, ModelConfig
-from diffsketch.feature_maps import resample_features, to_rgb
-from diffsketch.report import write_report
+from diffsketch.store import zarr_store as store
+from diffsketch.analysis.timesteps import AnalysisInputError, AnalysisResult, analyze
+from diffsketch.cli.main import app
+from diffsketch.store.collect import run_sample
+from diffsketch.core.params import AnalyzeConfig, ModelConfig
+from diffsketch.analysis.feature_maps import resample_features, to_rgb
+from diffsketch.analysis.report import write_report
 from test_analysis import synthetic_store
 
 SHOWN = 2  # trajectories with feature maps
@@ -54,13 +54,13 @@ def cli_analyze(store_path, folder, feature_maps: int) -> None:
 @pytest.fixture(scope="module")
 def with_maps(sampled, tiny, tmp_path_factory):
     """`diffsketch analyze` with feature maps of SHOWN trajectories: (its folder, the model params it loaded)."""
-    import diffsketch.models
-    import diffsketch.report
+    import diffsketch.diffusion.models
+    import diffsketch.analysis.report
 
     folder, loaded = tmp_path_factory.mktemp("with_maps"), []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(diffsketch.models, "load_model", lambda cfg: loaded.append(cfg) or tiny)  # the session's tiny model
-        patch.setattr(diffsketch.report, "_figures", lambda result: "")  # the matplotlib figures (tested elsewhere) take seconds
+        patch.setattr(diffsketch.diffusion.models, "load_model", lambda cfg: loaded.append(cfg) or tiny)  # the session's tiny model
+        patch.setattr(diffsketch.analysis.report, "_figures", lambda result: "")  # the matplotlib figures (tested elsewhere) take seconds
         cli_analyze(sampled, folder, SHOWN)
     return folder, loaded
 
@@ -148,7 +148,7 @@ def png_pixels(src: str) -> np.ndarray:
 
 
 def test_report_grid_has_one_map_per_layer_and_timestep(sampled, with_maps, tmp_path, monkeypatch):
-    import diffsketch.report
+    import diffsketch.analysis.report
 
     folder, loaded = with_maps
     # the CLI hands the model params over, and the model is loaded once (eager: `auto` does not compile for a few samplings)
@@ -170,18 +170,18 @@ def test_report_grid_has_one_map_per_layer_and_timestep(sampled, with_maps, tmp_
                 pixels = png_pixels(cells[(spec["name"], t)])
                 assert pixels.shape == (spec["size"], spec["size"], 3)  # full resolution, not the store's 2 x 2
     # `diffsketch report` re-renders the same grid from the saved analysis, without the model
-    monkeypatch.setattr(diffsketch.report, "_figures", lambda result: "")
+    monkeypatch.setattr(diffsketch.analysis.report, "_figures", lambda result: "")
     assert CliRunner().invoke(app, ["report", "--results", str(folder / "analysis"), "--reports", str(tmp_path)]).exit_code == 0
     again = grid_of(tmp_path / "index.html")
     assert again.cells == grid.cells and again.finals == grid.finals
 
 
 def test_feature_maps_off_draws_none_and_loads_no_model(sampled, with_maps, tmp_path, monkeypatch):
-    import diffsketch.models
-    import diffsketch.report
+    import diffsketch.diffusion.models
+    import diffsketch.analysis.report
 
-    monkeypatch.setattr(diffsketch.models, "load_model", no_model)
-    monkeypatch.setattr(diffsketch.report, "_figures", lambda result: "")
+    monkeypatch.setattr(diffsketch.diffusion.models, "load_model", no_model)
+    monkeypatch.setattr(diffsketch.analysis.report, "_figures", lambda result: "")
     shutil.copytree(with_maps[0] / "analysis", tmp_path / "analysis")  # an earlier analysis with maps, in the same folder
     cli_analyze(sampled, tmp_path, 0)
     page = tmp_path / "reports" / "index.html"
@@ -190,9 +190,9 @@ def test_feature_maps_off_draws_none_and_loads_no_model(sampled, with_maps, tmp_
 
 
 def test_store_that_cannot_be_resampled_is_refused_before_work(tmp_path, monkeypatch):
-    import diffsketch.models
+    import diffsketch.diffusion.models
 
-    monkeypatch.setattr(diffsketch.models, "load_model", no_model)
+    monkeypatch.setattr(diffsketch.diffusion.models, "load_model", no_model)
     path = synthetic_store(tmp_path / "s.zarr")  # no sampling settings in its attrs
     with pytest.raises(AnalysisInputError, match=r"lacks attrs\['steps'\].*analyze.feature_maps=0"):
         analyze(path, analysis_cfg(feature_maps=1, k=4, k_max=8, pca_dims=5), progress=False, model=ModelConfig(id="tiny"))

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from diffsketch.features import FeatureCapture, LayerSpec, check_pool, unet_layers, vae_layers
-from diffsketch.models import SD15_UNET_CONFIG, SD15_VAE_CONFIG
+from diffsketch.diffusion.features import FeatureCapture, LayerSpec, check_pool, unet_layers, vae_layers
+from diffsketch.diffusion.models import SD15_UNET_CONFIG, SD15_VAE_CONFIG
 
 
 def test_sd15_layer_table_on_meta_device():

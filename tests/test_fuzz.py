@@ -24,8 +24,8 @@ from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from conftest import REPO
-from diffsketch.cli import app
-from diffsketch.config import Params, ParamsError, load_params, parse_params
+from diffsketch.cli.main import app
+from diffsketch.core.params import Params, ParamsError, load_params, parse_params
 
 runner = CliRunner()
 SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -272,7 +272,7 @@ def displayed_size(path: Path) -> tuple[int, int] | None:
 
 def _smallest_side(student_path) -> int:
     """Each side must exceed 2 ** downsamples (and reach 4, for the 7x7 stem's padding)."""
-    from diffsketch.student import load_student
+    from diffsketch.student.network import load_student
 
     return max(2 ** load_student(student_path)[0].config.downsamples + 1, 4)
 
@@ -311,8 +311,8 @@ def test_extract_reports_bad_files_and_sketches_the_rest(student, files):
 @pytest.fixture(scope="module")
 def tokenizer_once():
     """The example checks build the CLIP tokenizer on each call (0.2 s); build it once for the fuzzing."""
-    from diffsketch import example
-    from diffsketch.models import clip_tokenizer
+    from diffsketch.training import example
+    from diffsketch.diffusion.models import clip_tokenizer
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(example, "clip_tokenizer", functools.cache(clip_tokenizer))
@@ -324,8 +324,8 @@ def tokenizer_once():
 @given(image_file(48, 48), st.sampled_from(["example.image", "example.sketch"]))  # square: a generated source image is
 def test_a_bad_example_file_is_refused_before_any_model_loads(file, param):
     """The example is one required input: a file training could not read is refused by the early check."""
-    from diffsketch import styles
-    from diffsketch.example import ExampleError, check_example
+    from diffsketch.core import images
+    from diffsketch.training.example import ExampleError, check_example
 
     suffix, data = file
     with tempfile.TemporaryDirectory() as folder:
@@ -341,9 +341,9 @@ def test_a_bad_example_file_is_refused_before_any_model_loads(file, param):
         assert displayed_size(path) is not None, "an unreadable file passed the early check"
         # what build_example reads after the model has loaded must now work
         if param == "example.image":
-            styles.load_image(path, 64)
+            images.load_image(path, 64)
         else:
-            styles.load_sketch(path, 64)
+            images.load_sketch(path, 64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,7 +419,7 @@ def test_overrides_with_bad_yaml_or_below_a_value_are_clean_errors(tmp_path):
 @pytest.mark.usefixtures("tokenizer_once")
 def test_a_truncated_jpeg_example_is_refused_before_the_model_loads(tmp_path):
     """verify() does not decode JPEG data: a cut-off JPEG once passed the early check and failed after the model loaded."""
-    from diffsketch.example import ExampleError, check_example
+    from diffsketch.training.example import ExampleError, check_example
 
     jpeg = _encoded(_photo(64, 64), "JPEG")
     path = tmp_path / "cut.jpg"
@@ -432,8 +432,8 @@ def test_a_truncated_jpeg_example_is_refused_before_the_model_loads(tmp_path):
 
 def test_a_lazily_opened_broken_pil_image_is_a_clean_error(student, tmp_path):
     """A PIL image handed to the API decodes on first use: a truncated one once leaked PIL's OSError."""
-    from diffsketch.extractor import SketchExtractor
-    from diffsketch.styles import StyleError
+    from diffsketch.extractor.api import SketchExtractor
+    from diffsketch.training.styles import StyleError
 
     png = _encoded(_photo(), "PNG")
     extractor = SketchExtractor.load(student, "cpu", "torch", precision="fp32")

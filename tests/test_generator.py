@@ -4,8 +4,8 @@ import types
 import pytest
 import torch
 
-from diffsketch.features import unet_layers, vae_layers
-from diffsketch.generator import (
+from diffsketch.diffusion.features import unet_layers, vae_layers
+from diffsketch.training.generator import (
     GeneratorConfig,
     GeneratorInputs,
     GeneratorLoadError,
@@ -15,7 +15,7 @@ from diffsketch.generator import (
     parameter_counts,
     save_generator,
 )
-from diffsketch.models import SD15_UNET_CONFIG, SD15_VAE_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG
+from diffsketch.diffusion.models import SD15_UNET_CONFIG, SD15_VAE_CONFIG, TINY_UNET_CONFIG, TINY_VAE_CONFIG
 
 T = 3
 

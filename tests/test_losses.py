@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffsketch.config import LossConfig
-from diffsketch.losses import ALEXNET_FILE, TINY_CLIP, LossSetupError, SketchLoss, load_clip, load_lpips
+from diffsketch.core.params import LossConfig
+from diffsketch.training.losses import ALEXNET_FILE, TINY_CLIP, LossSetupError, SketchLoss, load_clip, load_lpips
 
 # CLIP's preprocessing statistics (OpenAI's CLIP repository, clip/clip.py), written out here so that
 # no test takes them from the code under test; ImageNet's are the authors' mistake (method.md §9.7).

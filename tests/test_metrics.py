@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from diffsketch import metrics
+from diffsketch.evaluation import metrics
 
 
 def _gaussian_window(size=11, sigma=1.5):

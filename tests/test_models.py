@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from diffsketch.config import ModelConfig
-from diffsketch.models import ModelLoadError, build_random, clip_tokenizer, ddim_scheduler, load_model
+from diffsketch.core.params import ModelConfig
+from diffsketch.diffusion.models import ModelLoadError, build_random, clip_tokenizer, ddim_scheduler, load_model
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

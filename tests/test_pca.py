@@ -13,10 +13,10 @@ from scipy.linalg import subspace_angles
 from sklearn.decomposition import PCA
 
 from conftest import small_params
-from diffsketch import analysis
-from diffsketch.analysis import AnalysisInputError, FeatureReader, analyze
-from diffsketch.config import AnalyzeConfig
-from diffsketch.pca import randomized_pca
+from diffsketch.analysis import timesteps as analysis
+from diffsketch.analysis.timesteps import AnalysisInputError, FeatureReader, analyze
+from diffsketch.core.params import AnalyzeConfig
+from diffsketch.analysis.pca import randomized_pca
 from test_analysis import synthetic_store
 
 STEPS, WIDTHS = 20, (30, 90, 12)
@@ -142,7 +142,7 @@ def test_same_timesteps_as_the_exact_pca_on_the_four_group_store(tmp_path, monke
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory, tiny):
     """A store from the real sampling path: the tiny model, 4 trajectories of 10 steps at 128 px, pool 2."""
-    from diffsketch.collect import run_sample
+    from diffsketch.store.collect import run_sample
 
     folder = tmp_path_factory.mktemp("sampled")
     prompts = folder / "prompts"
@@ -171,7 +171,7 @@ def test_incremental_path_is_kept(tmp_path):
 
 def test_progress_projects_the_total(caplog):
     data = decaying_items(items=8)
-    with caplog.at_level(logging.INFO, logger="diffsketch.pca"):
+    with caplog.at_level(logging.INFO, logger="diffsketch.analysis.pca"):
         randomized_pca(lambda i: data[i], range(8), STEPS, WIDTHS, 4, equal_weights=True, progress=True)
     assert "3 passes over 8 trajectories" in caplog.text and "projected total" in caplog.text
 

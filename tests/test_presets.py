@@ -6,8 +6,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import REPO
-from diffsketch.cli import app
-from diffsketch.config import load_params
+from diffsketch.cli.main import app
+from diffsketch.core.params import load_params
 
 # The authors' code and the reviews (../shared/reference/method.md §1-§6), written out by hand.
 AUTHORS = {

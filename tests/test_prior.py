@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from diffsketch.prior import PriorError, TextPrior, fit_prior, load_captions, run_prior
+from diffsketch.training.prior import PriorError, TextPrior, fit_prior, load_captions, run_prior
 from tests.conftest import REPO
 
 
@@ -48,7 +48,7 @@ def test_shipped_caption_corpus():
 
 
 def test_run_prior_on_tiny_model(tiny, tmp_path):
-    from diffsketch.config import parse_params
+    from diffsketch.core.params import parse_params
 
     corpus = tmp_path / "captions"
     corpus.mkdir()

@@ -1,7 +1,7 @@
 import pytest
 
 from conftest import REPO
-from diffsketch.prompts import PromptsError, interleave, load_prompts, plan_trajectories
+from diffsketch.diffusion.prompts import PromptsError, interleave, load_prompts, plan_trajectories
 
 
 def test_shipped_prompts_have_ten_classes_of_ten():

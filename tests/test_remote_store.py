@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_same_stores, free_port, interrupt_on_call, record_writes, small_params
-from diffsketch import store
-from diffsketch.collect import run_sample
-from diffsketch.config import parse_params
-from diffsketch.pairs import PairsError, _create, open_pairs, run_pairs
+from diffsketch.store import zarr_store as store
+from diffsketch.store.collect import run_sample
+from diffsketch.core.params import parse_params
+from diffsketch.student.pairs import PairsError, _create, open_pairs, run_pairs
 
 BUCKET = "diffsketch-test"
 pytestmark = pytest.mark.usefixtures("one_thread")  # the tiny model is faster on one thread of busy cores
@@ -97,7 +97,7 @@ def test_unknown_protocol_and_missing_package(monkeypatch):
 
 
 def test_bad_bucket_credentials_or_endpoint_fail_before_the_model_loads(s3, prompts_dir, monkeypatch):
-    import diffsketch.collect as collect
+    import diffsketch.store.collect as collect
 
     monkeypatch.setattr(collect, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
     params = small_params(prompts_dir, trajectories=2)
@@ -146,7 +146,7 @@ def test_sample_to_s3_equals_local_and_resumes(s3, prompts_dir, tmp_path, tiny, 
 def test_pairs_to_s3_resume_and_read(s3, teacher, tiny, tmp_path, monkeypatch):
     import fsspec
 
-    import diffsketch.pairs as pairs_module
+    import diffsketch.student.pairs as pairs_module
 
     gen, prior = teacher
     params = parse_params({"model": {"id": "tiny", "device": "cpu"}, "pairs": {"count": 2, "batch_size": 1}})

@@ -7,8 +7,8 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from diffsketch.analysis import AnalysisResult
-from diffsketch.report import write_report
+from diffsketch.analysis.timesteps import AnalysisResult
+from diffsketch.analysis.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = [
@@ -206,7 +206,7 @@ def test_report_from_saved_analysis(tmp_path):
 
 
 def test_large_scatter_is_subsampled(tmp_path, monkeypatch):
-    import diffsketch.report as report_module
+    import diffsketch.analysis.report as report_module
 
     monkeypatch.setattr(report_module, "MAX_SCATTER_POINTS", 25)
     text = write_report(make_result(), tmp_path).read_text(encoding="utf-8")
@@ -229,7 +229,7 @@ def test_explorer_without_previews_says_so_and_lists_every_class():
     """An analysis saved before the previews: the explorer still draws, and the page says the card has no thumbnail."""
     import json
 
-    from diffsketch.report import explorer_html
+    from diffsketch.analysis.report import explorer_html
 
     result = make_result()
     page = explorer_html(result)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, needs_chromium
-from diffsketch.report import FEATURE_MAP_CELL, FINAL_IMAGE_SIDE, write_report
+from diffsketch.analysis.report import FEATURE_MAP_CELL, FINAL_IMAGE_SIDE, write_report
 from test_report import make_result
 
 ARTIFACTS = REPO / "test-artifacts" / "report"
@@ -37,9 +37,9 @@ def with_feature_maps(result, shown: int = 2):
     colour pattern per (trajectory, layer, chosen timestep), and a gradient as each final image."""
     from types import SimpleNamespace
 
-    from diffsketch.feature_maps import FeatureMaps
-    from diffsketch.features import unet_layers
-    from diffsketch.models import TINY_UNET_CONFIG
+    from diffsketch.analysis.feature_maps import FeatureMaps
+    from diffsketch.diffusion.features import unet_layers
+    from diffsketch.diffusion.models import TINY_UNET_CONFIG
 
     layers = unet_layers(SimpleNamespace(**TINY_UNET_CONFIG), 128, 8)
     steps = np.sort(result.selected)
@@ -64,7 +64,7 @@ def with_feature_maps(result, shown: int = 2):
 @pytest.fixture(autouse=True)
 def no_static_figures(monkeypatch):
     """The matplotlib figures (tested in test_report.py) take seconds per page and play no part here."""
-    import diffsketch.report as report_module
+    import diffsketch.analysis.report as report_module
 
     monkeypatch.setattr(report_module, "_figures", lambda result: "")
 
@@ -167,7 +167,7 @@ def test_explorer_draws_hovers_toggles_and_filters_offline(open_report, tmp_path
 
 
 def test_large_analysis_is_thinned_deterministically_and_says_so(open_report, tmp_path, monkeypatch):
-    import diffsketch.report as report_module
+    import diffsketch.analysis.report as report_module
 
     monkeypatch.setattr(report_module, "MAX_INTERACTIVE_POINTS", 25)
     result = previewed_result()

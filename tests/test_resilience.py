@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from diffsketch.checkpoint import NonFiniteError, latest_checkpoint, save_checkpoint
-from diffsketch.config import parse_params
+from diffsketch.training.checkpoint import NonFiniteError, latest_checkpoint, save_checkpoint
+from diffsketch.core.params import parse_params
 
 # gan > 0: the discriminator and its optimiser are checkpointed too; crop 24 is the smallest the PatchGAN takes
 DISTILL = {"width": 8, "downsamples": 2, "blocks": 1, "iterations": 8, "batch": 1, "crop": 24, "lr": 3e-3,
@@ -23,7 +23,7 @@ SETTINGS = {"model": {"id": "tiny", "device": "cpu"}, "losses": {"lpips_net": "r
 
 def make_pairs(path, count=8, size=32):
     """A small complete pairs store with random content (no model needed)."""
-    from diffsketch.pairs import _create
+    from diffsketch.student.pairs import _create
 
     root = _create(path, count, size, {"seed": 0})
     rng = np.random.default_rng(0)
@@ -38,8 +38,8 @@ def make_pairs(path, count=8, size=32):
 # mode, the process SIGKILLs itself at the given call (mid-iteration, between two checkpoints).
 RUNNER = """
 import os, signal, sys
-from diffsketch import distillation
-from diffsketch.cli import app
+from diffsketch.student import distill as distillation
+from diffsketch.cli.main import app
 mode, at, counter = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 real, calls = distillation.PairSampler.batch, []
 def batch(self, *args, **kwargs):
@@ -60,8 +60,8 @@ def _tsv(live):
 
 
 def test_distill_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
-    from diffsketch.distillation import run_distill
-    from diffsketch.student import load_student
+    from diffsketch.student.distill import run_distill
+    from diffsketch.student.network import load_student
 
     pairs = make_pairs(tmp_path / "pairs.zarr")
     params = parse_params(SETTINGS)
@@ -98,7 +98,7 @@ def test_distill_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
 
     # other settings: refused unless --overwrite
     other = parse_params({**SETTINGS, "distill": {**DISTILL, "lr": 1e-3}})
-    from diffsketch.distillation import DistillError
+    from diffsketch.student.distill import DistillError
 
     with pytest.raises(DistillError, match="--overwrite"):
         run_distill(other, pairs, b / "student.safetensors", b / "live", progress=False, checkpoints=b / "ckpt")
@@ -106,7 +106,7 @@ def test_distill_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
 
 def _nan_batches(monkeypatch, bad):
     """Make the distillation's batches NaN at the iterations in ``bad`` (a set of batch-call indices)."""
-    from diffsketch import distillation
+    from diffsketch.student import distill as distillation
 
     real, calls = distillation.PairSampler.batch, []
 
@@ -121,8 +121,8 @@ def _nan_batches(monkeypatch, bad):
 
 
 def test_distill_skips_nonfinite_steps_and_stops_after_max_skips(tmp_path, monkeypatch):
-    from diffsketch.distillation import run_distill
-    from diffsketch.student import load_student
+    from diffsketch.student.distill import run_distill
+    from diffsketch.student.network import load_student
 
     pairs = make_pairs(tmp_path / "pairs.zarr")
     params = parse_params({**SETTINGS, "distill": {**DISTILL, "gan": 0}})
@@ -154,8 +154,8 @@ def test_train_skips_a_nan_loss_and_never_writes_nonfinite_weights(tiny, tmp_pat
     from safetensors.torch import load_file
     from test_training import make_params, prepare
 
-    from diffsketch import training
-    from diffsketch.checkpoint import checkpoint_meta
+    from diffsketch.training import trainer as training
+    from diffsketch.training.checkpoint import checkpoint_meta
 
     real, calls = training.SketchLoss.forward, []
 
@@ -191,7 +191,7 @@ def test_train_skips_a_nan_loss_and_never_writes_nonfinite_weights(tiny, tmp_pat
 
 HOLDER = """
 import sys, time
-from diffsketch import store
+from diffsketch.store import zarr_store as store
 lock = store.writer_lock(sys.argv[1])  # kept referenced: collecting it would release the lock
 lock.__enter__()
 print("locked", flush=True)
@@ -204,9 +204,9 @@ def test_one_writer_per_store_and_a_killed_writer_does_not_block(tiny, teacher, 
 
     from conftest import small_params
 
-    from diffsketch import store
-    from diffsketch.collect import run_sample
-    from diffsketch.pairs import run_pairs
+    from diffsketch.store import zarr_store as store
+    from diffsketch.store.collect import run_sample
+    from diffsketch.student.pairs import run_pairs
 
     out = tmp_path / "features.zarr"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
@@ -237,7 +237,7 @@ def _skipped_metric(live):
 
 
 def test_distill_logs_the_running_count_of_skipped_steps(tmp_path, monkeypatch):
-    from diffsketch.distillation import run_distill
+    from diffsketch.student.distill import run_distill
 
     pairs = make_pairs(tmp_path / "pairs.zarr")
     clean = parse_params({**SETTINGS, "distill": {**DISTILL, "gan": 0}})
@@ -254,7 +254,7 @@ def test_distill_logs_the_running_count_of_skipped_steps(tmp_path, monkeypatch):
 def test_train_logs_the_running_count_of_skipped_steps_across_a_resume(tiny, tmp_path, monkeypatch):
     from test_training import make_params, prepare
 
-    from diffsketch import training
+    from diffsketch.training import trainer as training
 
     sample_batch, batches = training.Trainer.sample_batch, []
 
@@ -285,8 +285,8 @@ def test_distill_does_not_resume_on_other_pairs(tmp_path):
     """Same settings, new pairs (DVC reruns `distill` after a new generator, its checkpoints persisting): start over."""
     import zarr
 
-    from diffsketch.distillation import DistillError, run_distill
-    from diffsketch.student import load_student
+    from diffsketch.student.distill import DistillError, run_distill
+    from diffsketch.student.network import load_student
 
     pairs = make_pairs(tmp_path / "pairs.zarr")
     zarr.open_group(str(pairs), mode="r+").attrs["fingerprint"] = "generator-1"
@@ -310,8 +310,12 @@ def test_the_other_workers_of_a_distributed_run_are_not_blocked_by_its_lock(tiny
     of that run writes its share of the store all the same."""
     from conftest import interrupt_on_call, small_params
 
-    from diffsketch import collect, distributed, store
-    from diffsketch.distributed import Workers
+    from diffsketch.store import collect
+
+    from diffsketch.core import distributed
+
+    from diffsketch.store import zarr_store as store
+    from diffsketch.core.distributed import Workers
 
     params = small_params(prompts_dir, trajectories=4, steps=2)  # batches [0, 1] | [2, 3]: rank 1 takes [2, 3]
     out = tmp_path / "features.zarr"
@@ -335,8 +339,8 @@ def test_the_other_workers_of_a_distributed_run_are_not_blocked_by_its_lock(tiny
 # A real `diffsketch sample` that stops after writing its first batch, holding the store's lock, to be SIGKILLed there
 STOPS_AFTER_ONE_BATCH = """
 import sys, time
-from diffsketch import store
-from diffsketch.cli import app
+from diffsketch.store import zarr_store as store
+from diffsketch.cli.main import app
 real = store.write_trajectories
 def write(root, indices, *rest):
     real(root, indices, *rest)
@@ -350,8 +354,8 @@ app(sys.argv[1:])
 def test_a_sample_run_killed_while_holding_the_lock_does_not_block_the_next(tiny, prompts_dir, tmp_path):
     from conftest import REPO, small_params
 
-    from diffsketch import store
-    from diffsketch.collect import run_sample
+    from diffsketch.store import zarr_store as store
+    from diffsketch.store.collect import run_sample
 
     params = small_params(prompts_dir, trajectories=4, steps=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json")))

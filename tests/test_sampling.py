@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffsketch.features import unet_layers, vae_layers
-from diffsketch.sampling import ddim_loop, decode_latents, encode_image, encode_prompts, invert, sample
+from diffsketch.diffusion.features import unet_layers, vae_layers
+from diffsketch.diffusion.sampling import ddim_loop, decode_latents, encode_image, encode_prompts, invert, sample
 
 PROMPTS = ["a photo of a horse in mud", "a bowl of ramen"]
 

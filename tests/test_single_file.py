@@ -12,8 +12,8 @@ import socket
 import pytest
 import torch
 
-from diffsketch.config import ModelConfig
-from diffsketch.models import ModelLoadError, check_model_reachable, load_model
+from diffsketch.core.params import ModelConfig
+from diffsketch.diffusion.models import ModelLoadError, check_model_reachable, load_model
 from ldm_checkpoint import to_ldm_state_dict
 
 MODULES = ("unet", "vae", "text_encoder")

@@ -9,12 +9,12 @@ import pytest
 import zarr
 
 from conftest import REPO, assert_same_stores, small_params, store_arrays
-from diffsketch import store
-from diffsketch.collect import SampleInputError, run_sample
+from diffsketch.store import zarr_store as store
+from diffsketch.store.collect import SampleInputError, run_sample
 
 
 def test_store_layout_and_contents(prompts_dir, tmp_path, tiny):
-    from diffsketch.sampling import sample
+    from diffsketch.diffusion.sampling import sample
 
     params = small_params(prompts_dir, halves="both", trajectories=3)
     out = run_sample(params, tmp_path / "f.zarr", progress=False)
@@ -125,14 +125,14 @@ def test_changed_settings_are_refused_without_overwrite(prompts_dir, tmp_path):
 
 
 def test_bad_inputs_fail_before_the_model_loads(prompts_dir, tmp_path, monkeypatch):
-    import diffsketch.collect as collect
+    import diffsketch.store.collect as collect
 
     def no_load(*a, **k):
         raise AssertionError("the model must not load for bad input")
 
     monkeypatch.setattr(collect, "load_model", no_load)
-    from diffsketch.models import ModelLoadError
-    from diffsketch.prompts import PromptsError
+    from diffsketch.diffusion.models import ModelLoadError
+    from diffsketch.diffusion.prompts import PromptsError
 
     with pytest.raises(PromptsError, match="does not exist"):
         run_sample(small_params(tmp_path / "missing"), tmp_path / "a.zarr")
@@ -167,7 +167,7 @@ def test_unwritable_output_is_refused(prompts_dir, tmp_path, monkeypatch):
 
 
 def test_pool_larger_than_layer_is_refused_before_sampling(prompts_dir, tmp_path, monkeypatch):
-    import diffsketch.collect as collect
+    import diffsketch.store.collect as collect
 
     monkeypatch.setattr(collect, "sample", lambda *a, **k: pytest.fail("sampling started"))
     with pytest.raises(ValueError, match="sample.pool=2 is larger than UNet layer up0_res0"):
@@ -225,7 +225,7 @@ def test_failed_array_write_leaves_its_batch_incomplete(prompts_dir, tmp_path, m
         return await real_set(self, key, value)
 
     monkeypatch.setattr(zarr.storage.LocalStore, "set", disk_full_on_second_latents)
-    from diffsketch.diskspace import DiskFullError
+    from diffsketch.store.diskspace import DiskFullError
 
     with pytest.raises(DiskFullError, match="No space left"):
         run_sample(params, tmp_path / "part.zarr", progress=False)
@@ -249,8 +249,8 @@ def test_trajectory_outside_the_first_batch_equals_sampling_it_alone(prompts_dir
     Guards against seeding (or prompting) a trajectory by its position in its batch instead of its index."""
     import torch
 
-    from diffsketch.features import unet_layers, vae_layers
-    from diffsketch.sampling import sample
+    from diffsketch.diffusion.features import unet_layers, vae_layers
+    from diffsketch.diffusion.sampling import sample
 
     params = small_params(prompts_dir, trajectories=4, seed=100, halves="both")
     root = store.open_store(run_sample(params, tmp_path / "f.zarr", progress=False))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffsketch.student import Student, StudentConfig
+from diffsketch.student.network import Student, StudentConfig
 
 
 def _small_student(blocks: int = 1) -> Student:

@@ -8,22 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffsketch.styles import (
-    HED,
-    STYLES,
-    InformativeDrawings,
-    StyleError,
-    apply_style,
-    canny,
-    check_image_file,
-    dog,
-    load_image,
-    load_sketch,
-    save_image,
-    save_sketch,
-    square_box,
-    xdog,
-)
+from diffsketch.core.images import check_image_file, load_image, load_sketch, save_image, save_sketch, square_box
+
+from diffsketch.training.styles import HED, STYLES, InformativeDrawings, StyleError, apply_style, canny, dog, xdog
 
 
 def white_square_on_black(size=64, lo=16, hi=48):
@@ -340,7 +327,7 @@ def test_exif_rotation_is_applied(tmp_path):
 
 def test_inverted_drawing_warns_but_is_kept(tmp_path, caplog):
     path = write(Image.fromarray(255 - drawing()), tmp_path / "inverted.png")
-    with caplog.at_level(logging.WARNING, logger="diffsketch.styles"):
+    with caplog.at_level(logging.WARNING, logger="diffsketch.training.styles"):
         sketch = load_sketch(path, 40)
     assert "mostly dark" in caplog.text and "inverted.png" in caplog.text
     assert sketch[0, 2, 2].item() == pytest.approx(0.0, abs=1e-4)

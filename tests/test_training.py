@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from diffsketch.config import parse_params
-from diffsketch.prior import fit_prior
-from diffsketch.training import TrainInputError, TrainPaths, run_train
+from diffsketch.core.params import parse_params
+from diffsketch.training.prior import fit_prior
+from diffsketch.training.trainer import TrainInputError, TrainPaths, run_train
 
 
 def make_params(**sections):
@@ -41,7 +41,7 @@ def prepare(folder, model="tiny", steps=4, indices=(0, 2)):
 
 
 def _state(paths):
-    from diffsketch.generator import load_generator
+    from diffsketch.training.generator import load_generator
 
     gen, meta = load_generator(paths.generator)
     return gen.state_dict(), meta
@@ -129,7 +129,7 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the inputs were checked")
 
-    monkeypatch.setattr("diffsketch.training.load_model", refuse)
+    monkeypatch.setattr("diffsketch.training.trainer.load_model", refuse)
 
 
 def test_bad_inputs_fail_before_the_model_loads(tmp_path, no_model_load):
@@ -145,7 +145,7 @@ def test_bad_inputs_fail_before_the_model_loads(tmp_path, no_model_load):
     with pytest.raises(TrainInputError, match="sample.steps=6"):
         run_train(make_params(sample={"steps": 6}), paths, progress=False)
 
-    from diffsketch.example import ExampleError
+    from diffsketch.training.example import ExampleError
 
     with pytest.raises(ExampleError, match="77"):
         run_train(make_params(example={"prompt": "a horse " * 60}), paths, progress=False)
@@ -185,7 +185,7 @@ def test_a_drawing_replaced_under_the_same_name_does_not_resume(tiny, tmp_path):
     import numpy as np
     from PIL import Image
 
-    from diffsketch.generator import load_generator
+    from diffsketch.training.generator import load_generator
 
     paths = prepare(tmp_path)
     drawing = tmp_path / "drawing.png"

@@ -8,9 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import assert_same_stores, record_writes, small_params
-from diffsketch import store, verify
-from diffsketch.cli import app
-from diffsketch.collect import run_sample
+from diffsketch.store import zarr_store as store
+from diffsketch.store import integrity as verify
+from diffsketch.cli.main import app
+from diffsketch.store.collect import run_sample
 
 runner = CliRunner()
 

@@ -47,7 +47,7 @@ def server(styles):
     """The app served by uvicorn in a thread, on a free port; yields its base URL."""
     import uvicorn
 
-    from diffsketch.web import create_app
+    from diffsketch.extractor.web import create_app
 
     app = create_app(styles, device="cpu", max_upload_mb=25, max_pixels=40_000_000)
     port = free_port()
@@ -77,8 +77,8 @@ def page(browser, server, request):
 
 @pytest.fixture(scope="module")
 def photo_files(tmp_path_factory):
-    """Packaged photos (diffsketch.evaldata) as files: coffee at its size, and small crops for the batch test."""
-    from diffsketch.evaldata import PHOTOS
+    """Packaged photos (diffsketch.evaluation.data) as files: coffee at its size, and small crops for the batch test."""
+    from diffsketch.evaluation.data import PHOTOS
 
     folder = tmp_path_factory.mktemp("web-photos")
     coffee = folder / "coffee.png"
@@ -96,7 +96,7 @@ def _bad_files(folder: Path) -> dict[str, Path]:
     """A text file named .png, a truncated PNG, and a valid 20,000 x 20,000 PNG (1-bit, about 50 kB)."""
     text = folder / "notes.png"
     text.write_text("this is a text file, not a picture\n")
-    from diffsketch.evaldata import PHOTOS
+    from diffsketch.evaluation.data import PHOTOS
 
     whole = PHOTOS["chelsea"].source_path()
     buffer = io.BytesIO()
@@ -198,7 +198,7 @@ def test_sixteen_uploads_at_once_all_complete(page, server, photo_files):
 
 
 def test_server_limits_and_style_names(server, styles):
-    from diffsketch.evaldata import PHOTOS
+    from diffsketch.evaluation.data import PHOTOS
 
     base, app = server
     data = PHOTOS["coins"].source_path().read_bytes()

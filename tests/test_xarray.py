@@ -10,8 +10,8 @@ import zarr
 from typer.testing import CliRunner
 
 from conftest import small_params, store_arrays
-from diffsketch import store
-from diffsketch.collect import run_sample
+from diffsketch.store import zarr_store as store
+from diffsketch.store.collect import run_sample
 
 xr = pytest.importorskip("xarray")
 
@@ -104,7 +104,7 @@ def test_inspect_lists_data_arrays_not_coordinates(sampled):
 def test_pairs_store_opens_in_xarray(tiny, teacher, tmp_path):
     from test_distill import params
 
-    from diffsketch.pairs import run_pairs
+    from diffsketch.student.pairs import run_pairs
 
     gen_path, prior_path = teacher
     out = run_pairs(params(count=2), gen_path, prior_path, tmp_path / "pairs.zarr", progress=False, model=tiny)
@@ -136,9 +136,9 @@ def _strip_to_old_layout(path) -> None:
 
 
 def test_store_without_dimension_names_still_works(sampled, tmp_path, tiny):
-    from diffsketch.analysis import analyze
-    from diffsketch.cli import app
-    from diffsketch.config import AnalyzeConfig
+    from diffsketch.analysis.timesteps import analyze
+    from diffsketch.cli.main import app
+    from diffsketch.core.params import AnalyzeConfig
 
     path, params = sampled
     old = tmp_path / "old.zarr"

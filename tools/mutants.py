@@ -46,7 +46,7 @@ MUTANTS: list[Mutant] = [
     # --- timestep selection (analysis) --------------------------------------------------------
     M(
         "analysis: per-cluster argmin instead of the optimal assignment",
-        "diffsketch/analysis.py",
+        "diffsketch/analysis/timesteps.py",
         "    clusters, chosen = linear_sum_assignment(cost)\n",
         "    clusters, chosen = np.arange(len(centers)), cost.argmin(axis=1)\n",
         ("tests/test_analysis.py",),
@@ -54,7 +54,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "analysis: the timestep of the point nearest each centre",
-        "diffsketch/analysis.py",
+        "diffsketch/analysis/timesteps.py",
         "    clusters, chosen = linear_sum_assignment(cost)\n",
         "    near = np.linalg.norm(projection[:, None, :] - centers[None], axis=2).argmin(axis=0)\n"
         "    clusters, chosen = np.arange(len(centers)), row_step[near]\n",
@@ -62,14 +62,14 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "analysis: the assignment maximises the cost",
-        "diffsketch/analysis.py",
+        "diffsketch/analysis/timesteps.py",
         "    clusters, chosen = linear_sum_assignment(cost)\n",
         "    clusters, chosen = linear_sum_assignment(cost, maximize=True)\n",
         ("tests/test_analysis.py",),
     ),
     M(
         "analysis: cost is the distance to the nearest point, not the mean",
-        "diffsketch/analysis.py",
+        "diffsketch/analysis/timesteps.py",
         "axis=2).mean(axis=0)\n",
         "axis=2).min(axis=0)\n",
         ("tests/test_analysis.py",),
@@ -77,42 +77,42 @@ MUTANTS: list[Mutant] = [
     # --- the streamed PCA ---------------------------------------------------------------------------
     M(
         "pca: layers scaled by 1/variance instead of 1/sqrt(variance)",
-        "diffsketch/pca.py",
+        "diffsketch/analysis/pca.py",
         "return 1.0 / total_variance**0.5 if equal_weights",
         "return 1.0 / total_variance if equal_weights",
         ("tests/test_pca.py",),
     ),
     M(
         "pca: the layer means not folded into Y^T X_w",
-        "diffsketch/pca.py",
+        "diffsketch/analysis/pca.py",
         "s * (al - torch.outer(y_sum, m))",
         "s * al",
         ("tests/test_pca.py",),
     ),
     M(
         "pca: the first block not centred after pass 0",
-        "diffsketch/pca.py",
+        "diffsketch/analysis/pca.py",
         "return y - y_sum / rows if first else y, a",
         "return y, a",
         ("tests/test_pca.py",),
     ),
     M(
         "pca: Rayleigh-Ritz on the last block only (plain subspace iteration)",
-        "diffsketch/pca.py",
+        "diffsketch/analysis/pca.py",
         "        kb = torch.cat(products, dim=0)\n        q, c = _orth(torch.cat(basis, dim=1))\n",
         "        kb = products[-1]\n        q, c = _orth(basis[-1])\n",
         ("tests/test_pca.py",),
     ),
     M(
         "pca: the projection without the singular values",
-        "diffsketch/pca.py",
+        "diffsketch/analysis/pca.py",
         "projection = q @ (u * sv)",
         "projection = q @ u",
         ("tests/test_pca.py",),
     ),
     M(
         "pca: the total variance of the unweighted layers",
-        "diffsketch/pca.py",
+        "diffsketch/analysis/pca.py",
         'weights["total"] = sum(s * s * v for',
         'weights["total"] = sum(v for',
         ("tests/test_pca.py",),
@@ -120,21 +120,21 @@ MUTANTS: list[Mutant] = [
     # --- sampling and models ----------------------------------------------------------------------
     M(
         "models: the loaded scheduler config's clip_sample / set_alpha_to_one are kept",
-        "diffsketch/models.py",
+        "diffsketch/diffusion/models.py",
         "    return DDIMScheduler.from_config(config, **DDIM_FIXED)\n",
         "    return DDIMScheduler.from_config(config)\n",
         ("tests/test_models.py",),
     ),
     M(
         "sampling: the final latent is decoded whatever sample.decode says",
-        "diffsketch/sampling.py",
+        "diffsketch/diffusion/sampling.py",
         'last["pred_x0"] if decode == "pred_x0" else latents',
         "latents",
         ("tests/test_sampling.py",),
     ),
     M(
         "sampling: CFG halves read in the wrong order",
-        "diffsketch/sampling.py",
+        "diffsketch/diffusion/sampling.py",
         "            eps_uncond, eps_cond = eps.chunk(2)\n            eps = eps_uncond + guidance * (eps_cond - eps_uncond)\n"
         "        variance_noise",
         "            eps_cond, eps_uncond = eps.chunk(2)\n            eps = eps_uncond + guidance * (eps_cond - eps_uncond)\n"
@@ -143,7 +143,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "features: the cond and uncond halves swapped",
-        "diffsketch/features.py",
+        "diffsketch/diffusion/features.py",
         'HALVES = {"uncond": (0,), "cond": (1,),',
         'HALVES = {"uncond": (1,), "cond": (0,),',
         ("tests/test_sampling.py", "tests/test_generator.py"),
@@ -151,21 +151,21 @@ MUTANTS: list[Mutant] = [
     # --- training: CDST, prior, generator ---------------------------------------------------------
     M(
         "cdst: the example and random weights swapped",
-        "diffsketch/cdst.py",
+        "diffsketch/training/cdst.py",
         "    return w * example.to(random.dtype) + (1 - w) * random\n",
         "    return (1 - w) * example.to(random.dtype) + w * random\n",
         ("tests/test_cdst.py",),
     ),
     M(
         "prior: components scaled by the variance instead of the standard deviation",
-        "diffsketch/prior.py",
+        "diffsketch/training/prior.py",
         "* self.variances.sqrt()",
         "* self.variances",
         ("tests/test_prior.py",),
     ),
     M(
         "generator: the lower aggregator's output dropped (the authors' bug)",
-        "diffsketch/generator.py",
+        "diffsketch/training/generator.py",
         "torch.cat([c.unsqueeze(0), t], dim=0)",
         "torch.cat([t[:1], t], dim=0)",
         ("tests/test_generator.py",),
@@ -173,21 +173,21 @@ MUTANTS: list[Mutant] = [
     # --- losses -----------------------------------------------------------------------------------
     M(
         "losses: LPIPS fed [0, 1] instead of [-1, 1]",
-        "diffsketch/losses.py",
+        "diffsketch/training/losses.py",
         "to_rgb = lambda s: (s * 2 - 1).expand(-1, 3, -1, -1)",
         "to_rgb = lambda s: s.expand(-1, 3, -1, -1)",
         ("tests/test_losses.py",),
     ),
     M(
         "losses: ImageNet mean/std on the real open_clip path (the authors' bug)",
-        "diffsketch/losses.py",
+        "diffsketch/training/losses.py",
         'cfg.get("mean", CLIP_MEAN), cfg.get("std", CLIP_STD), name)',
         "(0.485, 0.456, 0.406), (0.229, 0.224, 0.225), name)",
         ("tests/test_losses.py",),
     ),
     M(
         "losses: across and within definitions swapped",
-        "diffsketch/losses.py",
+        "diffsketch/training/losses.py",
         'terms["across"] = _one_minus_cos(e_pred - e_new, self.e_sketch - self.e_image)\n'
         '            terms["within"] = _one_minus_cos(e_pred - self.e_sketch, e_new - self.e_image)',
         'terms["within"] = _one_minus_cos(e_pred - e_new, self.e_sketch - self.e_image)\n'
@@ -196,21 +196,21 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "losses: sign flipped inside across",
-        "diffsketch/losses.py",
+        "diffsketch/training/losses.py",
         "_one_minus_cos(e_pred - e_new, self.e_sketch - self.e_image)",
         "_one_minus_cos(e_new - e_pred, self.e_sketch - self.e_image)",
         ("tests/test_losses.py",),
     ),
     M(
         "losses: OpenAI weights in a GELU tower (open_clip only warns)",
-        "diffsketch/losses.py",
+        "diffsketch/training/losses.py",
         "force_quick_gelu=quick_gelu)",
         "force_quick_gelu=False)",
         ("tests/test_losses.py",),
     ),
     M(
         "losses: every term weighted by the L1 weight",
-        "diffsketch/losses.py",
+        "diffsketch/training/losses.py",
         "total = sum(w[name] * value for name, value in terms.items())",
         'total = sum(w["l1"] * value for name, value in terms.items())',
         ("tests/test_losses.py",),
@@ -218,7 +218,7 @@ MUTANTS: list[Mutant] = [
     # --- store and sampling plan ------------------------------------------------------------------
     M(
         "store: the complete flag written before the arrays",
-        "diffsketch/store.py",
+        "diffsketch/store/zarr_store.py",
         "            for name, value in named.items():\n                root[name][first:stop] = np.asarray(value[rows])\n"
         '            root["complete"][first:stop] = True\n',
         '            root["complete"][first:stop] = True\n'
@@ -227,7 +227,7 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "collect: a trajectory seeded by its position in its batch",
-        "diffsketch/collect.py",
+        "diffsketch/store/collect.py",
         "                [t.seed for t in batch],\n",
         "                [cfg.seed + b for b, _ in enumerate(batch)],\n",
         ("tests/test_store.py",),
@@ -235,14 +235,14 @@ MUTANTS: list[Mutant] = [
     # --- student ----------------------------------------------------------------------------------
     M(
         "student: the padded output cropped from the bottom-right",
-        "diffsketch/student.py",
+        "diffsketch/student/network.py",
         "torch.sigmoid(self.net(x))[..., :h, :w]",
         "torch.sigmoid(self.net(x))[..., -h:, -w:]",
         ("tests/test_student.py",),
     ),
     M(
         "student: padding on the left and top",
-        "diffsketch/student.py",
+        "diffsketch/student/network.py",
         "F.pad(x, (0, pad_w, 0, pad_h), mode=mode)",
         "F.pad(x, (pad_w, 0, pad_h, 0), mode=mode)",
         ("tests/test_student.py",),
@@ -250,7 +250,7 @@ MUTANTS: list[Mutant] = [
     # --- presets ----------------------------------------------------------------------------------
     M(
         "presets: a params file with edits is replaced without --force",
-        "diffsketch/presets.py",
+        "diffsketch/core/presets.py",
         "            if not force:\n",
         "            if False:\n",
         ("tests/test_presets.py",),
@@ -258,7 +258,7 @@ MUTANTS: list[Mutant] = [
     # --- ablations (diffsketch ablate), resumable stages, the extractor's auto backend -------------
     M(
         "ablation: a row counts as done whatever params it ran with",
-        "diffsketch/ablation.py",
+        "diffsketch/ablation/runner.py",
         '    return "done" if ran_with == expected else "stale"\n',
         '    return "done"\n',
         ("tests/test_ablation.py::test_row_status",),
@@ -266,28 +266,28 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "ablation: a failed experiment counts as done",
-        "diffsketch/ablation.py",
+        "diffsketch/ablation/runner.py",
         '    if exp.state != "success" or METHOD not in',
         '    if METHOD not in',
         ("tests/test_ablation.py::test_row_status",),
     ),
     M(
         "ablation: the rows' overrides are not applied",
-        "diffsketch/ablation.py",
+        "diffsketch/ablation/runner.py",
         "apply_overrides(raw, row.set_params())",
         "apply_overrides(raw, [])",
         ("tests/test_ablation.py::test_every_shipped_row_changes_what_it_names",),
     ),
     M(
         "ablation report: bold the largest mean whatever the metric's direction",
-        "diffsketch/ablation_report.py",
+        "diffsketch/ablation/report.py",
         "    return max(values) if HIGHER_IS_BETTER[key] else min(values)\n",
         "    return max(values)\n",
         ("tests/test_ablation.py::test_the_table_marks_the_best_mean_of_each_column_by_its_direction",),
     ),
     M(
         "distill: the checkpoint key ignores which pairs it was trained on",
-        "diffsketch/distillation.py",
+        "diffsketch/student/distill.py",
         '                 pairs=sampler.root.attrs.get("fingerprint"))',
         "                 )",
         ("tests/test_resilience.py::test_distill_does_not_resume_on_other_pairs",),
@@ -295,21 +295,21 @@ MUTANTS: list[Mutant] = [
     ),
     M(
         "train: the checkpoint key ignores the input files' contents",
-        "diffsketch/training.py",
+        "diffsketch/training/trainer.py",
         "extra=[indices, contents])",
         "extra=[indices])",
         ("tests/test_training.py::test_a_drawing_replaced_under_the_same_name_does_not_resume",),
     ),
     M(
         "extractor: auto never picks ONNX Runtime",
-        "diffsketch/extractor.py",
+        "diffsketch/extractor/api.py",
         '    return "onnx" if cpu_fp32 and files.onnx is not None and onnxruntime_available() else "torch"\n',
         '    return "torch"\n',
         ("tests/test_api.py::test_auto_backend_rule",),
     ),
     M(
         "evaluation: the grid files are written in another order",
-        "diffsketch/evaluation.py",
+        "diffsketch/evaluation/protocol.py",
         "    for index, entry in enumerate(grid):\n",
         "    for index, entry in enumerate(reversed(grid)):\n",
         ("tests/test_evaluation.py::test_evaluate_scores_student_and_baselines",),
@@ -317,28 +317,28 @@ MUTANTS: list[Mutant] = [
     # --- verify / repair, disk space, feature maps, the params schema ---------------------------
     M(
         "verify: repair clears no completion flag",
-        "diffsketch/verify.py",
+        "diffsketch/store/integrity.py",
         "            complete[entry] = False",
         "            pass",
         ("tests/test_verify.py",),
     ),
     M(
         "diskspace: a short disk never refuses to start",
-        "diffsketch/diskspace.py",
+        "diffsketch/store/diskspace.py",
         "    if need <= free + reclaimed:\n        return\n",
         "    if True:\n        return\n",
         ("tests/test_diskspace.py",),
     ),
     M(
         "feature maps: no percentile scaling of the colours",
-        "diffsketch/feature_maps.py",
+        "diffsketch/analysis/feature_maps.py",
         "    low, high = np.percentile(scores, PERCENTILES, axis=0)",
         "    low, high = np.zeros(scores.shape[1]), np.ones(scores.shape[1])",
         ("tests/test_feature_maps.py",),
     ),
     M(
         "config: YAML booleans taken for numbers again",
-        "diffsketch/config.py",
+        "diffsketch/core/params.py",
         "        if isinstance(value, bool) and _numeric_only(cls.model_fields[info.field_name].annotation):",
         "        if False:",
         ("tests/test_config.py",),

@@ -1,0 +1,125 @@
+"""The extractor's commands: `extract` (files and folders), `export` (ONNX, style folders), `serve` (the web page)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from diffsketch.cli.common import ParamsOption, clean_errors, fail
+
+
+def extract(
+    inputs: Annotated[list[str], typer.Argument(help="image files, folders and glob patterns (quote patterns: 'photos/**/*.jpg')")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder: <stem>.png per image, folder sub-paths kept")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="student from the distill stage, or a style folder")] = Path("models/student.safetensors"),
+    size: Annotated[
+        int | None,
+        typer.Option(min=1, help="cap the long side: larger images are downscaled (antialiased) before the network, and the sketch is written at that reduced size"),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="consecutive images of the same size sketched in one forward pass")] = 8,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx (ONNX Runtime); auto: torch, or onnx for an ONNX-only model")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto, fp32 or bf16 (torch only); auto: bf16 on CPUs with AMX / AVX-512 BF16, else fp32")] = "auto",
+    format_: Annotated[str, typer.Option("--format", help="png, or svg: the lines traced into vector paths (vtracer)")] = "png",
+    transparent: Annotated[bool, typer.Option(help="RGBA PNG: black ink, alpha = 1 - sketch (transparent paper)")] = False,
+    threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="binarise: values below it become ink, the rest paper (svg: the tracing threshold, default 0.5)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace existing outputs (default: skip them)")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="also look in the subfolders of folder inputs")] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Sketch images with the distilled student: one PNG (or SVG) per image, the size of the input.
+
+    Dark lines on white, 8-bit grey (or RGBA with --transparent; --format svg: traced paths). Folders give their .png .jpg .jpeg .bmp .tif .tiff .webp
+    files; a file named explicitly is always tried. Unreadable images are reported and skipped; exit status 1 if any failed.
+    """
+    from diffsketch.extractor import run_extract
+
+    with clean_errors():
+        report = run_extract(
+            inputs, out, model, size=size, batch_size=batch_size, device=device, backend=backend, precision=precision,
+            transparent=transparent, threshold=threshold, format=format_, overwrite=overwrite, recursive=recursive,
+            progress=progress,
+        )  # fmt: skip
+    shown = 10
+    for target in report.skipped[:shown]:
+        typer.echo(f"skipped, exists: {target} (use --overwrite to replace it)")
+    if len(report.skipped) > shown:
+        typer.echo(f"... and {len(report.skipped) - shown} more existing outputs skipped")
+    typer.echo(f"{report.summary()} -> {out}")
+    if report.failed:
+        typer.secho("failed:", err=True, fg=typer.colors.RED)
+        for failure in report.failed:
+            typer.secho(f"  {failure.message}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=1)
+
+
+def export(
+    model: Annotated[Path, typer.Option("--model", "-m", help="student from the distill stage")] = Path("models/student.safetensors"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write (without --style)")] = Path("models/student.onnx"),
+    style: Annotated[
+        Path | None, typer.Option(help="write a style folder instead: weights, config, ONNX, example thumbnails, README.md model card")
+    ] = None,
+    params: ParamsOption = Path("params.yaml"),
+    reports: Annotated[Path, typer.Option(help="evaluation to put in the model card (--style)")] = Path("reports/eval"),
+    licence: Annotated[str | None, typer.Option(help="the style's licence, for the model card (--style)")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (18 or newer)")] = 18,
+    check: Annotated[
+        bool | None, typer.Option("--check/--no-check", help="compare ONNX Runtime with PyTorch (default: on when onnxruntime is installed)")
+    ] = None,
+) -> None:
+    """Export the student to ONNX (dynamic batch, height and width) and check it, or write a style folder (--style)."""
+    from diffsketch.evaluation import results_or_reason
+    from diffsketch.extractor import export_style
+    from diffsketch.student import TOLERANCE, export_onnx, onnxruntime_available, verify_onnx
+
+    if check is None:
+        check = onnxruntime_available()
+        if not check:
+            typer.echo("onnxruntime is not installed: not checking the export (pip install onnxruntime)")
+    elif check and not onnxruntime_available():
+        fail("--check needs onnxruntime: install it with `pip install onnxruntime`, or pass --no-check")
+    if style is not None:
+        with clean_errors():
+            folder = export_style(model, style, params, results_or_reason(reports), licence=licence, opset=opset, check=check)
+        typer.echo(f"wrote style folder {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))})")
+        if licence is None:
+            typer.echo("no --licence given: the model card says the licence is not specified")
+        return
+    with clean_errors():
+        path = export_onnx(model, out, opset=opset, check=False)
+        diff = verify_onnx(path, model) if check else None
+    typer.echo(f"wrote {path}")
+    if diff is not None:
+        typer.echo(f"check: ONNX Runtime matches PyTorch, max abs diff {diff:.2e} (tolerance {TOLERANCE:.0e})")
+
+
+def serve(
+    styles: Annotated[Path, typer.Option(help="folder of style folders (written by `export --style`)")] = Path("styles"),
+    host: Annotated[str, typer.Option(help="address to listen on; the default answers this computer only")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 7860,
+    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto, torch or onnx")] = "auto",
+    max_upload_mb: Annotated[float, typer.Option(min=0.1, help="largest accepted upload, in MB")] = 25.0,
+    max_megapixels: Annotated[float, typer.Option(min=0.01, help="largest accepted image, in megapixels (checked from the header)")] = 40.0,
+) -> None:
+    """A local web page: drop photos, pick a style, download the sketches as PNG, SVG or ZIP."""
+    from diffsketch.extractor import extractor_device
+    from diffsketch.extractor import serve as run_server
+
+    from diffsketch.extractor import ExtractError
+
+    from diffsketch.extractor import BACKENDS
+
+    with clean_errors():
+        extractor_device(device)
+        if backend not in BACKENDS:
+            raise ExtractError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        if not styles.is_dir():
+            raise ExtractError(f"--styles {styles} is not a folder; write a style with `diffsketch export --style {styles}/NAME`")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(f"warning: listening on {host}: other computers on the network can use this page", err=True, fg=typer.colors.YELLOW)
+    typer.echo(f"diffsketch page on http://{host}:{port}/ (styles from {styles}); Ctrl-C to stop")
+    run_server(styles, host=host, port=port, device=device, backend=backend, max_upload_mb=max_upload_mb,
+               max_pixels=int(max_megapixels * 1e6))  # fmt: skip

@@ -1,0 +1,230 @@
+"""The `sample` stage: plan trajectories, check every input, sample, and fill the feature store.
+
+Inputs are checked cheapest-first (params, prompts, output path, model path), then the model is
+loaded and its layer table checked against the pooling, all before the first denoising step. A
+rerun over an interrupted store samples only the incomplete trajectories; completed ones are
+never rewritten. Before the first step the projected size of the store is logged, and the run
+refuses to start when the disk cannot hold it (unless ``force``); a disk that fills up anyway
+stops the run cleanly, resumable (:mod:`diffsketch.store.diskspace`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from diffsketch.core import __version__
+
+from diffsketch.core import batching
+
+from diffsketch.store import diskspace
+
+from diffsketch.core import distributed
+
+from diffsketch.store import zarr_store as store
+from diffsketch.core import Params, fingerprint
+from diffsketch.diffusion import check_pool, unet_layers, vae_layers
+from diffsketch.diffusion import check_model_reachable, load_model
+from diffsketch.diffusion import load_prompts, plan_trajectories
+from diffsketch.diffusion import prompt_token_lengths, sample
+from diffsketch.core import DiffsketchError
+
+log = logging.getLogger(__name__)
+
+SMALLER = "a smaller sample.pool, fewer sample.trajectories"  # what makes a feature store smaller
+
+
+class SampleInputError(DiffsketchError, ValueError):
+    """A sampling input is unusable; the message names it and the fix."""
+
+
+def _halves(params: Params) -> list[str]:
+    names = {"cond": ["cond"], "uncond": ["uncond"], "both": ["uncond", "cond"]}[params.sample.halves]
+    if params.sample.guidance <= 1.0 and params.sample.halves != "cond":
+        raise SampleInputError(
+            f"sample.halves={params.sample.halves} needs classifier-free guidance; set sample.guidance > 1 or sample.halves=cond"
+        )
+    return names
+
+
+def _planned_batch_size(root, configured: int | str) -> int:
+    """The batch plan's block size: recorded in the store (stores from before the record: the
+    configured number, which the fingerprint guarantees unchanged)."""
+    recorded = root.attrs.get("batch_size")
+    if recorded is not None:
+        return int(recorded)
+    if configured == "auto":
+        raise store.StoreError("the store records no batch size for sample.batch_size=auto; rerun with --overwrite")
+    return int(configured)
+
+
+def run_sample(
+    params: Params, out: str | Path, overwrite: bool = False, progress: bool = True, model=None, force: bool = False
+) -> str | Path:
+    """Fill (or resume) the feature store at ``out``, a local path or an fsspec URL such as
+    ``s3://bucket/features.zarr`` (see :mod:`diffsketch.store.zarr_store`); returns its path (a URL as a string).
+
+    ``model``: an already loaded :class:`SDModel` matching ``params.model`` (benchmarks, notebooks).
+    ``force``: start even when the projected store is larger than the free disk space.
+    """
+    workers = distributed.workers(params.model.device)
+    params = distributed.assign_device(params, workers)
+    out = store.location(out)
+    # one writer per store (the run's other workers share it); a full disk stops the run cleanly
+    with diskspace.stop_when_full(out, "trajectories"), store.writer_lock(out, enabled=workers.main):
+        return _run_sample(params, out, overwrite, progress, model, workers, force)
+
+
+def _check_space(out, root, layout: store.StoreLayout, force: bool) -> None:
+    """Log the projected store size; refuse to start when the disk cannot hold it (unless ``force``).
+    ``root``: the store being resumed, or None for a new one (replacing whatever is at ``out``)."""
+    done = 0 if root is None else int(store.complete_mask(root).sum())
+    projection = diskspace.projected_size(out, root if root is not None else store.layout_template(layout), done)
+    diskspace.check_space(out, projection, "trajectories", SMALLER, force=force, replacing=root is None)
+
+
+def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, workers, force: bool) -> str | Path:
+    cfg = params.sample
+    halves = _halves(params)
+    prompts = load_prompts(cfg.prompts)
+    plan = plan_trajectories(prompts, cfg.trajectories, cfg.seed)
+    store.check_writable(out)
+    check_model_reachable(params.model)
+    unique_prompts = sorted({p.text for p in prompts})
+    classes = sorted({p.label for p in prompts})
+    key = fingerprint(params.model.model_copy(update={"device": "any"}), cfg, extra=[(t.prompt, t.label) for t in plan])
+
+    root = None
+    if store.is_group(out):
+        try:
+            root = store.open_store(out, mode="r+")
+        except store.StoreError as err:
+            if not overwrite:
+                raise
+            log.warning("replacing unusable store %s (%s)", out, err)
+        if root is not None and root.attrs.get("fingerprint") != key:
+            if not overwrite:
+                raise store.StoreError(
+                    f"{out} was sampled with other settings (model, sample params or prompts changed); "
+                    "pass --overwrite to replace it, or choose another --out"
+                )
+            log.warning("settings changed: replacing %s", out)
+            root = None
+    elif not overwrite and store.has_content(out):
+        raise store.StoreError(f"{out} exists and is not a feature store; remove it or choose another --out")
+
+    model = model if model is not None else load_model(params.model)
+    too_long = [p for p, n in zip(unique_prompts, prompt_token_lengths(model, unique_prompts)) if n > 77]
+    if too_long:
+        raise SampleInputError(f"{len(too_long)} prompt(s) exceed CLIP's 77 tokens, e.g. {too_long[0]!r}; shorten them")
+    unet_specs = unet_layers(model.unet.config, cfg.resolution, model.vae_scale_factor, cfg.capture)
+    vae_specs = vae_layers(model.vae.config, cfg.resolution)
+    try:
+        check_pool(unet_specs, cfg.pool, "UNet")
+        check_pool(vae_specs, cfg.pool, "VAE")
+    except ValueError as err:
+        raise SampleInputError(str(err)) from None
+    model.scheduler.set_timesteps(cfg.steps)
+    timesteps = [int(t) for t in model.scheduler.timesteps]
+    side = cfg.resolution // model.vae_scale_factor
+    layout = store.StoreLayout(
+        trajectories=cfg.trajectories,
+        timesteps=timesteps,
+        halves=halves,
+        unet=unet_specs,
+        vae=vae_specs,
+        pool=cfg.pool,
+        resolution=cfg.resolution,
+        latent_shape=(model.latent_channels, side, side),
+    )
+    if workers.main:
+        _check_space(out, root, layout, force)
+
+    workers.barrier()  # every process has read the store before process 0 may replace it
+    if root is None and workers.main:
+        batch_size = batching.resolve_batch_size(
+            cfg.batch_size, model.device, cap=len(plan), what="sample.batch_size",
+            run=lambda b: sample(
+                model, [plan[0].prompt] * b, [plan[0].seed] * b, cfg.resolution, 1, cfg.guidance, cfg.eta,
+                unet_specs, vae_specs, cfg.pool, cfg.halves, cfg.decode,
+            ),
+        )  # fmt: skip
+        attrs = dict(
+            fingerprint=key,
+            package_version=__version__,
+            model=params.model.id,
+            dtype=str(model.dtype).removeprefix("torch."),
+            # diffusers' _use_default_values is a set listed in hash order, which differs between processes
+            scheduler={k: v for k, v in model.scheduler.config.items() if k != "_use_default_values"},
+            guidance=cfg.guidance,
+            eta=cfg.eta,
+            steps=cfg.steps,
+            resolution=cfg.resolution,
+            pool=cfg.pool,
+            capture=cfg.capture,
+            decode=cfg.decode,
+            unet_layers=[vars(s) for s in unet_specs],
+            vae_layers=[vars(s) for s in vae_specs],
+            prompts=unique_prompts,
+            classes=classes,
+            batch_size=batch_size,  # the batch plan (resolved when sample.batch_size is auto): a resume keeps it
+        )
+        root = store.create(out, layout, attrs, overwrite=True)
+        root["seeds"][:] = np.array([t.seed for t in plan], dtype=np.int64)
+        root["labels"][:] = np.array([classes.index(t.label) for t in plan], dtype=np.int64)
+        root["prompt_ids"][:] = np.array([unique_prompts.index(t.prompt) for t in plan], dtype=np.int64)
+    workers.barrier()  # the store exists
+    if root is None:
+        root = store.open_store(out, mode="r+")
+
+    done = store.complete_mask(root)
+    # Batches are fixed blocks of the plan, so a resumed run denoises exactly the batches an
+    # uninterrupted run would (bit-identical results), and writes only the missing trajectories.
+    # The block size is the one recorded at creation (with `auto`, whatever the probe chose then).
+    batch_size = _planned_batch_size(root, cfg.batch_size)
+    batches = [plan[i : i + batch_size] for i in range(0, len(plan), batch_size)]
+    # Each process takes a contiguous share of the unfinished batches and writes only those trajectories.
+    todo = workers.share([b for b in batches if not all(done[t.index] for t in b)])
+    if done.all():
+        log.info("%s is complete (%d trajectories); nothing to do", out, len(done))
+    progress = progress and workers.main
+    missing = sum(not done[t.index] for b in todo for t in b)
+    if workers.world > 1:
+        log.info("worker %d of %d takes %d trajectories", workers.rank, workers.world, missing)
+    bar = tqdm(total=missing, desc="trajectories", unit="traj", disable=not progress)
+    with store.BatchWriter(root, background=model.device.type != "cpu") as writer:
+        for batch in todo:
+            result = sample(
+                model,
+                [t.prompt for t in batch],
+                [t.seed for t in batch],
+                cfg.resolution,
+                cfg.steps,
+                cfg.guidance,
+                cfg.eta,
+                unet_specs,
+                vae_specs,
+                cfg.pool,
+                cfg.halves,
+                cfg.decode,
+                progress=progress,
+            )
+            keep = [b for b, t in enumerate(batch) if not done[t.index]]
+            writer.submit(
+                [batch[b].index for b in keep],
+                {name: x[keep].numpy() for name, x in result.unet.items()},
+                {name: x[keep].numpy() for name, x in result.vae.items()},
+                result.images_uint8()[keep].numpy(),
+                result.noise[keep].numpy(),
+                result.latents[keep].numpy(),
+            )
+            bar.update(len(keep))
+    bar.close()
+    workers.barrier()
+    if workers.main:
+        store.finalize(root, out)
+    return out
+

@@ -1,0 +1,337 @@
+"""The `train` stage: one-shot training of the sketch generator with CDST (method.md §4, §5).
+
+Every iteration samples ``train.batch`` fresh images under a CDST condition, keeping only the
+representative timesteps' features in memory, runs the generator on the example's features and
+on the new ones, and takes an Adam step on the weighted losses. Everything random in iteration
+``i`` (the prior draw, the noise) comes from seeds derived from ``train.seed`` and ``i``, so a run
+resumed from a checkpoint (weights, Adam moments, loss scaler) ends with exactly the weights of an
+uninterrupted one.
+
+Outputs: ``models/generator.safetensors`` + ``.json``, resumable checkpoints, and a dvclive folder
+(loss curves for ``dvc plots``, the running count of steps skipped for a non-finite loss or gradient,
+``train/skipped_steps``, sample grids, example images).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from diffsketch.core import __version__
+from diffsketch.training.cdst import cdst_condition, cdst_weight
+from diffsketch.training.checkpoint import NonFiniteGuard, check_finite_weights, load_module, load_optimizer, module_tensors, optimizer_tensors
+from diffsketch.training.checkpoint import checkpoint_meta, latest_checkpoint, save_checkpoint
+from diffsketch.training.checkpoint import open_live, trim_live
+from diffsketch.core import Params, fingerprint
+from diffsketch.training.example import Example, build_example, check_example, inputs_from_result
+from diffsketch.core import file_hash
+from diffsketch.diffusion import unet_layers, vae_layers
+from diffsketch.training.generator import SketchGenerator, save_generator
+from diffsketch.training.losses import SketchLoss, load_clip, load_lpips
+from diffsketch.diffusion import SDModel, check_model_reachable, load_model
+from diffsketch.training.prior import TextPrior
+from diffsketch.diffusion import initial_noise, sample_conditions
+from diffsketch.core import DiffsketchError
+
+log = logging.getLogger(__name__)
+
+
+class TrainInputError(DiffsketchError, ValueError):
+    """A training input is unusable; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    timesteps: Path = Path("data/timesteps.json")
+    prior: Path = Path("models/prior.safetensors")
+    generator: Path = Path("models/generator.safetensors")
+    checkpoints: Path = Path("models/checkpoints")
+    live: Path = Path("reports/train")
+
+
+def read_timesteps(path: Path, params: Params) -> list[int]:
+    """The DDIM step indices chosen by `analyze`, checked against this run's model and steps."""
+    if not path.is_file():
+        raise TrainInputError(f"{path} not found; run the analyze stage first (`dvc repro analyze`)")
+    try:
+        data = json.loads(path.read_text())
+        indices = [int(i) for i in data["ddim_indices"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise TrainInputError(f"{path} is not a timesteps file written by `diffsketch analyze` ({err}); rerun analyze") from None
+    if data.get("model") != params.model.id:
+        raise TrainInputError(
+            f"{path} was analysed for model {data.get('model')!r} but params say model.id={params.model.id!r}; "
+            "rerun sample and analyze for this model (`dvc repro`)"
+        )
+    if data.get("steps") != params.sample.steps or not indices or max(indices) >= params.sample.steps:
+        raise TrainInputError(
+            f"{path} indexes a {data.get('steps')}-step DDIM schedule but sample.steps={params.sample.steps}; rerun analyze"
+        )
+    return sorted(indices)
+
+
+def _seed(params: Params, iteration: int, slot: int) -> int:
+    """The seed of draw ``slot`` (0: the prior, 1..: the noise of each image) in ``iteration``."""
+    return params.train.seed * 1_000_003 + iteration * 1_009 + slot
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return name
+
+
+def _train_key(params: Params, indices: list[int], prior_path: Path) -> str:
+    """What the checkpoints depend on: settings and the contents of the input files (a drawing replaced under
+    the same name, or a refitted prior, must not resume); iterations and logging intervals may change on resume."""
+    train = params.train.model_copy(update={"iterations": 0, "checkpoint_every": 0, "sample_every": 0, "max_skips": 0})
+    model = params.model.model_copy(update={"device": "any"})
+    ex = params.example
+    files = {"prior": prior_path, "image": ex.image, "sketch": ex.sketch, "style_weights": ex.style_weights}
+    contents = {name: file_hash(path) for name, path in files.items() if path and Path(path).is_file()}
+    return fingerprint(model, params.sample, params.example, params.prior, params.losses, train, extra=[indices, contents])
+
+
+class Trainer:
+    """Holds the frozen SD model and losses, the generator and its optimiser; ``step(i)`` trains once."""
+
+    def __init__(self, params: Params, model: SDModel, example: Example, prior: TextPrior, loss: SketchLoss, indices: list[int]):
+        self.params, self.model, self.example, self.prior, self.loss = params, model, example, prior, loss
+        self.indices = indices
+        res = params.sample.resolution
+        self.unet_specs = unet_layers(model.unet.config, res, model.vae_scale_factor, params.sample.capture)
+        self.vae_specs = vae_layers(model.vae.config, res)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(params.train.seed)
+            self.generator = SketchGenerator(self.unet_specs, self.vae_specs, len(indices),
+                                             vae_fusion=params.train.vae_fusion == "on", aggregation=params.train.aggregation)
+        self.generator.to(model.device)
+        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=params.train.lr)
+        self.precision = resolve_precision(params.train.precision, model.device)
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.scaler = torch.amp.GradScaler(model.device.type, enabled=self.precision == "fp16")
+        self.guard = NonFiniteGuard(params.train.max_skips, "train", NONFINITE_CAUSES)
+
+    @property
+    def cdst_horizon(self) -> int:
+        """CDST's horizon; ``train.cdst: off`` (the "w/o CDST" ablation) is horizon 0: random conditions from iteration 0."""
+        return self.params.train.cdst_horizon if self.params.train.cdst == "on" else 0
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.model.device.type, dtype=self.autocast_dtype)
+
+    @torch.no_grad()
+    def sample_batch(self, iteration: int):
+        """Fresh images under the CDST condition of ``iteration``, with features at the chosen steps.
+
+        Runs without autograd on the fast path of the one denoising loop; everything it returns
+        (features, images) stays on the model's device. Work shared by every iteration is done once:
+        the example's condition (``self.example.cond``) and features (``self.example.inputs``) are
+        encoded and kept on the device when the trainer is built, and the unconditional half's
+        empty-prompt embedding is encoded once per model (:func:`diffsketch.diffusion.sampling.empty_embedding`).
+        """
+        p = self.params
+        cond_random = self.prior.sample(p.train.batch, torch.Generator().manual_seed(_seed(p, iteration, 0)))
+        cond = cdst_condition(self.example.cond, cond_random.to(self.model.device), iteration, self.cdst_horizon)
+        seeds = [_seed(p, iteration, 1 + b) for b in range(p.train.batch)]
+        noise = initial_noise(self.model, seeds, p.sample.resolution)
+        return sample_conditions(
+            self.model, cond.to(self.model.dtype), noise, p.sample.steps, p.sample.guidance, p.sample.eta, seeds,
+            self.unet_specs, self.vae_specs, pool="full", halves="both", keep=self.indices, on_cpu=False,
+            decode=p.sample.decode,
+        )  # fmt: skip
+
+    def step(self, iteration: int) -> dict:
+        """One training iteration; returns the loss terms, the CDST weight and the time of each part."""
+        sync = torch.cuda.synchronize if self.model.device.type == "cuda" else (lambda: None)
+        t0 = time.perf_counter()
+        batch = self.sample_batch(iteration)
+        new_inputs = inputs_from_result(batch, self.model.device)
+        sync()
+        t1 = time.perf_counter()
+        self.generator.train()
+        with self._autocast():
+            pred_example = self.generator(self.example.inputs)
+            pred_new = self.generator(new_inputs)
+        sync()
+        t2 = time.perf_counter()
+        total, terms = self.loss(pred_example, pred_new, new_inputs.rgb.float() / 2 + 0.5)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.scaler.is_enabled():  # fp16: the loss scaler skips inf/NaN steps itself and lowers its scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self.guard.ok(iteration, total, self.generator.parameters()):
+            self.optimizer.step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        sync()
+        t3 = time.perf_counter()
+        self.last = (batch.images, pred_new.detach(), pred_example.detach())  # on the device; copied only to log a grid
+        record = {name: float(value.detach()) for name, value in terms.items()}
+        record.update(loss=float(total.detach()), cdst_weight=cdst_weight(iteration, self.cdst_horizon))
+        record.update(time_sampling=t1 - t0, time_generator=t2 - t1, time_losses=t3 - t2, skipped_steps=self.guard.skipped)
+        return record
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def save_checkpoint(self, folder: Path, iteration: int, key: str) -> Path:
+        tensors = {**module_tensors("generator", self.generator), **optimizer_tensors("optimizer", self.optimizer)}
+        meta = dict(key=key, scaler=json.dumps(self.scaler.state_dict()), guard=self.guard.state())
+        return save_checkpoint(folder, iteration, tensors, meta)  # atomic; refuses non-finite weights
+
+    def load_checkpoint(self, path: Path) -> int:
+        tensors = load_file_on(path, self.model.device)
+        load_module(self.generator, tensors, "generator")
+        load_optimizer(self.optimizer, tensors, "optimizer")
+        meta = checkpoint_meta(path)
+        self.scaler.load_state_dict(json.loads(meta["scaler"]))
+        self.guard.load(meta.get("guard"))
+        return int(meta["iteration"])
+
+
+NONFINITE_CAUSES = (
+    "a learning rate too high for these settings (lower train.lr), fp16 overflow (set train.precision to fp32 or bf16), "
+    "or a broken example image/sketch (check data/example)"
+)
+
+
+def load_file_on(path: Path, device) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device=str(device))
+
+
+def _uint8(image: torch.Tensor):
+    """(C, H, W) in [0, 1] -> (H, W, 3) uint8 array."""
+    image = image.detach().float().cpu().clamp(0, 1).expand(3, -1, -1)
+    return (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
+
+def _grid(images: torch.Tensor, sketches: torch.Tensor, example: Example, pred_example: torch.Tensor):
+    """Top row: example image, target, prediction; then one row per sampled (image, sketch)."""
+    from torchvision.utils import make_grid
+
+    rgb = lambda s: s.detach().float().cpu().expand(-1, 3, -1, -1)  # noqa: E731
+    images = images.detach().float().cpu()
+    rows = [example.image.cpu(), rgb(example.sketch), rgb(pred_example)]
+    for image, sketch in zip(images, sketches):
+        rows += [image[None], rgb(sketch[None]), torch.ones_like(image[None])]
+    return _uint8(make_grid(torch.cat(rows).clamp(0, 1), nrow=3, padding=2, pad_value=1.0))
+
+
+def check_train_inputs(params: Params, paths: TrainPaths) -> tuple[list[int], TextPrior]:
+    """Everything checkable before the model loads: timesteps, prior, example. Returns the
+    representative step indices and the loaded prior."""
+    indices = read_timesteps(paths.timesteps, params)
+    prior = TextPrior.load(paths.prior)
+    if prior.meta.get("model") != params.model.id:
+        raise TrainInputError(
+            f"{paths.prior} was fitted with model {prior.meta.get('model')!r} but params say model.id={params.model.id!r}; "
+            "rerun the prior stage"
+        )
+    check_example(params)
+    return indices, prior
+
+
+def run_train(
+    params: Params,
+    paths: TrainPaths = TrainPaths(),
+    overwrite: bool = False,
+    progress: bool = True,
+    model: SDModel | None = None,
+    on_iteration=None,
+) -> dict:
+    """Train (or resume) the generator; returns the last iteration's record.
+
+    ``overwrite``: checkpoints made with other settings are deleted instead of refused.
+    ``on_iteration(i, record)`` is called after each iteration (tests use it to interrupt a run).
+    """
+    cfg = params.train
+    indices, prior = check_train_inputs(params, paths)
+    key = _train_key(params, indices, paths.prior)
+    checkpoint = latest_checkpoint(paths.checkpoints)
+    if checkpoint is not None and checkpoint_meta(checkpoint).get("key") != key:
+        if not overwrite:
+            raise TrainInputError(
+                f"{paths.checkpoints} holds checkpoints of a run with other settings; pass --overwrite (the DVC stage "
+                "does) to start over, or restore the settings to resume"
+            )
+        log.info("settings changed: discarding the checkpoints in %s", paths.checkpoints)
+        shutil.rmtree(paths.checkpoints)
+        checkpoint = None
+    if model is None:
+        check_model_reachable(params.model)
+        model = load_model(params.model)
+    clip = load_clip(params.losses.clip_model, model.device)
+    lpips_net = load_lpips(params.losses.lpips_net, model.device)
+
+    unet_specs = unet_layers(model.unet.config, params.sample.resolution, model.vae_scale_factor, params.sample.capture)
+    vae_specs = vae_layers(model.vae.config, params.sample.resolution)
+    example = build_example(model, params, unet_specs, vae_specs, indices, progress)
+    loss = SketchLoss(params.losses, clip, lpips_net, example.image, example.sketch).to(model.device)
+    trainer = Trainer(params, model, example, prior, loss, indices)
+
+    start = 0
+    if checkpoint is not None:
+        start = trainer.load_checkpoint(checkpoint)
+        log.info("resuming from %s (iteration %d)", checkpoint, start)
+    else:
+        shutil.rmtree(paths.live, ignore_errors=True)
+    if start > 0:
+        trim_live(paths.live, start)
+    live = open_live(paths.live, resume=start > 0)
+    live.step = start
+    if start == 0:
+        live.log_params(dict(clip=clip.name, lpips_backbone=lpips_net.backbone, precision=trainer.precision, timesteps=indices))
+        live.log_image("example/image.png", _uint8(example.image[0]))
+        live.log_image("example/sketch.png", _uint8(example.sketch[0]))
+
+    record: dict = {}
+    bar = tqdm(range(start, cfg.iterations), desc="training", initial=start, total=cfg.iterations, disable=not progress)
+    for i in bar:
+        record = trainer.step(i)
+        for name in ("loss", *SketchLoss.TERMS, "cdst_weight", "skipped_steps"):  # skipped_steps: the guard's running count
+            if name in record:
+                live.log_metric(f"train/{name}", record[name])
+        bar.set_postfix(loss=f"{record['loss']:.3f}", l1=f"{record['l1']:.3f}")
+        done = i + 1
+        if done % cfg.sample_every == 0 or done == cfg.iterations:
+            images, sketches, pred_example = trainer.last
+            live.log_image(f"samples/iter_{done:06d}.png", _grid(images, sketches, example, pred_example))
+        live.next_step()
+        if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
+            trainer.save_checkpoint(paths.checkpoints, done, key)
+        if on_iteration is not None:
+            on_iteration(i, record)
+    live.end()
+
+    meta = dict(
+        model=params.model.id,
+        resolution=params.sample.resolution,
+        steps=params.sample.steps,
+        guidance=params.sample.guidance,
+        capture=params.sample.capture,
+        decode=params.sample.decode,
+        ddim_indices=indices,
+        example=params.example.model_dump(mode="json"),
+        iterations=cfg.iterations,
+        precision=trainer.precision,
+        clip=clip.name,
+        lpips_backbone=lpips_net.backbone,
+        key=key,
+        skipped_steps=trainer.guard.skipped,
+        version=__version__,
+    )
+    check_finite_weights(trainer.generator, "the trained generator")
+    save_generator(trainer.generator, paths.generator, meta=meta)
+    return record
