@@ -18,7 +18,8 @@ A page asks for a generated block with an HTML comment on a line of its own:
 
 Anything that cannot be imported or read raises, so ``mkdocs build --strict`` fails instead of
 publishing an empty page. The example pair of ``data/example`` and, when present, the HTML
-reports of ``reports/eval`` and ``reports/ablation`` are added to the site as files.
+reports of ``reports/eval`` and ``reports/ablation`` are added to the site as files. In the API
+reference, Sphinx roles of docstrings (``:func:`~a.b.c```) are shown as plain code names.
 """
 
 from __future__ import annotations
