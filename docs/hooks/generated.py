@@ -43,8 +43,14 @@ MARKER = re.compile(r"^<!--\s*generated:([\w-]+)(?:[ \t]+([^>]*?))?\s*-->[ \t]*$
 ISSUE_REF = re.compile(r"\s*\(issues? #?\d+\)")  # "(issue 3)" in a docstring is development history, not reference
 
 # files of the repository published with the site: (source under ROOT, path in the site)
-EXAMPLE_FILES = [("data/example/cat.png", "assets/example/cat.png"), ("data/example/cat_sketch.png", "assets/example/cat_sketch.png")]
-REPORT_FILES = [("reports/eval/index.html", "reports/eval.html"), ("reports/ablation/index.html", "reports/ablation.html")]
+EXAMPLE_FILES = [
+    ("data/example/cat.png", "assets/example/cat.png"),
+    ("data/example/cat_sketch.png", "assets/example/cat_sketch.png"),
+]
+REPORT_FILES = [
+    ("reports/eval/index.html", "reports/eval.html"),
+    ("reports/ablation/index.html", "reports/ablation.html"),
+]
 
 
 def _import(*names: str) -> types.ModuleType:
@@ -204,7 +210,10 @@ def _fields_table(model: type, prefix: str, presets: dict) -> tuple[str, list[tu
             cells.append(text)
         cells.append(_cell(field.description or ""))
         lines.append("| " + " | ".join(cells) + " |")
-        nested += [(f"{dotted}[]" if typing.get_origin(field.annotation) is list else dotted, m) for m in _models_in(field.annotation)]
+        nested += [
+            (f"{dotted}[]" if typing.get_origin(field.annotation) is list else dotted, m)
+            for m in _models_in(field.annotation)
+        ]
     return "\n".join(lines), nested
 
 
@@ -352,9 +361,11 @@ def render_results(_arg: str | None, state: dict) -> str:
     reports = ROOT / "reports" / "eval"
     if (reports / "summary.json").is_file() and (reports / "metrics.json").is_file():
         report = _import("diffsketch.evaluation.report", "diffsketch.eval_report")
-        link = " The full report, with every per-image score and the side-by-side grid: [reports/eval](reports/eval.html)." if (
-            reports / "index.html"
-        ).is_file() else ""
+        link = (
+            " The full report, with every per-image score and the side-by-side grid: [reports/eval](reports/eval.html)."
+            if (reports / "index.html").is_file()
+            else ""
+        )
         return f"Generated from `reports/eval/` of this checkout.{link}\n\n" + report.saved_results(reports)
     report = _import("diffsketch.evaluation.report", "diffsketch.eval_report")
     note = (
@@ -365,7 +376,9 @@ def render_results(_arg: str | None, state: dict) -> str:
     )
     recorded = _readme_block(report.BEGIN, report.END)
     if recorded:
-        note += "\n\nThe table that `diffsketch results --readme README.md` last recorded in `README.md`:\n\n" + recorded
+        note += (
+            "\n\nThe table that `diffsketch results --readme README.md` last recorded in `README.md`:\n\n" + recorded
+        )
     return note
 
 
@@ -375,9 +388,11 @@ def render_ablation(_arg: str | None, state: dict) -> str:
     if table.is_file() and results.is_file():
         rows = json.loads(results.read_text(encoding="utf-8"))
         images = sorted({r.get("images") for r in rows})
-        link = " The full report (sketches side by side, training curves): [reports/ablation](reports/ablation.html)." if (
-            reports / "index.html"
-        ).is_file() else ""
+        link = (
+            " The full report (sketches side by side, training curves): [reports/ablation](reports/ablation.html)."
+            if (reports / "index.html").is_file()
+            else ""
+        )
         head = (
             f"Generated from `reports/ablation/` of this checkout: {len(rows)} rows, the student's scores "
             f"(mean ± standard deviation over {', '.join(map(str, images))} test photos; the best mean in bold).{link}"
@@ -417,7 +432,9 @@ SPHINX_ROLE = re.compile(r":(?:py:)?(?:func|mod|class|meth|attr|data|obj|exc):<c
 
 def on_page_content(html: str, page, config, files) -> str:
     """Docstrings written with Sphinx roles (``:func:`~a.b.c```) show the name as code, without the role."""
-    return SPHINX_ROLE.sub(lambda m: f"<code>{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}</code>", html)
+    return SPHINX_ROLE.sub(
+        lambda m: f"<code>{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}</code>", html
+    )
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
