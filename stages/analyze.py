@@ -5,8 +5,8 @@ The paths are the arguments in ``dvc.yaml`` (``cmd:``); they go to ``diffsketch 
 
 import sys
 
-from diffsketch.cli.common import run_stage
 from diffsketch.cli.analyze import analyze
+from diffsketch.cli.common import run_stage
 
 if __name__ == "__main__":
     run_stage(analyze, ["analyze", *sys.argv[1:]])

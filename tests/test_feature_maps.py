@@ -18,7 +18,6 @@ from diffsketch.cli.main import app
 from diffsketch.store.collect import run_sample
 from diffsketch.core.params import AnalyzeConfig, ModelConfig
 from diffsketch.analysis.feature_maps import resample_features, to_rgb
-from diffsketch.analysis.report import write_report
 from test_analysis import synthetic_store
 
 SHOWN = 2  # trajectories with feature maps

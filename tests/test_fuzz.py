@@ -433,11 +433,11 @@ def test_a_truncated_jpeg_example_is_refused_before_the_model_loads(tmp_path):
 def test_a_lazily_opened_broken_pil_image_is_a_clean_error(student, tmp_path):
     """A PIL image handed to the API decodes on first use: a truncated one once leaked PIL's OSError."""
     from diffsketch.extractor.api import SketchExtractor
-    from diffsketch.training.styles import StyleError
+    from diffsketch.core.images import ImageError
 
     png = _encoded(_photo(), "PNG")
     extractor = SketchExtractor.load(student, "cpu", "torch", precision="fp32")
-    with Image.open(io.BytesIO(png[: len(png) // 2])) as lazy, pytest.raises(StyleError, match="truncated"):
+    with Image.open(io.BytesIO(png[: len(png) // 2])) as lazy, pytest.raises(ImageError, match="truncated"):
         extractor(lazy)
     with Image.open(io.BytesIO(png)) as whole:
         assert np.asarray(extractor(whole)).shape == (40, 48)

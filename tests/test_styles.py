@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from diffsketch.core.images import check_image_file, load_image, load_sketch, save_image, save_sketch, square_box
+from diffsketch.core.images import ImageError, check_image_file, load_image, load_sketch, save_image, save_sketch, square_box
 
 from diffsketch.training.styles import HED, STYLES, InformativeDrawings, StyleError, apply_style, canny, dog, xdog
 
@@ -273,9 +273,9 @@ def test_load_image_other_modes(tmp_path):
 
 def test_load_sketch_wrong_aspect(tmp_path):
     path = write(Image.fromarray(drawing(60, 40)), tmp_path / "wide.png")
-    with pytest.raises(StyleError, match=r"wide\.png is 60x40 .*square"):
+    with pytest.raises(ImageError, match=r"wide\.png is 60x40 .*square"):
         load_sketch(path, 32)
-    with pytest.raises(StyleError) as err:
+    with pytest.raises(ImageError) as err:
         load_sketch(path, 32, source_shape=(30, 60))
     assert "60x40" in str(err.value) and "60x30" in str(err.value)
     assert load_sketch(path, 32, source_shape=(80, 120)).shape == (1, 32, 32)
@@ -285,7 +285,7 @@ def test_load_sketch_resizes_same_aspect(tmp_path):
     path = write(Image.fromarray(drawing(201, 200)), tmp_path / "big.png")  # 0.5% off square: accepted
     sketch = load_sketch(path, 32)
     off = write(Image.fromarray(drawing(103, 100)), tmp_path / "off.png")  # 3% off: refused
-    with pytest.raises(StyleError, match="103x100"):
+    with pytest.raises(ImageError, match="103x100"):
         load_sketch(off, 32)
     assert sketch.shape == (1, 32, 32)
     assert sketch[0, 2, 2].item() > 0.99 and sketch[0, 16].min().item() < 0.7
@@ -321,7 +321,7 @@ def test_exif_rotation_is_applied(tmp_path):
     assert check_image_file(path) == (40, 20)
     photo = load_image(path, 20)
     assert photo[:, 2, 10].max() < 0.1 and photo[:, 17, 10].min() > 0.9
-    with pytest.raises(StyleError, match="20x40"):
+    with pytest.raises(ImageError, match="20x40"):
         load_sketch(path, 20)
 
 
@@ -347,12 +347,12 @@ def test_bad_files(tmp_path):
     missing = tmp_path / "missing.png"
     for path in (garbage, truncated, missing, tmp_path):
         for load in (lambda p: load_image(p, 16), lambda p: load_sketch(p, 16), check_image_file):
-            with pytest.raises(StyleError) as err:
+            with pytest.raises(ImageError) as err:
                 load(path)
             assert str(path) in str(err.value)
-    with pytest.raises(StyleError, match=r"does not exist; set example\.sketch"):
+    with pytest.raises(ImageError, match=r"does not exist; set example\.sketch"):
         load_sketch(missing, 16)
-    with pytest.raises(StyleError, match="not a file"):
+    with pytest.raises(ImageError, match="not a file"):
         load_image(tmp_path, 16)
     assert check_image_file(tmp_path / "full.png") == (64, 64)
 

@@ -15,10 +15,8 @@ import json
 from pathlib import Path
 
 from diffsketch.ablation.runner import METHOD, RowResult
-from diffsketch.evaluation import ARROWS
-from diffsketch.core import replaced_folder
-from diffsketch.evaluation import HIGHER_IS_BETTER, UNITS
-from diffsketch.core import escape, page_start, safe_json
+from diffsketch.core import escape, page_start, replaced_folder, safe_json
+from diffsketch.evaluation import ARROWS, HIGHER_IS_BETTER, UNITS
 
 CSS = """
 .wide { overflow-x: auto; }

@@ -37,8 +37,7 @@ from typing import Any
 
 import yaml
 
-from diffsketch.core import ParamsError, apply_overrides, parse_params
-from diffsketch.core import DiffsketchError
+from diffsketch.core import DiffsketchError, ParamsError, apply_overrides, parse_params
 
 log = logging.getLogger(__name__)
 

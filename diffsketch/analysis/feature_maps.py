@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffsketch.store import zarr_store as store
 from diffsketch.core import ModelConfig
 from diffsketch.diffusion import LayerSpec, pool_features
+from diffsketch.store import zarr_store as store
 
 log = logging.getLogger(__name__)
 

@@ -49,13 +49,11 @@ from sklearn.decomposition import IncrementalPCA
 from sklearn.metrics import silhouette_score
 from tqdm.auto import tqdm
 
-from diffsketch.store import zarr_store as store
-from diffsketch.core import AnalyzeConfig, ModelConfig
-from diffsketch.core import resolve_device
 from diffsketch.analysis.feature_maps import FILE as FEATURE_MAPS_FILE
 from diffsketch.analysis.feature_maps import FeatureMaps, compute_feature_maps, final_image, missing_for_resampling
 from diffsketch.analysis.pca import randomized_pca
-from diffsketch.core import DiffsketchError
+from diffsketch.core import AnalyzeConfig, DiffsketchError, ModelConfig, resolve_device
+from diffsketch.store import zarr_store as store
 
 log = logging.getLogger(__name__)
 THUMBNAIL = 64  # side of each trajectory's final-image thumbnail kept for the report (12 KiB a trajectory)

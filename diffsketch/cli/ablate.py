@@ -19,8 +19,7 @@ def ablate(
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
     """Run the paper's ablations as DVC experiments (rows without a result only), then write their report."""
-    from diffsketch.ablation import check_repo, collect, head_commit, load_rows, run_ablation
-    from diffsketch.ablation import write_report
+    from diffsketch.ablation import check_repo, collect, head_commit, load_rows, run_ablation, write_report
 
     with clean_errors():
         selected = load_rows(rows, only)

@@ -22,8 +22,7 @@ def analyze(
 ) -> None:
     """Choose the representative timesteps (PCA + k-means) and write the feature-analysis report."""
     from diffsketch.analysis import analyze as run_analysis
-    from diffsketch.analysis import write_outputs
-    from diffsketch.analysis import write_report
+    from diffsketch.analysis import write_outputs, write_report
 
     with clean_errors():
         cfg = load_params(params, set_)
@@ -39,8 +38,7 @@ def report(
     reports: Annotated[Path, typer.Option(help="folder for the HTML report")] = Path("reports/analysis"),
 ) -> None:
     """Regenerate the feature-analysis HTML report from saved results, without recomputing."""
-    from diffsketch.analysis import AnalysisResult
-    from diffsketch.analysis import write_report
+    from diffsketch.analysis import AnalysisResult, write_report
 
     with clean_errors():
         page = write_report(AnalysisResult.load(results), reports)

@@ -105,12 +105,8 @@ def serve(
     max_megapixels: Annotated[float, typer.Option(min=0.01, help="largest accepted image, in megapixels (checked from the header)")] = 40.0,
 ) -> None:
     """A local web page: drop photos, pick a style, download the sketches as PNG, SVG or ZIP."""
-    from diffsketch.extractor import extractor_device
+    from diffsketch.extractor import BACKENDS, ExtractError, extractor_device
     from diffsketch.extractor import serve as run_server
-
-    from diffsketch.extractor import ExtractError
-
-    from diffsketch.extractor import BACKENDS
 
     with clean_errors():
         extractor_device(device)

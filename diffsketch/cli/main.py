@@ -13,7 +13,20 @@ from __future__ import annotations
 
 import typer
 
-from diffsketch.cli import ablate, analyze, distill, eval_data, evaluate, extractor, pairs, preset, prior, sample, store, train
+from diffsketch.cli import (
+    ablate,
+    analyze,
+    distill,
+    eval_data,
+    evaluate,
+    extractor,
+    pairs,
+    preset,
+    prior,
+    sample,
+    store,
+    train,
+)
 from diffsketch.cli.common import HELP, setup_logging
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)

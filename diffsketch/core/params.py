@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from diffsketch.core.errors import DiffsketchError
 
 Pool = Annotated[int, Field(ge=1)] | Literal["full"]

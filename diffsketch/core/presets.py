@@ -12,8 +12,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from diffsketch.core.params import ParamsError, load_params
 from diffsketch.core.errors import DiffsketchError
+from diffsketch.core.params import ParamsError, load_params
 
 PRESETS_DIR = Path("presets")
 ABLATIONS_FILE = "ablations.yaml"  # the ablation rows of `diffsketch ablate` (diffsketch.ablation.runner), not a profile

@@ -20,9 +20,7 @@ from pathlib import Path
 
 import torch
 
-from diffsketch.core import devices
-from diffsketch.core import ModelConfig
-from diffsketch.core import DiffsketchError
+from diffsketch.core import DiffsketchError, ModelConfig, devices
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffsketch.core import EvalDataConfig
-from diffsketch.core import replaced_folder
-from diffsketch.core import DiffsketchError
+from diffsketch.core import DiffsketchError, EvalDataConfig, replaced_folder
 
 MANIFEST = "manifest.json"
 

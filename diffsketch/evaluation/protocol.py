@@ -34,14 +34,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from diffsketch.evaluation import baselines
-
-from diffsketch.evaluation import metrics
-from diffsketch.core import NETWORK_STYLES, DatasetConfig, Params
+from diffsketch.core import NETWORK_STYLES, DatasetConfig, DiffsketchError, ImageError, Params, replaced_folder
+from diffsketch.evaluation import baselines, metrics
 from diffsketch.extractor import IMAGE_EXTENSIONS, prepare_image
-from diffsketch.core import replaced_folder
-from diffsketch.training import STYLES, StyleError, apply_style
-from diffsketch.core import DiffsketchError
+from diffsketch.training import STYLES, apply_style
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +150,7 @@ def plan(params: Params, student_path: str | Path | None) -> Plan:
     """Check every input of the evaluation and set up its methods, before any image is processed.
 
     Raises:
-        EvalError, StudentLoadError, StyleError: with a message naming the problem and the fix.
+        EvalError, StudentLoadError, ImageError: with a message naming the problem and the fix.
     """
     from diffsketch.diffusion import model_device
 
@@ -237,7 +233,7 @@ def evaluate(params: Params, student_path: str | Path | None, progress: bool = T
     for image_ref in tqdm(p.images, desc="evaluate", unit="image", disable=not progress):
         try:
             image = prepare_image(image_ref.path, cfg.size, p.min_side, size_param="evaluate.size")
-        except StyleError as err:
+        except ImageError as err:
             log.warning("skipping %s", err)
             skipped.append(str(err))
             continue

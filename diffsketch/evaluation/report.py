@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffsketch.evaluation.protocol import EvalError, EvalResult, evaluate, write_outputs
-from diffsketch.core import Params
+from diffsketch.core import Params, escape, page_start, table_html
 from diffsketch.evaluation.metrics import HIGHER_IS_BETTER, UNITS
-from diffsketch.core import escape, page_start, table_html
+from diffsketch.evaluation.protocol import EvalError, EvalResult, evaluate, write_outputs
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 ARROWS = {True: "↑", False: "↓"}

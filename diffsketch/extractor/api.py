@@ -55,10 +55,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from diffsketch.core import devices
-from diffsketch.core import pil_to_tensor
+from diffsketch.core import DiffsketchError, devices, pil_to_tensor
 from diffsketch.student import Student, StudentConfig, StudentLoadError, load_student, smallest_side
-from diffsketch.core import DiffsketchError
 
 WEIGHTS_FILE = "student.safetensors"
 CONFIG_FILE = "student.json"
@@ -333,7 +331,7 @@ def to_tensor(image) -> torch.Tensor:
     """Any accepted input (a path, a PIL image, a numpy array, a (3, H, W) tensor) as (3, H, W) RGB in [0, 1].
 
     Raises:
-        StyleError: a path, or a PIL image, that cannot be decoded. ExtractError: an input of another type or shape.
+        ImageError: a path, or a PIL image, that cannot be decoded. ExtractError: an input of another type or shape.
     """
     from diffsketch.core import read_rgb
 

@@ -23,19 +23,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from diffsketch.core import ImageError, read_rgb
 from diffsketch.extractor.api import (  # noqa: F401 - re-exported: extract's public names before the API existed
     DEVICES,
     ExtractError,
     SketchExtractor,
     cap_size,
-    resize_capped,
     extractor_device,
+    resize_capped,
     sketch_to_png,
     sketch_to_svg,
     smallest_side,
 )
-from diffsketch.core import read_rgb
-from diffsketch.training import StyleError
 
 DEFAULT_MODEL = Path("models/student.safetensors")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -206,7 +205,7 @@ def prepare_image(source: Path, size: int | None, min_side: int, size_param: str
     """Read ``source`` as (3, H, W) RGB, downscaled (antialiased) when its long side exceeds ``size``.
 
     Raises:
-        StyleError: the file cannot be read as an image, or the image is smaller than ``min_side``
+        ImageError: the file cannot be read as an image, or the image is smaller than ``min_side``
             (the message names ``size_param`` when the downscaling made it so).
     """
     image = read_rgb(source)
@@ -214,7 +213,7 @@ def prepare_image(source: Path, size: int | None, min_side: int, size_param: str
     image = resize_capped(image, size)
     new_h, new_w = image.shape[-2:]
     if min(new_h, new_w) < min_side:
-        raise StyleError(
+        raise ImageError(
             f"{source} is {new_w}x{new_h} px; at least {min_side} px are needed on each side"
             + (f" (raise {size_param})" if (new_h, new_w) != (height, width) else "")
         )
@@ -346,7 +345,7 @@ def run_extract(
                 continue
             try:
                 image = prepare_image(job.source, size, extractor.min_side)
-            except StyleError as err:
+            except ImageError as err:
                 report.failed.append(Failure(str(job.source), str(err)))
                 bar.update(1)
                 continue

@@ -15,14 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffsketch.core import replaced_folder
-from diffsketch.core import load_params
-from diffsketch.student import load_student
-from diffsketch.student import DEFAULT_OPSET, ExportError, export_onnx
-from diffsketch.training import is_style
-from diffsketch.core import read_rgb
-from diffsketch.training import StyleError, apply_style
-
+from diffsketch.core import ImageError, load_params, read_rgb, replaced_folder
+from diffsketch.student import DEFAULT_OPSET, ExportError, export_onnx, load_student
+from diffsketch.training import apply_style, is_style
 
 STYLE_MANIFEST = "style.json"
 EXAMPLE_PHOTO, EXAMPLE_SKETCH = "example.png", "example_sketch.png"
@@ -48,7 +43,7 @@ def _example_thumbnails(params, staging: Path) -> list[str]:
     if example.image is not None:
         try:
             photo = read_rgb(example.image, param="example.image")
-        except StyleError as err:
+        except ImageError as err:
             raise ExportError(f"the example photo cannot go into the style folder: {err}") from None
         _thumbnail(photo, staging / EXAMPLE_PHOTO)
     else:
@@ -56,7 +51,7 @@ def _example_thumbnails(params, staging: Path) -> list[str]:
     if not is_style(example.sketch):
         try:
             sketch = read_rgb(example.sketch, param="example.sketch")
-        except StyleError as err:
+        except ImageError as err:
             raise ExportError(f"the example drawing cannot go into the style folder: {err}") from None
         _thumbnail(sketch, staging / EXAMPLE_SKETCH)
     elif photo is not None:

@@ -16,21 +16,20 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from diffsketch.core import __version__
-
-from diffsketch.core import batching
-
+from diffsketch.core import DiffsketchError, Params, __version__, batching, distributed, fingerprint
+from diffsketch.diffusion import (
+    check_model_reachable,
+    check_pool,
+    load_model,
+    load_prompts,
+    plan_trajectories,
+    prompt_token_lengths,
+    sample,
+    unet_layers,
+    vae_layers,
+)
 from diffsketch.store import diskspace
-
-from diffsketch.core import distributed
-
 from diffsketch.store import zarr_store as store
-from diffsketch.core import Params, fingerprint
-from diffsketch.diffusion import check_pool, unet_layers, vae_layers
-from diffsketch.diffusion import check_model_reachable, load_model
-from diffsketch.diffusion import load_prompts, plan_trajectories
-from diffsketch.diffusion import prompt_token_lengths, sample
-from diffsketch.core import DiffsketchError
 
 log = logging.getLogger(__name__)
 

@@ -63,8 +63,8 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
 from zarr.dtype import VariableLengthUTF8
 
-from diffsketch.diffusion import LayerSpec
 from diffsketch.core import DiffsketchError
+from diffsketch.diffusion import LayerSpec
 
 # Consolidated metadata (written by `finalize`) is a zarr-python extension; zarr warns on every open.
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)

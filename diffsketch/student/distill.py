@@ -30,16 +30,27 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffsketch.core import __version__
-
-from diffsketch.store import zarr_store as store
-from diffsketch.training import NonFiniteGuard, check_finite_weights, checkpoint_meta, latest_checkpoint, load_checkpoint, load_module, load_optimizer, module_tensors, optimizer_tensors, rng_tensor, save_checkpoint, open_live, trim_live
-from diffsketch.core import DistillConfig, Params, fingerprint
-from diffsketch.training import load_lpips
+from diffsketch.core import DiffsketchError, DistillConfig, Params, __version__, fingerprint
 from diffsketch.diffusion import model_device
-from diffsketch.student.pairs import PairsError, open_pairs
+from diffsketch.store import zarr_store as store
 from diffsketch.student.network import Student, StudentConfig, save_student
-from diffsketch.core import DiffsketchError
+from diffsketch.student.pairs import PairsError, open_pairs
+from diffsketch.training import (
+    NonFiniteGuard,
+    check_finite_weights,
+    checkpoint_meta,
+    latest_checkpoint,
+    load_checkpoint,
+    load_lpips,
+    load_module,
+    load_optimizer,
+    module_tensors,
+    open_live,
+    optimizer_tensors,
+    rng_tensor,
+    save_checkpoint,
+    trim_live,
+)
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffsketch.student.network import Student, load_student, smallest_side
 from diffsketch.core import DiffsketchError
+from diffsketch.student.network import Student, load_student, smallest_side
 
 log = logging.getLogger(__name__)
 

@@ -34,24 +34,18 @@ import torch
 import zarr
 from tqdm.auto import tqdm
 
-from diffsketch.core import __version__
-
-from diffsketch.core import batching
-
-from diffsketch.store import diskspace
-
-from diffsketch.core import distributed
-from diffsketch.core import Params, fingerprint
-from diffsketch.training import inputs_from_result
-from diffsketch.core import file_hash
-from diffsketch.diffusion import unet_layers, vae_layers
-from diffsketch.training import load_generator
-from diffsketch.diffusion import check_model_reachable, load_model
-from diffsketch.training import TextPrior
-from diffsketch.diffusion import initial_noise, sample_conditions
+from diffsketch.core import DiffsketchError, Params, __version__, batching, distributed, file_hash, fingerprint
+from diffsketch.diffusion import (
+    check_model_reachable,
+    initial_noise,
+    load_model,
+    sample_conditions,
+    unet_layers,
+    vae_layers,
+)
+from diffsketch.store import PAIR, StoreError, compressors, diskspace
 from diffsketch.store import zarr_store as store
-from diffsketch.store import PAIR, StoreError, compressors
-from diffsketch.core import DiffsketchError
+from diffsketch.training import TextPrior, inputs_from_result, load_generator
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,7 @@ from typing import Iterable
 
 import torch
 
-from diffsketch.core import __version__
-from diffsketch.core import DiffsketchError
+from diffsketch.core import DiffsketchError, __version__
 
 log = logging.getLogger(__name__)
 

@@ -18,13 +18,19 @@ from pathlib import Path
 
 import torch
 
-from diffsketch.core import images
+from diffsketch.core import DiffsketchError, Params, images
+from diffsketch.diffusion import (
+    SampleResult,
+    SDModel,
+    clip_tokenizer,
+    encode_image,
+    encode_prompts,
+    initial_noise,
+    invert,
+    sample_conditions,
+)
 from diffsketch.training import styles
-from diffsketch.core import Params
 from diffsketch.training.generator import GeneratorInputs
-from diffsketch.diffusion import SDModel, clip_tokenizer
-from diffsketch.diffusion import SampleResult, encode_image, encode_prompts, initial_noise, invert, sample_conditions
-from diffsketch.core import DiffsketchError
 
 
 class ExampleError(DiffsketchError, ValueError):
@@ -52,7 +58,7 @@ def _decoded_shape(path: str | Path, param: str) -> tuple[int, int]:
     """
     try:
         height, width = images.read_rgb(path, param=param).shape[-2:]
-    except styles.StyleError as err:
+    except images.ImageError as err:
         raise ExampleError(f"{param}: {err}") from None
     return height, width
 

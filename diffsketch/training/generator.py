@@ -52,8 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffsketch.diffusion import LayerSpec
 from diffsketch.core import DiffsketchError
+from diffsketch.diffusion import LayerSpec
 
 WEIGHTS_NAME = "generator.safetensors"
 FORMAT = "diffsketch-generator"

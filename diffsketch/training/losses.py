@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffsketch.core import LossConfig
-from diffsketch.core import DiffsketchError
+from diffsketch.core import DiffsketchError, LossConfig
 
 log = logging.getLogger(__name__)
 

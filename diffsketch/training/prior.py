@@ -17,11 +17,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from diffsketch.core import Params
-from diffsketch.diffusion import SDModel, check_model_reachable, clip_tokenizer, load_model
-from diffsketch.diffusion import PromptsError, load_prompts
-from diffsketch.diffusion import encode_prompts
-from diffsketch.core import DiffsketchError
+from diffsketch.core import DiffsketchError, Params
+from diffsketch.diffusion import (
+    PromptsError,
+    SDModel,
+    check_model_reachable,
+    clip_tokenizer,
+    encode_prompts,
+    load_model,
+    load_prompts,
+)
 
 log = logging.getLogger(__name__)
 

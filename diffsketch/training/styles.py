@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 from torch import nn
+
 from diffsketch.core import ImageError, check_rgb
 
 log = logging.getLogger(__name__)

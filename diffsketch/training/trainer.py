@@ -25,21 +25,34 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from diffsketch.core import __version__
+from diffsketch.core import DiffsketchError, Params, __version__, file_hash, fingerprint
+from diffsketch.diffusion import (
+    SDModel,
+    check_model_reachable,
+    initial_noise,
+    load_model,
+    sample_conditions,
+    unet_layers,
+    vae_layers,
+)
 from diffsketch.training.cdst import cdst_condition, cdst_weight
-from diffsketch.training.checkpoint import NonFiniteGuard, check_finite_weights, load_module, load_optimizer, module_tensors, optimizer_tensors
-from diffsketch.training.checkpoint import checkpoint_meta, latest_checkpoint, save_checkpoint
-from diffsketch.training.checkpoint import open_live, trim_live
-from diffsketch.core import Params, fingerprint
+from diffsketch.training.checkpoint import (
+    NonFiniteGuard,
+    check_finite_weights,
+    checkpoint_meta,
+    latest_checkpoint,
+    load_module,
+    load_optimizer,
+    module_tensors,
+    open_live,
+    optimizer_tensors,
+    save_checkpoint,
+    trim_live,
+)
 from diffsketch.training.example import Example, build_example, check_example, inputs_from_result
-from diffsketch.core import file_hash
-from diffsketch.diffusion import unet_layers, vae_layers
 from diffsketch.training.generator import SketchGenerator, save_generator
 from diffsketch.training.losses import SketchLoss, load_clip, load_lpips
-from diffsketch.diffusion import SDModel, check_model_reachable, load_model
 from diffsketch.training.prior import TextPrior
-from diffsketch.diffusion import initial_noise, sample_conditions
-from diffsketch.core import DiffsketchError
 
 log = logging.getLogger(__name__)
 
