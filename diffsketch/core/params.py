@@ -123,7 +123,7 @@ class SampleConfig(_Section):
 
 
 class AnalyzeConfig(_Section):
-    """The `analyze` stage: choosing the representative timesteps (issue 3)."""
+    """The `analyze` stage: choosing the representative timesteps."""
 
     pca_dims: int = Field(25, ge=2)
     k_min: int = Field(2, ge=2)
@@ -140,7 +140,7 @@ class AnalyzeConfig(_Section):
     pca: Literal["randomized", "incremental"] = Field(
         "randomized",
         description="'randomized' (streamed block Krylov PCA, a few passes over the store) or 'incremental' "
-        "(scikit-learn's IncrementalPCA, the earlier and much slower path, kept for comparison)",
+        "(scikit-learn's IncrementalPCA: exact but much slower, kept for comparison)",
     )
     power_iterations: int = Field(2, ge=0, le=20, description="randomized PCA: Krylov iterations, one more pass over the store each")
     oversamples: int = Field(10, ge=0, description="randomized PCA: random directions beyond pca_dims")
@@ -161,7 +161,7 @@ class AnalyzeConfig(_Section):
 
 
 class ExampleConfig(_Section):
-    """The one (image, sketch) example the generator learns the style from (issue 4)."""
+    """The one (image, sketch) example the generator learns the style from."""
 
     prompt: str = Field("a photo of a horse in mud", description="prompt of the example image (and the CDST pivot condition)")
     seed: int = Field(50, ge=0, le=MAX_SEED, description="seed of the generated example image")
@@ -435,7 +435,7 @@ def _format_errors(err: ValidationError, source: str, data: Any) -> str:
     problems: dict[str, tuple[list[str], Any]] = {}
     for e in err.errors():
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the README's parameter table)"
+            msg = "unknown key (check the spelling; see docs/parameters.md)"
         else:
             msg = e["msg"].removeprefix("Value error, ")
         messages, _ = problems.setdefault(_key(e["loc"], data, e["type"] == "missing"), ([], e.get("input")))

@@ -2,7 +2,7 @@
 
 In: everything below it; it runs the student through the ``extractor``. Out: the packaged test
 photos with their licences, weight-free baselines, metrics (SSIM, PSNR, chamfer, F-score, LPIPS),
-the scores, the HTML report and the README"s results table.
+the scores, the HTML report and the README's results table.
 
 Public names (imported on first use, so importing the package costs nothing):
 

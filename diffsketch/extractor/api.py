@@ -33,7 +33,7 @@ Backends (``backend``, ``precision``):
 or AVX-512 BF16 (read from ``/proc/cpuinfo``) and oneDNN supports bf16 there; else (fp32 on a CPU)
 ONNX Runtime when the files include an ONNX graph (a style folder) and ONNX Runtime is installed,
 else PyTorch fp32. That choice is by capability, not measured at load time;
-``benchmarks/extract_speed.py`` measures every backend and precision side by side (README,
+``benchmarks/extract_speed.py`` measures every backend and precision side by side (docs/performance.md,
 "Performance": on the 2-core machine, quiet, bf16 7.9 images/s, ONNX Runtime fp32 2.9, PyTorch fp32 2.4).
 """
 

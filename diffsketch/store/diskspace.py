@@ -6,7 +6,7 @@ pair) are the items of every array with a row per entry times their dtype's size
 (:func:`entry_bytes`). Where the store already holds completed entries (a resumed run) this is
 scaled by the compression measured on it (the bytes of its chunk files over the uncompressed
 bytes of its completed entries; metadata, a few kB per array, is left out of both). A new store is projected uncompressed: features of random weights do not
-compress at all (README, "Performance") and real ones only somewhat, so the estimate errs on the
+compress at all (docs/performance.md) and real ones only somewhat, so the estimate errs on the
 large side. The free space is that of the filesystem holding the store (its nearest existing
 folder); a store the run replaces counts as free. Remote stores (``s3://`` ...) are not checked.
 
