@@ -106,10 +106,11 @@ def test_vae_fusion_off_has_no_vae_parameters_and_ignores_vae_features(specs):
     full, ablated = _build(specs), _build(specs, vae_fusion=False)
     assert any(n.startswith("decoder.reduce.") for n, _ in full.named_parameters())
     assert not any(n.startswith("decoder.reduce.") for n, _ in ablated.named_parameters())
-    # Oracle from the specs: each fusion step / the head reads max(C // 32, 8) fewer channels per VAE layer of its level.
+    # Oracle from the specs: each fusion step reads max(C // 32, 8) fewer channels per VAE layer of its level,
+    # the head also 3 fewer (no decoded RGB image).
     sizes = sorted({s.size for s in vae_specs})
     reduced = [sum(max(s.channels // 32, 8) for s in vae_specs if s.size == size) for size in sizes]
-    assert [a - b for a, b in zip(full.fusion_in_channels(), ablated.fusion_in_channels())] == reduced
+    assert [a - b for a, b in zip(full.fusion_in_channels(), ablated.fusion_in_channels())] == reduced[:-1] + [reduced[-1] + 3]
 
     x, y = _inputs(*specs, seed=0), _inputs(*specs, seed=1)
     other_vae = GeneratorInputs(x.unet, y.vae, x.rgb)
@@ -118,6 +119,38 @@ def test_vae_fusion_off_has_no_vae_parameters_and_ignores_vae_features(specs):
         assert torch.equal(ablated(x), ablated(GeneratorInputs(x.unet, {}, x.rgb)))  # nor need to be there
         assert not torch.equal(full(x), full(other_vae))  # ...they do for the full method
         assert not torch.equal(ablated(x), ablated(GeneratorInputs(y.unet, x.vae, x.rgb)))  # UNet features still do
+
+
+def test_vae_fusion_head_input_channels_by_hand(specs):
+    """The tiny config by hand: VAE decoder levels 16/32/64/128 px with 5/3/3/3 layers of 32/32/16/16 channels,
+    each reduced to max(C // 32, 8) = 8; the concatenated UNet features are 2 x 40 = 80 (higher width of 32 ch:
+    8 * round(1.2 * 32 / 8) = 40); each fusion step outputs half the next level's VAE width: 16, 8, 8.
+    on:  80 + 5*8 = 120, 16 + 3*8 = 40, 8 + 3*8 = 32, head 8 + 3*8 + 3 (RGB) = 35.
+    off: 80, 16, 8, head 8 (the last fusion output alone, as the authors' use_VAE=False Conv_block(64, 64))."""
+    full, ablated = _build(specs), _build(specs, vae_fusion=False)
+    assert full.fusion_in_channels() == [120, 40, 32, 35]
+    assert ablated.fusion_in_channels() == [80, 16, 8, 8]
+    assert ablated.decoder.head[0][0].in_channels == 8 and full.decoder.head[0][0].in_channels == 35
+
+
+def test_vae_fusion_off_reads_nothing_from_the_vae_decoder(specs):
+    """off: neither the VAE features nor the decoded image (the VAE decoder's output) reach the generator:
+    replacing both by random tensors or by NaN leaves the output unchanged (and finite). on: each of them changes it."""
+    full, ablated = _build(specs), _build(specs, vae_fusion=False)
+    x, y = _inputs(*specs, seed=0), _inputs(*specs, seed=1)
+    nan_vae = {k: torch.full_like(v, float("nan")) for k, v in x.vae.items()}
+    nan_rgb = torch.full_like(x.rgb, float("nan"))
+    with torch.no_grad():
+        base = ablated(x)
+        assert torch.isfinite(base).all()
+        assert torch.equal(ablated(GeneratorInputs(x.unet, y.vae, y.rgb)), base)  # random VAE features and image
+        assert torch.equal(ablated(GeneratorInputs(x.unet, nan_vae, nan_rgb)), base)  # NaN: nothing of them is read
+        assert torch.equal(ablated(GeneratorInputs(x.unet, {}, nan_rgb)), base)
+        full_base = full(x)
+        assert not torch.equal(full(GeneratorInputs(x.unet, x.vae, y.rgb)), full_base)  # on: the image is read
+        assert not torch.equal(full(GeneratorInputs(x.unet, y.vae, x.rgb)), full_base)  # on: the VAE features are read
+        assert torch.isnan(full(GeneratorInputs(x.unet, x.vae, nan_rgb))).any()
+        assert torch.isnan(full(GeneratorInputs(x.unet, nan_vae, x.rgb))).any()
 
 
 # --- train.aggregation ------------------------------------------------------------------------

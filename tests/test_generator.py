@@ -71,6 +71,11 @@ def test_sd15_channel_table_on_meta_device():
     assert (gen.higher.out_channels, gen.higher.size) == (384, 64)
     assert gen.concat_channels == 768
     assert gen.fusion_in_channels() == [848, 304, 152, 91]
+    with torch.device("meta"):
+        ablated = SketchGenerator(unet_specs, vae_specs, 13, vae_fusion=False)
+    # the authors' use_VAE=False widths: fuse 768 -> 256, 256 -> 128, 128 -> 64, then Conv_block(64, 64)
+    assert ablated.fusion_in_channels() == [768, 256, 128, 64]
+    assert (ablated.decoder.head[0][0].in_channels, ablated.decoder.head[0][0].out_channels) == (64, 64)
     assert gen.lower.mixing.numel() == 13 * 9
     assert gen.higher.mixing.shape == (14, 3)  # slot 0 = the lower aggregator's output
     counts = parameter_counts(gen)

@@ -23,7 +23,7 @@ This follows DiffSketch (arXiv 2401.04362) as the paper describes it. Three part
 3. **A fusion decoder** that climbs the VAE decoder's resolutions. Every VAE feature is reduced by
    a 1x1 conv and a :class:`ConvBlock` (registered modules, so they train; the authors kept them in
    plain Python lists), concatenated with the running tensor, and a :class:`Fusion` step doubles the
-   resolution. At the image size the RGB image joins in and a head maps to one channel.
+   resolution. At the image size the decoded RGB image joins in and a head maps to one channel.
 
 The output goes through a sigmoid, so the sketch is in [0, 1] (1 = white paper, 0 = black line),
 like the training targets. The authors had no output activation and only clamped when saving,
@@ -31,15 +31,18 @@ which leaves the training output unbounded; a sigmoid bounds it and keeps gradie
 
 **Ablations** (``train.vae_fusion``, ``train.aggregation``; the paper's "w/o VAE features" and
 one-level rows): with ``vae_fusion=False`` the fusion decoder climbs the same resolutions with the
-same widths but concatenates no VAE feature, so its ``reduce`` modules do not exist (the RGB image
-still joins at the head); with ``aggregation="one"`` there is no lower aggregator and one
+same widths but reads nothing the VAE decoder produced: no VAE feature (its ``reduce`` modules do not
+exist) and no decoded RGB image, which is the VAE decoder's output. Its head reads the last fusion
+step's channels alone (64 for SD 1.5, the authors' ``use_VAE=False`` branch:
+``Conv_block(64, 64)``); with ``aggregation="one"`` there is no lower aggregator and one
 aggregator with T slots reads every UNet up-block layer, resized to the latent size, with the
 higher aggregator's width. Both are recorded in the config, so a saved generator rebuilds as trained.
 
 Every width is derived from the layer specs (:mod:`diffsketch.diffusion.features`) and the number of
 timesteps, so the tiny test model and SD 1.5 run the same code. For SD 1.5 at 512 px with 13
 timesteps the lower aggregator has P = 3 x 320 = 960 (18,302,517 parameters), the higher one
-P = 384 and 3 x 14 mixing weights, and the fusion decoder's input widths are 848, 304, 152, 91.
+P = 384 and 3 x 14 mixing weights, and the fusion decoder's input widths are 848, 304, 152, 91
+(768, 256, 128, 64 with ``vae_fusion=False``).
 """
 
 from __future__ import annotations
@@ -282,6 +285,10 @@ class FusionDecoder(nn.Module):
     tensor. Between levels a :class:`Fusion` doubles the resolution and outputs half the VAE width
     of the level it goes to. At the last level the RGB image is concatenated too, and a
     ``ConvBlock`` (to half that level's VAE width) and a 1x1 conv give one channel.
+
+    With ``use_vae=False`` nothing from the VAE decoder is read: no reduced features at any level
+    and no RGB image (the decoded image is the VAE decoder's output), so the head's input is the
+    last fusion step's output alone. The VAE specs still give the sizes and widths.
     """
 
     def __init__(self, in_channels: int, vae_specs: list[LayerSpec], use_vae: bool = True):
@@ -313,7 +320,7 @@ class FusionDecoder(nn.Module):
             self.fuse.append(Fusion(cin, cout))
             self.in_channels.append(cin)
             x_channels = cout
-        head_in, head_mid = x_channels + reduced[-1] + 3, widths[-1] // 2
+        head_in, head_mid = x_channels + (reduced[-1] + 3 if self.use_vae else 0), widths[-1] // 2
         self.in_channels.append(head_in)
         self.head = nn.Sequential(ConvBlock(head_in, head_mid), nn.Conv2d(head_mid, 1, 1))
 
@@ -323,9 +330,14 @@ class FusionDecoder(nn.Module):
         return [self.reduce[name](vae[name]) for name in self.levels[level]]
 
     def forward(self, x: torch.Tensor, vae: dict[str, torch.Tensor], rgb: torch.Tensor) -> torch.Tensor:
-        """x: (B, in_channels, s0, s0) at the latent size -> logits (B, 1, H, W)."""
+        """x: (B, in_channels, s0, s0) at the latent size -> logits (B, 1, H, W).
+
+        ``vae`` and ``rgb`` are read only with ``use_vae``; without it they may be anything (or empty).
+        """
         for level, fuse in enumerate(self.fuse):
             x = fuse(torch.cat([x, *self._reduced(level, vae)], dim=1))
+        if not self.use_vae:
+            return self.head(x)
         return self.head(torch.cat([x, *self._reduced(len(self.levels) - 1, vae), rgb], dim=1))
 
 
@@ -341,7 +353,8 @@ class SketchGenerator(nn.Module):
         unet_specs: the UNet up-block ResNet specs in forward order (:func:`~diffsketch.diffusion.features.unet_layers`).
         vae_specs: the VAE decoder specs (:func:`~diffsketch.diffusion.features.vae_layers`).
         timesteps: T, the number of representative timesteps.
-        vae_fusion: False = the decoder reads no VAE features (ablation).
+        vae_fusion: False = the decoder reads nothing from the VAE decoder: no VAE features and no
+            decoded RGB image (ablation; ``inputs.rgb`` is then only checked for its shape).
         aggregation: "two" (lower + higher aggregators) or "one" (a single aggregator over every layer; ablation).
 
     See the module docstring for the design.
