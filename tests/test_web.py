@@ -225,3 +225,33 @@ def test_server_limits_and_style_names(server, styles):
         state.max_upload = 25_000_000
     assert post("style=ink", data)[0] == 200 and post("style=ink", data)[0] == 200
     assert set(state.extractors) <= {"ink", "pencil"} and len(state.extractors) == len(state.locks)  # one model per style
+
+
+def test_any_file_name_previews_and_downloads(page, server, photo_files, tmp_path):
+    """Photos named in Japanese and with an emoji: both previews load, and the PNG / SVG downloads
+    answer 200 with the name in ``filename*`` (UTF-8, percent-encoded, RFC 5987)."""
+    coffee, _ = photo_files
+    names = ["写真.png", "🎨 cat.png"]
+    for name in names:
+        shutil.copy(coffee, tmp_path / name)
+    page.select_option("#size", "256")
+    page.set_input_files("#files", [str(tmp_path / name) for name in names])
+    page.wait_for_selector("text=2 of 2 done", timeout=30_000)
+    assert page.locator(".card.failed").count() == 0
+    for name in names:
+        card = page.locator(".card", has=page.locator("h2", has_text=name))
+        assert card.count() == 1
+        assert card.locator(".photo img").evaluate("img => img.complete && img.naturalWidth") == 600
+        assert card.locator(".sketch-image").evaluate("img => img.complete && img.naturalWidth") == 256
+        stem = name[: -len(".png")]
+        for kind in ("png", "svg"):
+            href = card.locator(f"a.{kind}").get_attribute("href")
+            with urllib.request.urlopen(server[0] + href, timeout=30) as response:
+                assert response.status == 200
+                header = response.headers["Content-Disposition"]
+                body = response.read()
+            assert body.startswith(b"\x89PNG" if kind == "png" else b"<?xml")
+            encoded = header.split("filename*=", 1)[1]
+            assert encoded.startswith("UTF-8''")
+            assert urllib.parse.unquote(encoded[len("UTF-8''"):], errors="strict") == f"{stem}_sketch.{kind}"
+            assert card.locator(f"a.{kind}").get_attribute("download") == f"{stem}_sketch.{kind}"

@@ -4,13 +4,17 @@ Built on Starlette (ASGI) served by uvicorn: the page is one static HTML file wi
 JavaScript (no CDN, no build step; the files are in ``diffsketch/extractor/static``) and a small JSON
 API, which calls :class:`~diffsketch.extractor.api.SketchExtractor` exactly as Python code would.
 
-- ``GET /api/styles``: the styles (sub-folders of the styles folder that hold a student).
+- ``GET /api/styles``: the styles (sub-folders of the styles folder that hold a student; the folder
+  itself when it is one style folder).
 - ``POST /api/sketch?style=NAME&threshold=T&size=S&name=FILE``: the photo's bytes as the body;
   answers ``{id, name, width, height, png, svg}`` (``png`` / ``svg``: download URLs), or
   ``{error}`` with status 400 (not an image, a truncated file, too small), 404 (no such style)
   or 413 (over the upload or pixel limit).
 - ``GET /api/result/ID.png`` / ``.svg``; ``POST /api/zip`` with ``{"ids": [...]}``: every sketch
   as PNG and SVG in one ZIP.
+
+Downloads are named after the uploaded file, in any script: the ``Content-Disposition`` header
+carries an ASCII fallback and the UTF-8 name (RFC 6266 / RFC 5987, :func:`content_disposition`).
 
 Safe defaults: bound to 127.0.0.1; uploads over ``max_upload_mb`` are refused while they are read
 (before decoding); images over ``max_pixels`` are refused from their header (PIL reads the size
@@ -25,6 +29,8 @@ import io
 import json
 import re
 import threading
+import unicodedata
+import urllib.parse
 import uuid
 import zipfile
 from collections import OrderedDict
@@ -76,14 +82,17 @@ class _State:
     results_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def styles(self) -> dict[str, Path]:
-        """Name -> folder of every style under the styles folder (a folder holding a student)."""
-        from diffsketch.extractor.api import ONNX_FILE, WEIGHTS_FILE
+        """Name -> folder of every style under the styles folder (a folder holding a student).
 
+        A styles folder that is itself a style folder (``--styles styles/cat``) gives that one style.
+        """
         if not self.styles_dir.is_dir():
             return {}
+        if _is_style(self.styles_dir):
+            return {self.styles_dir.resolve().name: self.styles_dir}
         found = {}
         for folder in sorted(self.styles_dir.iterdir()):
-            if folder.is_dir() and not folder.name.startswith(".") and ((folder / WEIGHTS_FILE).is_file() or (folder / ONNX_FILE).is_file()):
+            if folder.is_dir() and not folder.name.startswith(".") and _is_style(folder):
                 found[folder.name] = folder
         return found
 
@@ -114,6 +123,13 @@ class _State:
         if found is None:
             raise UploadError(404, "this sketch is no longer kept by the server; sketch the photo again")
         return found
+
+
+def _is_style(folder: Path) -> bool:
+    """A style folder: one holding a student (safetensors weights or an ONNX graph)."""
+    from diffsketch.extractor.api import ONNX_FILE, WEIGHTS_FILE
+
+    return (folder / WEIGHTS_FILE).is_file() or (folder / ONNX_FILE).is_file()
 
 
 def _style_info(name: str, folder: Path) -> dict:
@@ -185,8 +201,32 @@ def _number(request: Request, key: str, kind, low, high):
 
 
 def _safe_name(name: str) -> str:
-    stem = re.sub(r"[^\w.-]+", "_", Path(name).stem)[:100].strip("._") or "sketch"
-    return stem
+    """The stem of an uploaded file's name, in any script, without path parts, control characters or
+    characters file systems refuse (``/ \\ : * ? " < > |``); ``sketch`` when nothing is left."""
+    stem = Path(name.replace("\\", "/")).stem
+    stem = re.sub(r'[\x00-\x1f\x7f/\\:*?"<>|]+', "_", stem)[:100].strip(" ._")
+    return stem or "sketch"
+
+
+def content_disposition(filename: str) -> str:
+    """A ``Content-Disposition`` header value that downloads ``filename``, whatever its script (RFC 6266).
+
+    ``filename*`` carries the name itself, UTF-8 and percent-encoded (RFC 5987); ``filename`` an
+    ASCII fallback for clients that ignore ``filename*``: accents dropped (``é`` -> ``e``), other
+    non-ASCII characters and ``" \\ ;`` replaced by ``_``, runs of ``_`` merged, leading and
+    trailing ``_``, spaces and dots stripped from the stem (``download`` when nothing is left).
+
+    >>> content_disposition("café.png")
+    'attachment; filename="cafe.png"; filename*=UTF-8\'\'caf%C3%A9.png'
+    """
+    decomposed = "".join(c for c in unicodedata.normalize("NFKD", filename) if not unicodedata.combining(c))
+    ascii_name = re.sub(r'[^\x20-\x7e]|["\\;]', "_", decomposed)
+    stem, dot, suffix = ascii_name.rpartition(".")
+    if not dot:
+        stem, suffix = ascii_name, ""
+    stem = re.sub(r"_+", "_", stem).strip("_ .") or "download"
+    fallback = f"{stem}.{suffix}" if dot else stem
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{urllib.parse.quote(filename, safe='')}"
 
 
 def create_app(
@@ -207,7 +247,7 @@ def create_app(
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
     async def list_styles(request: Request) -> Response:
-        return JSONResponse(dict(styles=[_style_info(n, f) for n, f in state.styles().items()],
+        return JSONResponse(dict(styles=[_style_info(n, f) for n, f in state.styles().items()], folder=str(state.styles_dir),
                                  max_upload_mb=max_upload_mb, max_pixels=max_pixels, sizes=list(SIZES)))  # fmt: skip
 
     async def style_file(request: Request) -> Response:
@@ -261,9 +301,9 @@ def create_app(
             return error(err)
         stem = _safe_name(result.name)
         if kind == "png":
-            return Response(result.png, media_type="image/png", headers={"Content-Disposition": f'attachment; filename="{stem}_sketch.png"'})
+            return Response(result.png, media_type="image/png", headers={"Content-Disposition": content_disposition(f"{stem}_sketch.png")})
         svg = await run_in_threadpool(_svg, result)
-        return Response(svg, media_type="image/svg+xml", headers={"Content-Disposition": f'attachment; filename="{stem}_sketch.svg"'})
+        return Response(svg, media_type="image/svg+xml", headers={"Content-Disposition": content_disposition(f"{stem}_sketch.svg")})
 
     async def zip_all(request: Request) -> Response:
         try:
@@ -291,7 +331,7 @@ def create_app(
             return buffer.getvalue()
 
         data = await run_in_threadpool(build)
-        return Response(data, media_type="application/zip", headers={"Content-Disposition": 'attachment; filename="sketches.zip"'})
+        return Response(data, media_type="application/zip", headers={"Content-Disposition": content_disposition("sketches.zip")})
 
     routes = [
         Route("/", index),

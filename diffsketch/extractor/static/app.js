@@ -24,7 +24,7 @@ async function loadStyles() {
     select.appendChild(option);
   }
   if (!info.styles.length) {
-    $("status").textContent = "No styles found: write one with `diffsketch export --style styles/NAME`.";
+    $("status").textContent = `No styles found in ${info.folder}: give --styles a style folder, or a folder of them; write one with \`diffsketch export --style styles/NAME\`.`;
   }
   for (const size of info.sizes) {
     const option = document.createElement("option");
@@ -127,9 +127,9 @@ async function run(item) {
   const img = document.createElement("img");
   img.alt = `sketch of ${item.file.name}`;
   img.className = "sketch-image";
-  await new Promise((resolve) => { img.onload = img.onerror = resolve; img.src = answer.png; });
+  const loaded = await new Promise((resolve) => { img.onload = () => resolve(true); img.onerror = () => resolve(false); img.src = answer.png; });
   sketchBox.innerHTML = "";
-  sketchBox.appendChild(img);
+  sketchBox.appendChild(loaded ? img : Object.assign(document.createElement("span"), { className: "pending", textContent: "the sketch could not be shown; try the PNG link" }));
   const links = item.element.querySelector(".links");
   links.innerHTML = `<a class="png" download>PNG</a><a class="svg" download>SVG</a><span class="meta"></span>`;
   links.querySelector(".png").href = answer.png;

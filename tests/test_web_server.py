@@ -1,0 +1,133 @@
+"""`diffsketch serve` without a browser: the download header helper and the server's routes over HTTP.
+
+The app is served by uvicorn in a thread (as in tests/test_web.py) and spoken to with urllib.
+"""
+
+import json
+import shutil
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from contextlib import contextmanager
+
+import pytest
+
+from conftest import free_port
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize(
+    "filename, expected",
+    [
+        ("coffee_sketch.png", "attachment; filename=\"coffee_sketch.png\"; filename*=UTF-8''coffee_sketch.png"),
+        ("café_sketch.svg", "attachment; filename=\"cafe_sketch.svg\"; filename*=UTF-8''caf%C3%A9_sketch.svg"),
+        ("写真_sketch.png", "attachment; filename=\"sketch.png\"; filename*=UTF-8''%E5%86%99%E7%9C%9F_sketch.png"),
+        ("🎨 cat_sketch.png", "attachment; filename=\"cat_sketch.png\"; filename*=UTF-8''%F0%9F%8E%A8%20cat_sketch.png"),
+        ('a"b\\c;d.png', "attachment; filename=\"a_b_c_d.png\"; filename*=UTF-8''a%22b%5Cc%3Bd.png"),
+        ("写真.png", "attachment; filename=\"download.png\"; filename*=UTF-8''%E5%86%99%E7%9C%9F.png"),
+    ],
+)
+def test_content_disposition_by_hand(filename, expected):
+    """Headers written out by hand from RFC 6266 / RFC 5987: an ASCII fallback, then the UTF-8 name percent-encoded."""
+    from diffsketch.extractor.web import content_disposition
+
+    header = content_disposition(filename)
+    assert header == expected
+    header.encode("latin-1")  # what Starlette does with every header value
+
+
+def _style(folder, student):
+    folder.mkdir(parents=True)
+    shutil.copy(student, folder / "student.safetensors")
+    shutil.copy(student.with_suffix(".json"), folder / "student.json")
+    (folder / "style.json").write_text(json.dumps({"name": folder.name, "licence": "CC-BY-4.0", "teacher": "tiny"}))
+    return folder
+
+
+@contextmanager
+def _serving(styles):
+    import uvicorn
+
+    from diffsketch.extractor.web import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(styles, device="cpu"), host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def _get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def _post(url, body: bytes):
+    request = urllib.request.Request(url, data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err)
+
+
+def _photo() -> bytes:
+    from diffsketch.evaluation.data import PHOTOS
+
+    return PHOTOS["coins"].source_path().read_bytes()
+
+
+def test_downloads_carry_any_file_name(student, tmp_path):
+    """Japanese, emoji, accents and quotes in the uploaded name: PNG, SVG and ZIP answer 200, named in ``filename*``."""
+    with _serving(_style(tmp_path / "styles" / "ink", student).parent) as base:
+        ids = []
+        for name in ("写真.png", "🎨 cat.png", 'café "1" x.jpg'):
+            status, answer = _post(f"{base}/api/sketch?style=ink&size=64&name={urllib.parse.quote(name)}", _photo())
+            assert status == 200, answer
+            stem = name.rsplit(".", 1)[0].replace('"', "_")
+            assert answer["name"] == stem
+            ids.append(answer["id"])
+            for kind, magic in (("png", b"\x89PNG"), ("svg", b"<?xml")):
+                status, headers, body = _get(base + answer[kind])
+                assert status == 200 and body.startswith(magic)
+                value = headers["content-disposition"]
+                assert value.startswith("attachment; filename=\"")
+                encoded = value.split("; filename*=UTF-8''", 1)[1]
+                assert urllib.parse.unquote(encoded, errors="strict") == f"{stem}_sketch.{kind}"
+        request = urllib.request.Request(f"{base}/api/zip", data=json.dumps({"ids": ids}).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 200 and "filename*=UTF-8''sketches.zip" in response.headers["Content-Disposition"]
+
+
+def test_styles_may_name_one_style_folder(student, tmp_path):
+    """``--styles styles/cat``: the style folder itself serves that one style; a folder of styles lists them."""
+    cat = _style(tmp_path / "styles" / "cat", student)
+    _style(tmp_path / "styles" / "dog", student)
+    with _serving(cat) as base:
+        status, _, body = _get(f"{base}/api/styles")
+        info = json.loads(body)
+        assert status == 200 and [s["name"] for s in info["styles"]] == ["cat"]
+        assert info["styles"][0]["licence"] == "CC-BY-4.0"
+        status, answer = _post(f"{base}/api/sketch?style=cat&size=64", _photo())
+        assert status == 200 and answer["width"] == 64
+        assert _post(f"{base}/api/sketch?style=dog&size=64", _photo())[0] == 404  # only the style named
+    with _serving(cat.parent) as base:
+        assert [s["name"] for s in json.loads(_get(f"{base}/api/styles")[2])["styles"]] == ["cat", "dog"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with _serving(empty) as base:
+        info = json.loads(_get(f"{base}/api/styles")[2])
+        assert info["styles"] == [] and info["folder"] == str(empty)
