@@ -40,7 +40,7 @@ from diffsketch.training.example import inputs_from_result
 from diffsketch.diffusion.features import unet_layers, vae_layers
 from diffsketch.training.generator import SketchGenerator
 from diffsketch.diffusion.models import load_model
-from diffsketch.diffusion.sampling import encode_prompts, initial_noise, sample_conditions
+from diffsketch.diffusion.sampling import Capture, encode_prompts, initial_noise, sample_conditions
 from diffsketch.student.network import Student, StudentConfig
 from diffsketch.training.styles import xdog
 
@@ -147,10 +147,7 @@ def pipeline_time(model_id: str, resolution: int, steps: int, timesteps: int) ->
     cond = encode_prompts(model, ["a photo of a horse in mud"])
 
     def run():
-        result = sample_conditions(
-            model, cond, initial_noise(model, [0], resolution), steps, 5.0, 0.0, [0],
-            unet_specs, vae_specs, pool="full", halves="both", keep=indices, on_cpu=False,
-        )  # fmt: skip
+        result = sample_conditions(model, cond, initial_noise(model, [0], resolution), steps=steps, guidance=5.0, eta=0.0, seeds=[0], capture=Capture(unet=unet_specs, vae=vae_specs, pool="full", halves="both", keep=indices, on_cpu=False))  # fmt: skip
         with torch.inference_mode():
             generator(inputs_from_result(result, model.device))
 

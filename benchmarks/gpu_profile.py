@@ -194,7 +194,7 @@ def run(setup: dict, compile_mode: str) -> dict:
             warnings.simplefilter("always")
             torch.cuda.set_sync_debug_mode("warn")
             try:
-                ddim_loop(model, noise, cond, empty_embedding(model, 1), steps, 5.0)
+                ddim_loop(model, noise, cond, empty_embedding(model, 1), steps=steps, guidance=5.0)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]

@@ -37,7 +37,7 @@ from diffsketch.diffusion.features import unet_layers, vae_layers
 from diffsketch.training.losses import SketchLoss, load_clip, load_lpips
 from diffsketch.diffusion.models import load_model
 from diffsketch.training.prior import fit_prior
-from diffsketch.diffusion.sampling import initial_noise, sample_conditions
+from diffsketch.diffusion.sampling import Capture, initial_noise, sample_conditions
 from diffsketch.training.trainer import Trainer, _seed
 
 SETUPS = {
@@ -79,7 +79,7 @@ def run(name: str, repeats: int, clip_spec: str, lpips_net: str, precision: str 
         cond = example.cond
         _sync(device)
         t = time.perf_counter()
-        sample_conditions(model, cond, noise, steps, params.sample.guidance, 0.0, [seed], on_cpu=False)
+        sample_conditions(model, cond, noise, steps=steps, guidance=params.sample.guidance, eta=0.0, seeds=[seed], capture=Capture(on_cpu=False))
         _sync(device)
         return time.perf_counter() - t
 

@@ -18,7 +18,7 @@ from diffsketch.core import batching
 from diffsketch.core.params import ModelConfig, parse_params
 from diffsketch.diffusion.features import unet_layers, vae_layers
 from diffsketch.diffusion.models import apply_fast_paths, load_model, resolve_compile
-from diffsketch.diffusion.sampling import sample
+from diffsketch.diffusion.sampling import Capture, sample
 
 PROMPTS = ["a photo of a horse in mud", "a bowl of ramen"]
 
@@ -30,8 +30,7 @@ def _fresh(**cfg):
 def _run(model, prompts=PROMPTS, seeds=(3, 4), steps=3, **kw):
     specs = unet_layers(model.unet.config, 64, model.vae_scale_factor)
     vspecs = vae_layers(model.vae.config, 64)
-    return sample(model, list(prompts), list(seeds), 64, steps, 5.0, unet_specs=specs, vae_specs=vspecs, pool=1,
-                  halves="both", **kw)  # fmt: skip
+    return sample(model, list(prompts), list(seeds), resolution=64, steps=steps, guidance=5.0, capture=Capture(unet=specs, vae=vspecs, pool=1, halves="both"), **kw)  # fmt: skip
 
 
 def _assert_close(a, b, image_atol=1e-5, feature_atol=2e-3):

@@ -36,7 +36,7 @@ def test_store_layout_and_contents(prompts_dir, tmp_path, tiny):
     assert [attrs["classes"][i] for i in root["labels"][:]] == ["animals", "food", "vehicles"]
     assert root["seeds"][:].tolist() == [0, 1, 2]
     # the stored trajectories are exactly what the sampler gives for their prompts and seeds (same batch)
-    ref = sample(tiny, prompts[:2], [0, 1], 64, 4, 5.0)
+    ref = sample(tiny, prompts[:2], [0, 1], resolution=64, steps=4, guidance=5.0)
     np.testing.assert_array_equal(root["images"][:2], ref.images_uint8().numpy())
     np.testing.assert_array_equal(root["noise"][:2], ref.noise.numpy())
     np.testing.assert_array_equal(root["latents"][:2], ref.latents.numpy())
@@ -250,7 +250,7 @@ def test_trajectory_outside_the_first_batch_equals_sampling_it_alone(prompts_dir
     import torch
 
     from diffsketch.diffusion.features import unet_layers, vae_layers
-    from diffsketch.diffusion.sampling import sample
+    from diffsketch.diffusion.sampling import Capture, sample
 
     params = small_params(prompts_dir, trajectories=4, seed=100, halves="both")
     root = store.open_store(run_sample(params, tmp_path / "f.zarr", progress=False))
@@ -265,7 +265,7 @@ def test_trajectory_outside_the_first_batch_equals_sampling_it_alone(prompts_dir
 
     unet_specs = unet_layers(tiny.unet.config, 64, tiny.vae_scale_factor, params.sample.capture)
     vae_specs = vae_layers(tiny.vae.config, 64)
-    alone = sample(tiny, ["a cat on a sofa"], [seed], 64, 4, 5.0, 0.0, unet_specs, vae_specs, 1, "both")
+    alone = sample(tiny, ["a cat on a sofa"], [seed], resolution=64, steps=4, guidance=5.0, eta=0.0, capture=Capture(unet=unet_specs, vae=vae_specs, pool=1, halves="both"))
     np.testing.assert_array_equal(root["noise"][3:4], alone.noise.numpy())
     np.testing.assert_allclose(root["latents"][3:4], alone.latents.numpy(), rtol=0, atol=1e-4)
     stored_images = root["images"][3:4].astype(int)

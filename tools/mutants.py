@@ -128,16 +128,18 @@ MUTANTS: list[Mutant] = [
     M(
         "sampling: the final latent is decoded whatever sample.decode says",
         "diffsketch/diffusion/sampling.py",
-        'last["pred_x0"] if decode == "pred_x0" else latents',
-        "latents",
+        'decoded = last["pred_x0"] if decode == "pred_x0" else latents',
+        "decoded = latents",
         ("tests/test_sampling.py",),
     ),
     M(
         "sampling: CFG halves read in the wrong order",
         "diffsketch/diffusion/sampling.py",
-        "            eps_uncond, eps_cond = eps.chunk(2)\n            eps = eps_uncond + guidance * (eps_cond - eps_uncond)\n"
+        "            noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)\n"
+        "            noise_pred = noise_pred_uncond + guidance * (noise_pred_cond - noise_pred_uncond)\n"
         "        variance_noise",
-        "            eps_cond, eps_uncond = eps.chunk(2)\n            eps = eps_uncond + guidance * (eps_cond - eps_uncond)\n"
+        "            noise_pred_cond, noise_pred_uncond = noise_pred.chunk(2)\n"
+        "            noise_pred = noise_pred_uncond + guidance * (noise_pred_cond - noise_pred_uncond)\n"
         "        variance_noise",
         ("tests/test_sampling.py",),
     ),

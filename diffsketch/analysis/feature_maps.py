@@ -109,17 +109,24 @@ def resample_features(model, root, index: int, steps, half: str) -> dict[str, to
     and seed; the store's steps, guidance, eta and decode); the CFG ``half`` of every UNet layer at full
     resolution at the DDIM step indices ``steps`` (in that order): ``{layer: (len(steps), C, side, side)}``,
     float16 on the CPU."""
-    from diffsketch.diffusion import encode_prompts, sample_conditions
+    from diffsketch.diffusion import Capture, encode_prompts, sample_conditions
 
     attrs = root.attrs
     noise = torch.from_numpy(np.asarray(root["noise"][index], dtype=np.float32))[None]
     guidance = float(attrs["guidance"])
     kept = sorted({int(s) for s in steps})  # the capture keeps the steps in denoising order
     result = sample_conditions(
-        model, encode_prompts(model, [stored_prompt(root, index)]), noise, int(attrs["steps"]), guidance,
-        float(attrs["eta"]), [int(root["seeds"][index])], stored_layers(root), pool="full", halves=half,
-        cfg=guidance > 1.0, keep=kept, decode=str(attrs["decode"]),
-    )  # fmt: skip
+        model,
+        encode_prompts(model, [stored_prompt(root, index)]),
+        noise,
+        steps=int(attrs["steps"]),
+        guidance=guidance,
+        eta=float(attrs["eta"]),
+        seeds=[int(root["seeds"][index])],
+        capture=Capture(unet=stored_layers(root), halves=half, keep=kept),
+        classifier_free_guidance=guidance > 1.0,
+        decode=str(attrs["decode"]),
+    )
     order = [kept.index(int(s)) for s in steps]
     return {name: x[0, order, 0] for name, x in result.unet.items()}
 

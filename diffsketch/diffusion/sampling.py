@@ -3,6 +3,13 @@
 Written out (rather than calling ``StableDiffusionPipeline``) so that timesteps, predicted x0 and
 every UNet call are explicit and later stages can hook any step. With the same model, prompt,
 seed, steps and guidance its images equal the diffusers pipeline's (tested).
+
+Names, code to paper: ``noise_pred`` is the UNet's epsilon prediction, ``pred_original_sample``
+(``pred_x0``) the predicted clean latent x0, ``guidance`` the classifier-free guidance scale w.
+What a run captures is one :class:`Capture`; every other option is keyword-only::
+
+    result = sample(model, ["a cat"], [0], resolution=512, steps=50, guidance=5.0,
+                    capture=Capture(unet=unet_layers(model.unet), pool=2, halves="both"))
 """
 
 from __future__ import annotations
@@ -69,12 +76,39 @@ def initial_noise(model: SDModel, seeds: list[int], resolution: int) -> torch.Te
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 
 
+@dataclass(frozen=True)
+class Capture:
+    """Which internal features a sampling run records, and where it keeps them.
+
+    Attributes:
+        unet: UNet layers captured at every kept step (``(B, T, halves, C, g, g)`` fp16 each).
+        vae: VAE-decoder layers captured while the final image is decoded (``(B, C, g, g)``).
+        pool: ``"full"`` (no pooling) or the side ``g`` each feature map is average-pooled to.
+        halves: ``"cond"``, ``"uncond"`` or ``"both"``: which classifier-free-guidance half of the
+            UNet batch is kept (``"single"`` without guidance).
+        keep: step indices whose UNet features are kept (``None``: every step).
+        on_cpu: copy features, images and latents to the host (without blocking the loop);
+            ``False`` keeps them on the model's device (training and pairs read them there).
+    """
+
+    unet: tuple[LayerSpec, ...] | list[LayerSpec] = ()
+    vae: tuple[LayerSpec, ...] | list[LayerSpec] = ()
+    pool: int | str = "full"
+    halves: str = "cond"
+    keep: list[int] | None = None
+    on_cpu: bool = True
+
+
+NO_CAPTURE = Capture()
+
+
 @torch.no_grad()
 def ddim_loop(
     model: SDModel,
     latents: torch.Tensor,
     cond: torch.Tensor,
     uncond: torch.Tensor | None,
+    *,
     steps: int,
     guidance: float,
     eta: float = 0.0,
@@ -88,15 +122,15 @@ def ddim_loop(
     ``callback(i, t, latents, pred_x0)`` runs after each step. With ``eta > 0`` the per-step
     noise of trajectory b comes from a generator seeded with ``seeds[b] + 1``.
     """
-    sched = model.scheduler
-    sched.set_timesteps(steps)  # on the CPU: the schedule is read as Python ints, never from the device
+    scheduler = model.scheduler
+    scheduler.set_timesteps(steps)  # on the CPU: the schedule is read as Python ints, never from the device
     # The scheduler's arithmetic reads Python ints (no device-to-host sync per step); the UNet
     # gets the same timestep as a device tensor (a compiled UNet does not recompile per value).
-    timesteps = sched.timesteps.tolist()
-    device_timesteps = sched.timesteps.to(model.device, non_blocking=True)
-    do_cfg = uncond is not None
-    context = torch.cat([uncond.expand_as(cond), cond]) if do_cfg else cond
-    latents = latents.to(model.device, model.dtype) * sched.init_noise_sigma
+    timesteps = scheduler.timesteps.tolist()
+    device_timesteps = scheduler.timesteps.to(model.device, non_blocking=True)
+    do_classifier_free_guidance = uncond is not None
+    context = torch.cat([uncond.expand_as(cond), cond]) if do_classifier_free_guidance else cond
+    latents = latents.to(model.device, model.dtype) * scheduler.init_noise_sigma
     step_noise = None
     if eta > 0 and seeds:  # every step's noise drawn up front, in the order the steps use it, moved once
         generators = [torch.Generator("cpu").manual_seed(s + 1) for s in seeds]
@@ -105,16 +139,17 @@ def ddim_loop(
         step_noise = step_noise.to(latents.device, latents.dtype, non_blocking=True)
     timer = _CompileTimer(model, latents.shape)
     for i, t in enumerate(tqdm(timesteps, desc="denoising", leave=False, disable=not progress)):
-        x = sched.scale_model_input(torch.cat([latents] * 2) if do_cfg else latents, t)
+        unet_input = latents if not do_classifier_free_guidance else torch.cat([latents] * 2)
+        unet_input = scheduler.scale_model_input(unet_input, t)
         if model.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        eps = model.unet(x, device_timesteps[i], encoder_hidden_states=context, return_dict=False)[0]
+            unet_input = unet_input.contiguous(memory_format=torch.channels_last)
+        noise_pred = model.unet(unet_input, device_timesteps[i], encoder_hidden_states=context, return_dict=False)[0]
         timer.after_step(i)
-        if do_cfg:
-            eps_uncond, eps_cond = eps.chunk(2)
-            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+        if do_classifier_free_guidance:
+            noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
+            noise_pred = noise_pred_uncond + guidance * (noise_pred_cond - noise_pred_uncond)
         variance_noise = None if step_noise is None else step_noise[i]
-        out = sched.step(eps, t, latents, eta=eta, variance_noise=variance_noise)
+        out = scheduler.step(noise_pred, t, latents, eta=eta, variance_noise=variance_noise)
         latents = out.prev_sample
         if callback is not None:
             callback(i, t, latents, out.pred_original_sample)
@@ -172,53 +207,57 @@ def sample(
     model: SDModel,
     prompts: list[str],
     seeds: list[int],
+    *,
     resolution: int,
     steps: int,
     guidance: float,
     eta: float = 0.0,
-    unet_specs: list[LayerSpec] | None = None,
-    vae_specs: list[LayerSpec] | None = None,
-    pool: int | str = "full",
-    halves: str = "cond",
+    capture: Capture = NO_CAPTURE,
     decode: str = "pred_x0",
     progress: bool = False,
 ) -> SampleResult:
-    """Sample one image per (prompt, seed), capturing UNet features at every step and VAE decoder
-    features while the image is decoded (see :func:`sample_conditions` for ``decode``)."""
+    """Sample one image per (prompt, seed), capturing what ``capture`` names: UNet features at
+    every step and VAE decoder features while the image is decoded (see :func:`sample_conditions`
+    for ``decode``). Classifier-free guidance runs when ``guidance > 1``."""
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
-    if guidance <= 1.0 and halves != "cond":
-        raise ValueError(f"sample.halves={halves!r} needs classifier-free guidance (guidance > 1)")
-    cond = encode_prompts(model, prompts)
+    if guidance <= 1.0 and capture.halves != "cond":
+        raise ValueError(f"sample.halves={capture.halves!r} needs classifier-free guidance (guidance > 1)")
     return sample_conditions(
-        model, cond, initial_noise(model, seeds, resolution), steps, guidance, eta, seeds,
-        unet_specs, vae_specs, pool, halves, cfg=guidance > 1.0, decode=decode, progress=progress,
-    )  # fmt: skip
+        model,
+        encode_prompts(model, prompts),
+        initial_noise(model, seeds, resolution),
+        steps=steps,
+        guidance=guidance,
+        eta=eta,
+        seeds=seeds,
+        capture=capture,
+        classifier_free_guidance=guidance > 1.0,
+        decode=decode,
+        progress=progress,
+    )
 
 
 def sample_conditions(
     model: SDModel,
     cond: torch.Tensor,
     noise: torch.Tensor,
+    *,
     steps: int,
     guidance: float,
     eta: float = 0.0,
     seeds: list[int] | None = None,
-    unet_specs: list[LayerSpec] | None = None,
-    vae_specs: list[LayerSpec] | None = None,
-    pool: int | str = "full",
-    halves: str = "cond",
-    cfg: bool = True,
-    keep: list[int] | None = None,
-    on_cpu: bool = True,
+    capture: Capture = NO_CAPTURE,
+    classifier_free_guidance: bool = True,
     decode: str = "pred_x0",
     progress: bool = False,
 ) -> SampleResult:
     """Sample from text embeddings ``cond`` (B, 77, D) and initial ``noise``; the unconditional
-    half is the empty prompt. ``cfg=True`` runs the ``[uncond; cond]`` batch even at guidance 1 (so
-    both halves' features exist); ``keep`` limits UNet capture to those step indices. With
-    ``on_cpu=False`` features, images and latents stay on the model's device (training and pairs read
-    them there); with ``on_cpu=True`` features are copied to the host without blocking the loop.
+    half is the empty prompt. This is the one denoising loop every stage runs.
+
+    ``classifier_free_guidance=True`` runs the ``[uncond; cond]`` batch even at guidance 1 (so both
+    halves' features exist). ``capture`` names the features recorded and where they are kept
+    (:class:`Capture`); ``seeds`` seed the per-step noise when ``eta > 0``.
 
     ``decode`` names the latent the VAE turns into the image and the VAE decoder features:
     ``"pred_x0"``, the predicted x0 of the last DDIM step (the authors' code), or ``"latent"``, the
@@ -227,21 +266,26 @@ def sample_conditions(
     """
     if decode not in ("pred_x0", "latent"):
         raise ValueError(f"decode={decode!r}: use 'pred_x0' or 'latent'")
-    uncond = empty_embedding(model, len(cond)) if cfg else None
+    uncond = empty_embedding(model, len(cond)) if classifier_free_guidance else None
     last: dict[str, torch.Tensor] = {}
 
     def keep_pred_x0(i: int, t: int, latents: torch.Tensor, pred_x0: torch.Tensor) -> None:
         last["pred_x0"] = pred_x0
 
-    unet_capture = FeatureCapture(model.unet, unet_specs or [], pool, halves if cfg else "single", keep, to_cpu=on_cpu)
+    halves = capture.halves if classifier_free_guidance else "single"
+    unet_capture = FeatureCapture(model.unet, list(capture.unet), capture.pool, halves, capture.keep, to_cpu=capture.on_cpu)
     with unet_capture as unet_cap:
-        latents = ddim_loop(model, noise, cond, uncond, steps, guidance, eta, seeds, keep_pred_x0, progress)
-    with FeatureCapture(model.vae, vae_specs or [], pool, to_cpu=on_cpu) as vae_cap:
-        images = decode_latents(model, last["pred_x0"] if decode == "pred_x0" else latents, on_cpu=on_cpu)
+        latents = ddim_loop(
+            model, noise, cond, uncond, steps=steps, guidance=guidance, eta=eta, seeds=seeds, callback=keep_pred_x0,
+            progress=progress,
+        )
+    with FeatureCapture(model.vae, list(capture.vae), capture.pool, to_cpu=capture.on_cpu) as vae_cap:
+        decoded = last["pred_x0"] if decode == "pred_x0" else latents
+        images = decode_latents(model, decoded, on_cpu=capture.on_cpu)
     latents = latents.float()
     return SampleResult(
         images=images,
-        latents=latents.cpu() if on_cpu else latents,
+        latents=latents.cpu() if capture.on_cpu else latents,
         noise=noise,
         timesteps=[int(t) for t in model.scheduler.timesteps],
         unet=unet_cap.stacked(),
@@ -261,6 +305,7 @@ def invert(
     model: SDModel,
     latents: torch.Tensor,
     prompts: list[str],
+    *,
     steps: int,
     guidance: float = 1.0,
     progress: bool = False,
@@ -275,18 +320,18 @@ def invert(
     inverse = DDIMInverseScheduler.from_config(model.scheduler.config)
     inverse.set_timesteps(steps)  # on the CPU, as in ddim_loop
     cond = encode_prompts(model, prompts)
-    do_cfg = guidance > 1.0
-    context = torch.cat([empty_embedding(model, len(prompts)), cond]) if do_cfg else cond
+    do_classifier_free_guidance = guidance > 1.0
+    context = torch.cat([empty_embedding(model, len(prompts)), cond]) if do_classifier_free_guidance else cond
     x = latents.to(model.device, model.dtype)
     timesteps = inverse.timesteps.tolist()  # ints for the scheduler: no sync per step
     device_timesteps = inverse.timesteps.to(model.device, non_blocking=True)
     for i, t in enumerate(tqdm(timesteps, desc="inverting", leave=False, disable=not progress)):
-        unet_in = torch.cat([x] * 2) if do_cfg else x
+        unet_input = torch.cat([x] * 2) if do_classifier_free_guidance else x
         if model.channels_last:
-            unet_in = unet_in.contiguous(memory_format=torch.channels_last)
-        eps = model.unet(unet_in, device_timesteps[i], encoder_hidden_states=context, return_dict=False)[0]
-        if do_cfg:
-            eps_uncond, eps_cond = eps.chunk(2)
-            eps = eps_uncond + guidance * (eps_cond - eps_uncond)
-        x = inverse.step(eps, t, x).prev_sample
+            unet_input = unet_input.contiguous(memory_format=torch.channels_last)
+        noise_pred = model.unet(unet_input, device_timesteps[i], encoder_hidden_states=context, return_dict=False)[0]
+        if do_classifier_free_guidance:
+            noise_pred_uncond, noise_pred_cond = noise_pred.chunk(2)
+            noise_pred = noise_pred_uncond + guidance * (noise_pred_cond - noise_pred_uncond)
+        x = inverse.step(noise_pred, t, x).prev_sample
     return x

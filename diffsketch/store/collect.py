@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from diffsketch.core import DiffsketchError, Params, __version__, batching, distributed, fingerprint
 from diffsketch.diffusion import (
+    Capture,
     check_model_reachable,
     check_pool,
     load_model,
@@ -126,6 +127,7 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
         check_pool(vae_specs, cfg.pool, "VAE")
     except ValueError as err:
         raise SampleInputError(str(err)) from None
+    capture = Capture(unet=unet_specs, vae=vae_specs, pool=cfg.pool, halves=cfg.halves)
     model.scheduler.set_timesteps(cfg.steps)
     timesteps = [int(t) for t in model.scheduler.timesteps]
     side = cfg.resolution // model.vae_scale_factor
@@ -147,8 +149,8 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
         batch_size = batching.resolve_batch_size(
             cfg.batch_size, model.device, cap=len(plan), what="sample.batch_size",
             run=lambda b: sample(
-                model, [plan[0].prompt] * b, [plan[0].seed] * b, cfg.resolution, 1, cfg.guidance, cfg.eta,
-                unet_specs, vae_specs, cfg.pool, cfg.halves, cfg.decode,
+                model, [plan[0].prompt] * b, [plan[0].seed] * b, resolution=cfg.resolution, steps=1,
+                guidance=cfg.guidance, eta=cfg.eta, capture=capture, decode=cfg.decode,
             ),
         )  # fmt: skip
         attrs = dict(
@@ -200,15 +202,12 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
                 model,
                 [t.prompt for t in batch],
                 [t.seed for t in batch],
-                cfg.resolution,
-                cfg.steps,
-                cfg.guidance,
-                cfg.eta,
-                unet_specs,
-                vae_specs,
-                cfg.pool,
-                cfg.halves,
-                cfg.decode,
+                resolution=cfg.resolution,
+                steps=cfg.steps,
+                guidance=cfg.guidance,
+                eta=cfg.eta,
+                capture=capture,
+                decode=cfg.decode,
                 progress=progress,
             )
             keep = [b for b, t in enumerate(batch) if not done[t.index]]

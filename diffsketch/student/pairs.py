@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from diffsketch.core import DiffsketchError, Params, __version__, batching, distributed, file_hash, fingerprint
 from diffsketch.diffusion import (
+    Capture,
     check_model_reachable,
     initial_noise,
     load_model,
@@ -200,11 +201,18 @@ def _run_pairs(
         conds = torch.cat([prior.sample(1, torch.Generator().manual_seed(pair_seeds(cfg.seed, i)[0])) for i in batch])
         seeds = [pair_seeds(cfg.seed, i)[1] for i in batch]
         noise = initial_noise(model, seeds, size)
+        capture = Capture(unet=unet_specs, vae=vae_specs, halves="both", keep=[0] if probe else indices, on_cpu=False)
         result = sample_conditions(
-            model, conds.to(model.device, model.dtype), noise, 1 if probe else steps, guidance, 0.0, seeds,
-            unet_specs, vae_specs, pool="full", halves="both", keep=[0] if probe else indices, on_cpu=False,
-            decode=meta.get("decode", "latent"),  # generators from before sample.decode existed decoded the latent
-        )  # fmt: skip
+            model,
+            conds.to(model.device, model.dtype),
+            noise,
+            steps=1 if probe else steps,
+            guidance=guidance,
+            eta=0.0,
+            seeds=seeds,
+            capture=capture,
+            decode=meta.get("decode", "latent"),  # a generator whose metadata has no sample.decode decoded the latent
+        )
         if probe:
             result.unet = {k: v.expand(-1, len(indices), *v.shape[2:]).contiguous() for k, v in result.unet.items()}
         with torch.no_grad():

@@ -20,6 +20,7 @@ import torch
 
 from diffsketch.core import DiffsketchError, Params, images
 from diffsketch.diffusion import (
+    Capture,
     SampleResult,
     SDModel,
     clip_tokenizer,
@@ -103,16 +104,19 @@ def _source_trajectory(model: SDModel, params: Params, unet_specs, vae_specs, ke
     """Sample (or invert and regenerate) the example's trajectory; returns (result, photo or None, cond)."""
     cfg, s = params.example, params.sample
     cond = encode_prompts(model, [cfg.prompt])
-    common = dict(
-        unet_specs=unet_specs, vae_specs=vae_specs, pool="full", halves="both", keep=keep, on_cpu=False, decode=s.decode
-    )
+    capture = Capture(unet=unet_specs, vae=vae_specs, halves="both", keep=keep, on_cpu=False)
     if cfg.image is None:
         noise = initial_noise(model, [cfg.seed], s.resolution)
-        result = sample_conditions(model, cond, noise, s.steps, s.guidance, s.eta, [cfg.seed], progress=progress, **common)
+        result = sample_conditions(
+            model, cond, noise, steps=s.steps, guidance=s.guidance, eta=s.eta, seeds=[cfg.seed], capture=capture,
+            decode=s.decode, progress=progress,
+        )
         return result, None, cond
     photo = images.load_image(cfg.image, s.resolution).unsqueeze(0)
-    noise = invert(model, encode_image(model, photo), [cfg.prompt], s.steps, guidance=1.0, progress=progress)
-    result = sample_conditions(model, cond, noise, s.steps, 1.0, 0.0, progress=progress, **common)
+    noise = invert(model, encode_image(model, photo), [cfg.prompt], steps=s.steps, guidance=1.0, progress=progress)
+    result = sample_conditions(
+        model, cond, noise, steps=s.steps, guidance=1.0, eta=0.0, capture=capture, decode=s.decode, progress=progress
+    )
     return result, photo, cond
 
 

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from diffsketch.core import DiffsketchError, Params, __version__, file_hash, fingerprint
 from diffsketch.diffusion import (
+    Capture,
     SDModel,
     check_model_reachable,
     initial_noise,
@@ -159,10 +160,16 @@ class Trainer:
         seeds = [_seed(p, iteration, 1 + b) for b in range(p.train.batch)]
         noise = initial_noise(self.model, seeds, p.sample.resolution)
         return sample_conditions(
-            self.model, cond.to(self.model.dtype), noise, p.sample.steps, p.sample.guidance, p.sample.eta, seeds,
-            self.unet_specs, self.vae_specs, pool="full", halves="both", keep=self.indices, on_cpu=False,
+            self.model,
+            cond.to(self.model.dtype),
+            noise,
+            steps=p.sample.steps,
+            guidance=p.sample.guidance,
+            eta=p.sample.eta,
+            seeds=seeds,
+            capture=Capture(unet=self.unet_specs, vae=self.vae_specs, halves="both", keep=self.indices, on_cpu=False),
             decode=p.sample.decode,
-        )  # fmt: skip
+        )
 
     def step(self, iteration: int) -> dict:
         """One training iteration; returns the loss terms, the CDST weight and the time of each part."""
