@@ -78,6 +78,31 @@ def test_clip_offline_errors_and_fallback(caplog):
     assert encoder.name == "tiny" and "not available offline" in caplog.text
 
 
+def test_offline_clip_fallback_says_one_warning_and_no_error(caplog):
+    """Without the CLIP weights open_clip logs ``ERROR root: Failed to download weights``; the run
+    shows only our one WARNING (what is used instead, what it means), and the root logger is left as it was."""
+    root = logging.getLogger()
+    filters = list(root.filters)
+    with caplog.at_level(logging.DEBUG):
+        encoder = load_clip("auto")
+    assert encoder.name == "tiny"
+    assert [r.levelname for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert [r.name for r in caplog.records if r.name == "root"] == []  # open_clip's INFO lines too
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.name for r in warnings] == ["diffsketch.training.losses"]
+    message = warnings[0].getMessage()
+    assert "tiny random CLIP" in message and "losses.clip_model" in message and "directional" in message
+    assert root.filters == filters
+
+    handlers = root.handlers[:]
+    root.handlers.clear()  # a program that configured no logging: open_clip's logging.error would add a stderr handler
+    try:
+        load_clip("auto")
+        assert root.handlers == [] and root.filters == filters
+    finally:
+        root.handlers[:] = handlers
+
+
 def test_clip_local_checkpoint_path_uses_clips_normalisation(local_clip):
     """The real path: an open_clip architecture with weights from a local checkpoint file. The
     expected embeddings use CLIP's statistics written out above, not the encoder's own buffers."""

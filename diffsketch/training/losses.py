@@ -15,12 +15,16 @@ model: open_clip's plain architectures use nn.GELU and would only warn about the
 Offline there are no pretrained weights. ``losses.clip_model=auto`` and ``losses.lpips_net=auto``
 then fall back, with a logged warning, to a seeded tiny CLIP and to LPIPS's linear heads on a
 seeded random AlexNet: the pipeline runs end to end, but those losses only mean something with the
-real networks (name them explicitly to make a missing download an error).
+real networks (name them explicitly to make a missing download an error). open_clip's own log
+records (on the root logger: "Failed to download weights" at ERROR, and its INFO chatter) are held
+back while it loads; the one warning of this module says what is used instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -83,6 +87,33 @@ class ClipImageEncoder(nn.Module):
         return F.normalize(self.visual(x).float(), dim=-1)
 
 
+class _FromOpenClip(logging.Filter):
+    """Drops the records open_clip writes to the root logger (``logging.error(...)`` in its factory)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "root" and f"{os.sep}open_clip{os.sep}" in record.pathname)
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """Hold back open_clip's root-logger records while it builds or loads a model.
+
+    ``logging.error`` on a root logger without handlers would also install a stderr handler
+    (``logging.basicConfig``); a temporary null handler keeps the root logger as it was.
+    """
+    root, drop = logging.getLogger(), _FromOpenClip()
+    placeholder = logging.NullHandler() if not root.handlers else None
+    root.addFilter(drop)
+    if placeholder is not None:
+        root.addHandler(placeholder)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+        if placeholder is not None:
+            root.removeHandler(placeholder)
+
+
 def _tiny_clip() -> ClipImageEncoder:
     import open_clip
 
@@ -112,7 +143,8 @@ def load_clip(spec: str, device: torch.device | str = "cpu") -> ClipImageEncoder
     tag_cfg = open_clip.get_pretrained_cfg(arch, pretrained) if pretrained else {}
     quick_gelu = bool(tag_cfg.get("quick_gelu", False))  # how the tag's weights were trained
     try:
-        model = open_clip.create_model(arch, pretrained=pretrained or None, device=device, force_quick_gelu=quick_gelu)
+        with _quiet_open_clip():
+            model = open_clip.create_model(arch, pretrained=pretrained or None, device=device, force_quick_gelu=quick_gelu)
     except Exception as err:  # noqa: BLE001 - open_clip raises RuntimeError/OSError/HF errors for the same cause
         if spec != "auto":
             raise LossSetupError(
@@ -121,8 +153,10 @@ def load_clip(spec: str, device: torch.device | str = "cpu") -> ClipImageEncoder
                 "'ViT-B-32-quickgelu:/path/to/ViT-B-32.pt', or use 'tiny' for offline tests"
             ) from None
         log.warning(
-            "CLIP %s weights are not available offline; using a tiny random CLIP instead. The CLIP and directional "
-            "losses are then only placeholders: set losses.clip_model to a local checkpoint for real training",
+            "CLIP %s weights are not available offline (losses.clip_model=auto); using a tiny random CLIP instead. "
+            "The CLIP and directional losses then compare a random network's embeddings: they run, but do not "
+            "guide the style as the method intends. Set losses.clip_model to a local checkpoint (e.g. 'ViT-B-32-quickgelu:/path/to/ViT-B-32.pt') "
+            "for real training",
             REAL_CLIP,
         )
         return _tiny_clip().to(device)
