@@ -296,3 +296,39 @@ def test_help_documents_size():
     result = runner.invoke(app, ["extract", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
     assert "--size" in result.output and "downscaled" in result.output
+
+
+def test_empty_svgs_are_counted_and_named(student, photos, tmp_path, monkeypatch, caplog):
+    """An all-white sketch traces to an SVG with no path: it is written, counted in the summary and
+    named in a warning; sketches with lines are not."""
+    import logging
+
+    from diffsketch.extractor.api import SketchExtractor
+
+    real = SketchExtractor.sketch_tensors
+
+    def white_for_coffee(self, images):  # coffee (600 x 400) gets an all-white sketch, the others their own
+        return [np.ones(image.shape[-2:], np.float32) if tuple(image.shape[-2:]) == (400, 600) else sketch
+                for image, sketch in zip(images, real(self, images))]  # fmt: skip
+
+    monkeypatch.setattr(SketchExtractor, "sketch_tensors", white_for_coffee)
+    out = tmp_path / "svg"
+    with caplog.at_level(logging.WARNING, logger="diffsketch.extractor.batch"):
+        report = run_extract(list(photos.values()), out, student, format="svg", progress=False)
+    assert "<path" not in (out / "coffee.svg").read_text()
+    assert all("<path" in (out / f"{name}.svg").read_text() for name in ("astronaut", "chelsea"))
+    assert report.empty == [out / "coffee.svg"] and len(report.written) == 3
+    assert report.summary().startswith(SUMMARY.format(3, 0, 0) + "; 1 SVG has no lines")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(out / "coffee.svg") in warnings[0] and "astronaut" not in warnings[0]
+
+    monkeypatch.setattr(SketchExtractor, "sketch_tensors", real)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="diffsketch.extractor.batch"):  # threshold 0: no value is below it
+        report = run_extract([photos["astronaut"], photos["chelsea"]], tmp_path / "t0", student, format="svg", threshold=0.0, progress=False)
+    assert sorted(p.name for p in report.empty) == ["astronaut.svg", "chelsea.svg"]
+    assert report.summary() == SUMMARY.format(2, 0, 0) + "; 2 SVGs have no lines (nothing darker than the threshold: a blank sketch, or raise --threshold)"
+    assert "astronaut.svg" in caplog.text and "chelsea.svg" in caplog.text
+
+    report = run_extract([photos["astronaut"]], tmp_path / "png", student, threshold=0.0, progress=False)
+    assert report.empty == [] and report.summary() == SUMMARY.format(1, 0, 0)  # PNGs are not traced

@@ -8,7 +8,9 @@ the (EXIF-rotated) input, optionally capped on the long side.
 
 Per-image problems (an unreadable or non-image file, a missing path, two inputs that would write
 the same output, an image too small for the network) are collected in the :class:`ExtractReport`
-and the run goes on; existing outputs are skipped unless ``overwrite``. Problems with the run
+and the run goes on; existing outputs are skipped unless ``overwrite``. An SVG with no path (a
+sketch with no ink below the threshold, e.g. an all-white one) is still written, and counted in the
+report's summary and named in a logged warning. Problems with the run
 itself (a missing or corrupt model, an unavailable device, a bad option) raise before any image is
 read: :class:`~diffsketch.student.network.StudentLoadError` or :class:`ExtractError`.
 """
@@ -16,6 +18,7 @@ read: :class:`~diffsketch.student.network.StudentLoadError` or :class:`ExtractEr
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +29,7 @@ from PIL import Image
 from diffsketch.core import ImageError, read_rgb
 from diffsketch.extractor.api import (  # noqa: F401 - re-exported: extract's public names before the API existed
     DEVICES,
+    SVG_THRESHOLD,
     ExtractError,
     SketchExtractor,
     cap_size,
@@ -36,9 +40,12 @@ from diffsketch.extractor.api import (  # noqa: F401 - re-exported: extract's pu
     smallest_side,
 )
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MODEL = Path("models/student.safetensors")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FORMATS = ("png", "svg")
+EMPTY_SHOWN = 10  # empty SVGs named in the warning; the rest are counted
 _GLOB_CHARS = set("*?[")
 
 
@@ -52,11 +59,13 @@ class Failure:
 
 @dataclass
 class ExtractReport:
-    """What a run did: outputs written, outputs skipped because they existed, inputs that failed."""
+    """What a run did: outputs written, outputs skipped because they existed, inputs that failed,
+    and the written SVGs that hold no path (``empty``, also in ``written``)."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[Failure] = field(default_factory=list)
+    empty: list[Path] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -64,8 +73,13 @@ class ExtractReport:
         return not self.failed
 
     def summary(self) -> str:
-        """One line, e.g. ``12 written, 1 skipped (exists), 2 failed``."""
-        return f"{len(self.written)} written, {len(self.skipped)} skipped (exists), {len(self.failed)} failed"
+        """One line, e.g. ``12 written, 1 skipped (exists), 2 failed``; empty SVGs are counted after it:
+        ``12 written, 0 skipped (exists), 0 failed; 2 SVGs have no lines (...)``."""
+        text = f"{len(self.written)} written, {len(self.skipped)} skipped (exists), {len(self.failed)} failed"
+        if self.empty:
+            count = "1 SVG has" if len(self.empty) == 1 else f"{len(self.empty)} SVGs have"
+            text += f"; {count} no lines (nothing darker than the threshold: a blank sketch, or raise --threshold)"
+        return text
 
 
 @dataclass(frozen=True)
@@ -257,12 +271,15 @@ class _Runner:
         batch, self.pending = self.pending, []
         sketches = self.extractor.sketch_tensors([image for _, image in batch])
         for (job, _), sketch in zip(batch, sketches):
+            output = self.convert(sketch)
             try:
-                write_png_atomic(self.convert(sketch), job.target)
+                write_png_atomic(output, job.target)
             except OSError as err:
                 self.report.failed.append(Failure(str(job.source), f"{job.source}: could not write {job.target} ({err})"))
             else:
                 self.report.written.append(job.target)
+                if isinstance(output, str) and "<path" not in output:
+                    self.report.empty.append(job.target)
         self.bar.update(len(batch))
 
 
@@ -351,4 +368,12 @@ def run_extract(
                 continue
             runner.add(job, image)
         runner.flush()
+    if report.empty:
+        shown = ", ".join(str(p) for p in report.empty[:EMPTY_SHOWN])
+        more = f" and {len(report.empty) - EMPTY_SHOWN} more" if len(report.empty) > EMPTY_SHOWN else ""
+        log.warning(
+            "%d of %d SVGs have no lines (nothing in the sketch is darker than the threshold %s): %s%s. "
+            "An all-white sketch traces to an empty SVG; a higher --threshold keeps lighter lines",
+            len(report.empty), len(report.written), SVG_THRESHOLD if threshold is None else threshold, shown, more,
+        )  # fmt: skip
     return report
