@@ -200,3 +200,163 @@ def test_previews_keep_each_trajectorys_prompt_and_final_image(tmp_path):
     loaded = AnalysisResult.load(tmp_path / "res")
     assert loaded.prompts.tolist() == result.prompts.tolist()
     np.testing.assert_array_equal(loaded.thumbnails, result.thumbnails)
+
+
+# --- selection distance -------------------------------------------------------------------------
+
+from itertools import combinations  # noqa: E402
+
+from diffsketch.analysis.timesteps import (  # noqa: E402
+    SELECTIONS,
+    selection_distance,
+    selection_distances,
+    uniform_timesteps,
+)
+
+# Two trajectories of 4 timesteps on lines: A at 0, 1, 2, 3 on the x axis; B at 0, 5, 10, 15 along (0.6, 0.8),
+# i.e. (0, 0), (3, 4), (6, 8), (9, 12): every distance in B is 5 times the one in A.
+LINE = np.array([[[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0]], [[0.0, 0.0], [3.0, 4.0], [6.0, 8.0], [9.0, 12.0]]])
+
+
+def brute_selection_distance(features, selected):
+    """Independent oracle: explicit loops over trajectories, timesteps and selected timesteps."""
+    total, count = 0.0, 0
+    for trajectory in features:
+        for point in trajectory:
+            total += min(float(np.sqrt(((point - trajectory[s]) ** 2).sum())) for s in selected)
+            count += 1
+    return total / count
+
+
+def test_selection_distance_by_hand():
+    # {1}: A is 1, 0, 1, 2 away (4), B 5, 0, 5, 10 (20): 24 / 8 points
+    assert selection_distance(LINE, [1]) == pytest.approx(3.0)
+    # {0, 3}: A 0, 1, 1, 0 (2), B 0, 5, 5, 0 (10): 12 / 8
+    assert selection_distance(LINE, [0, 3]) == pytest.approx(1.5)
+    # {0}: A 0, 1, 2, 3 (6), B 0, 5, 10, 15 (30): 36 / 8
+    assert selection_distance(LINE, [0]) == pytest.approx(4.5)
+    assert selection_distance(LINE, [0, 1, 2, 3]) == 0.0
+
+
+def test_selection_distances_by_hand():
+    """k = 2 of 4 steps. Per pair, A's total is (0,1) 3, (0,2) 2, (0,3) 2, (1,2) 2, (1,3) 2, (2,3) 3 and B's five
+    times it, so one pair's distance is 6 * A / 8: 2.25, 1.5, 1.5, 1.5, 1.5, 2.25. Their mean is 1.75 and their
+    standard deviation sqrt((2 * 0.5**2 + 4 * 0.25**2) / 6) = sqrt(0.125)."""
+    d = selection_distances(LINE, [0, 2])  # representative {0, 2}: A 0, 1, 0, 1 -> 1.5
+    assert list(d) == list(SELECTIONS)
+    assert d["representative"] == pytest.approx(1.5)
+    assert d["uniform"] == pytest.approx(1.5)  # {0, 3}
+    assert d["random"] == pytest.approx(1.75)
+    assert d["random_std"] == pytest.approx(np.sqrt(0.125))
+    worse = selection_distances(LINE, [0, 1])  # representative {0, 1}: 2.25
+    assert worse["representative"] == pytest.approx(2.25) and worse["uniform"] == pytest.approx(1.5)
+
+
+def test_uniform_timesteps_by_hand():
+    # 19 / 4 = 4.75: 0, 4.75, 9.5, 14.25, 19 -> 0, 5, 10 (half to even), 14, 19
+    assert uniform_timesteps(20, 5).tolist() == [0, 5, 10, 14, 19]
+    assert uniform_timesteps(4, 2).tolist() == [0, 3]
+    assert uniform_timesteps(10, 1).tolist() == [0]
+    assert uniform_timesteps(5, 5).tolist() == [0, 1, 2, 3, 4]
+    assert uniform_timesteps(50, 13).tolist() == [round(i * 49 / 12) for i in range(13)]  # no .5 case here
+    # the uniform selection distance is the one of these timesteps
+    x = np.random.default_rng(3).normal(size=(3, 20, 2))
+    assert selection_distances(x, [1, 2, 3, 4, 5])["uniform"] == pytest.approx(brute_selection_distance(x, [0, 5, 10, 14, 19]))
+
+
+@pytest.mark.parametrize("steps, k", [(5, 2), (6, 3), (4, 1)])
+def test_random_is_the_mean_over_every_k_subset_when_there_are_few(steps, k):
+    x = np.random.default_rng(steps).normal(size=(3, steps, 3))
+    values = [brute_selection_distance(x, s) for s in combinations(range(steps), k)]
+    d = selection_distances(x, list(range(k)), draws=200)
+    assert d["random"] == pytest.approx(np.mean(values), rel=1e-12)
+    assert d["random_std"] == pytest.approx(np.std(values), rel=1e-9)
+    assert d["representative"] == pytest.approx(brute_selection_distance(x, list(range(k))))
+
+
+def test_random_draws_estimate_the_mean_over_every_k_subset():
+    """56 subsets of 3 of 8 steps, 40 seeded draws: the mean is near the exact one, the std near the exact std."""
+    x = np.random.default_rng(0).normal(size=(4, 8, 2))
+    values = np.array([brute_selection_distance(x, s) for s in combinations(range(8), 3)])
+    a = selection_distances(x, [0, 1, 2], draws=40, seed=0)
+    assert a == selection_distances(x, [0, 1, 2], draws=40, seed=0)  # seeded
+    assert a["random"] != selection_distances(x, [0, 1, 2], draws=40, seed=1)["random"]
+    assert abs(a["random"] - values.mean()) < 4 * values.std() / np.sqrt(40)
+    assert 0.5 * values.std() < a["random_std"] < 1.5 * values.std()
+
+
+def test_selection_distance_rejects_an_empty_selection():
+    with pytest.raises(ValueError, match="at least one"):
+        selection_distance(LINE, [])
+    with pytest.raises(ValueError, match="1 <= k <= 4"):
+        selection_distances(LINE, [0, 1, 2, 3, 0])
+
+
+def test_selection_distance_examples_run():
+    import doctest
+
+    import diffsketch.analysis.timesteps as module
+
+    runner = doctest.DocTestRunner()
+    for fn in (module.uniform_timesteps, module.selection_distance, module.selection_distances):
+        for test in doctest.DocTestFinder().find(fn, fn.__name__, globs=dict(vars(module))):
+            runner.run(test)
+    assert runner.failures == 0 and runner.tries >= 5
+
+
+# Steps 0-1, 2-3 and 4-5 are three short phases and 6-19 one long one: uniform (k = 4: steps 0, 6, 13, 19) puts three
+# timesteps in the long phase and misses two short ones; one timestep per cluster covers every phase.
+UNEVEN = np.array([0, 0, 1, 1, 2, 2] + [3] * 14)
+
+
+def test_analyze_records_the_selection_distances(tmp_path):
+    path = synthetic_store(tmp_path / "s.zarr", group_of_step=UNEVEN, noise=0.05)
+    result = analyze(path, cfg(k=4), progress=False)
+    assert sorted(set(UNEVEN[result.selected].tolist())) == [0, 1, 2, 3]
+    d = result.selection_distances()
+    features = result.projection.reshape(12, 20, -1)
+    assert np.array_equal(result.row_step.reshape(12, 20), np.tile(np.arange(20), (12, 1)))  # the reshape's premise
+    assert d["representative"] == pytest.approx(brute_selection_distance(features, result.selected), rel=1e-6)
+    assert d["uniform"] == pytest.approx(brute_selection_distance(features, [0, 6, 13, 19]), rel=1e-6)
+    assert d["representative"] < d["uniform"] and d["representative"] < d["random"] - d["random_std"]
+    # the curve: every swept k, the chosen k's row equal to the chosen values
+    assert result.selection_k.tolist() == list(range(2, 9))
+    by_k = {row["k"]: row for row in result.selection_distance_by_k()}
+    assert {name: by_k[4][name] for name in SELECTIONS} == d
+    assert by_k[5]["uniform"] == pytest.approx(brute_selection_distance(features, [0, 5, 10, 14, 19]), rel=1e-6)
+
+    write_outputs(result, tmp_path / "res", tmp_path / "timesteps.json", tmp_path / "plots")
+    metrics = json.loads((tmp_path / "plots" / "metrics.json").read_text())
+    assert metrics["selection_distance"] == pytest.approx(d) and set(metrics["selection_distance"]) == set(SELECTIONS)
+    curve = json.loads((tmp_path / "plots" / "selection_distance.json").read_text())
+    assert [row["k"] for row in curve] == list(range(2, 9)) and curve[2] == pytest.approx(by_k[4])
+    loaded = AnalysisResult.load(tmp_path / "res")
+    assert loaded.selection_distances() == d and loaded.selection_distance_by_k() == result.selection_distance_by_k()
+
+
+def test_single_timestep_selection_distance(tmp_path):
+    """k = 1 is outside the sweep: its row is computed on its own, the representative being the chosen timestep."""
+    path = synthetic_store(tmp_path / "s.zarr", noise=0.5)
+    result = analyze(path, cfg(k=1, k_max=4), progress=False)
+    features = result.projection.reshape(12, 20, -1)
+    d = result.selection_distances()
+    assert d["representative"] == pytest.approx(brute_selection_distance(features, result.selected), rel=1e-6)
+    assert d["uniform"] == pytest.approx(brute_selection_distance(features, [0]), rel=1e-6)
+    exact = np.mean([brute_selection_distance(features, [t]) for t in range(20)])  # 20 subsets: every one
+    assert d["random"] == pytest.approx(exact, rel=1e-6)
+    assert 1 not in result.selection_k.tolist()
+
+
+def test_analysis_saved_without_selection_distances_still_loads(tmp_path):
+    result = analyze(synthetic_store(tmp_path / "s.zarr"), cfg(k_max=4), progress=False)
+    result.save(tmp_path / "res")
+    arrays = dict(np.load(tmp_path / "res" / "analysis.npz"))
+    for key in ("selection_distance", "selection_k", "selection_curve"):
+        assert key in arrays
+        del arrays[key]
+    np.savez_compressed(tmp_path / "res" / "analysis.npz", **arrays)  # as an older analysis wrote it
+    old = AnalysisResult.load(tmp_path / "res")
+    assert old.selection_distances() is None and old.selection_distance_by_k() == []
+    assert "selection_distance" not in old.metrics()
+    write_outputs(old, tmp_path / "res2", tmp_path / "t.json", tmp_path / "plots")
+    assert not (tmp_path / "plots" / "selection_distance.json").exists()

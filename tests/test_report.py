@@ -20,12 +20,18 @@ FIGURES = [
     "silhouette",
     "timeline",
     "cluster-histograms",
+    "selection-distance-plot",
 ]
 EVIL_CLASS = "<script>alert('x')</script>"
 
 
-def make_result(pca_dims: int = 3, steps: int = 10, trajectories: int = 6) -> AnalysisResult:
-    """A small, made-up analysis: 10 DDIM steps, 6 trajectories of 3 classes, k = 4."""
+# Made-up selection distances for k = 2..5 (columns: representative, uniform, random, random_std); k = 4 is chosen.
+SELECTION_CURVE = np.array([[2.0, 2.5, 3.0, 0.4], [1.5, 2.0, 2.6, 0.3], [1.125, 1.75, 2.25, 0.375], [0.9, 1.4, 1.9, 0.2]])
+
+
+def make_result(pca_dims: int = 3, steps: int = 10, trajectories: int = 6, selection: bool = True) -> AnalysisResult:
+    """A small, made-up analysis: 10 DDIM steps, 6 trajectories of 3 classes, k = 4 (``selection``: with selection
+    distances; without, as an analysis saved before them)."""
     rng = np.random.default_rng(0)
     timesteps = np.arange(steps)[::-1] * 100 + 1  # 901, 801, ..., 1 (denoising order)
     row_step = np.tile(np.arange(steps), trajectories)
@@ -39,7 +45,9 @@ def make_result(pca_dims: int = 3, steps: int = 10, trajectories: int = 6) -> An
     selected_cluster = row_cluster[selected]
     cluster_sizes = np.array([(row_cluster == c).sum() for c in selected_cluster])
     ratio = np.array([0.4, 0.2, 0.1, 0.05, 0.03][:pca_dims])
+    extra = dict(selection_distance=SELECTION_CURVE[2], selection_k=np.arange(2, 6), selection_curve=SELECTION_CURVE)
     return AnalysisResult(
+        **(extra if selection else {}),
         timesteps=timesteps,
         row_step=row_step,
         row_trajectory=row_trajectory,
@@ -240,3 +248,33 @@ def test_explorer_without_previews_says_so_and_lists_every_class():
     chosen = [t for t in data["figures"]["2d"]["data"] if t["name"] == "chosen timesteps"][0]
     assert sorted({c[2] for c in chosen["customdata"]}) == sorted(result.selected.tolist())
     assert all(c[1] == -1 for c in chosen["customdata"]) and data["thumbnails"] == []
+
+
+def test_selection_distance_table_and_plot(report):
+    result, path = report
+    page = parse(path)
+    table = page.tables["selection-distance"].split()
+    # the chosen k = 4 row of SELECTION_CURVE, as printed (4 decimals)
+    for value in ["1.1250", "1.7500", "2.2500", "0.3750"]:
+        assert value in table, value
+    assert table.index("1.1250") < table.index("1.7500") < table.index("2.2500")  # representative, uniform, random
+    # uniform at k = 4 of 10 steps: DDIM indices round(i * 9 / 3) = 0, 3, 6, 9 -> t = 901, 601, 301, 1
+    assert "901, 601, 301, 1" in page.tables["selection-distance"]
+    assert "200 seeded draws" in page.tables["selection-distance"]
+    assert decode_png(page.figures["selection-distance-plot"][0])[:8] == PNG_MAGIC
+
+
+def test_selection_distance_round_trips_and_an_older_analysis_omits_it(tmp_path):
+    result = make_result()
+    result.save(tmp_path / "analysis")
+    loaded = AnalysisResult.load(tmp_path / "analysis")
+    assert loaded.selection_distances() == dict(zip(["representative", "uniform", "random", "random_std"], SELECTION_CURVE[2]))
+    assert [row["k"] for row in loaded.selection_distance_by_k()] == [2, 3, 4, 5]
+    assert "selection-distance" in parse(write_report(loaded, tmp_path / "report")).tables
+
+    old = make_result(selection=False)
+    path = write_report(old, tmp_path / "old")
+    page = parse(path)
+    assert "selection-distance" not in page.tables and "selection-distance-plot" not in page.figures
+    assert "Selection distance" not in path.read_text(encoding="utf-8")
+    assert set(FIGURES) - {"selection-distance-plot"} <= set(page.figures)

@@ -20,7 +20,11 @@ URI, in a ``<figure id="...">`` whose ``<figcaption>`` says how to read it:
 - ``explained-variance``: variance ratio of each principal component and the cumulative total;
 - ``elbow`` / ``silhouette``: the k-means sweep, with the chosen k, the elbow and the best-silhouette k;
 - ``timeline``: the chosen timesteps on the whole denoising trajectory;
-- ``cluster-histograms``: for each cluster, how many of its points come from each timestep.
+- ``cluster-histograms``: for each cluster, how many of its points come from each timestep;
+- ``selection-distance-plot``: the selection distance (:func:`~diffsketch.analysis.timesteps.selection_distance`)
+  of the representative, uniform and random selections against k, random with a band of one
+  standard deviation, beside the ``selection-distance`` table of the three at the chosen k. Both are
+  left out for an analysis saved without selection distances.
 
 Two tables follow: ``summary`` (model, store, sizes, parameters, scores) and ``timesteps``
 (one row per chosen timestep). All text put into the page is HTML-escaped.
@@ -46,7 +50,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is set)
 
-from diffsketch.analysis.timesteps import AnalysisResult  # noqa: E402
+from diffsketch.analysis.timesteps import RANDOM_DRAWS, AnalysisResult, uniform_timesteps  # noqa: E402
 from diffsketch.core import escape, image_uri, page_start, safe_json, table_html  # noqa: E402
 
 MAX_SCATTER_POINTS = 20_000  # scatter plots above this show a seeded random subsample
@@ -324,6 +328,68 @@ def fig_cluster_histograms(result: AnalysisResult) -> str:
     return _png(fig)
 
 
+SELECTION_COLORS = {"representative": CHOSEN_COLOR, "uniform": "tab:green", "random": "tab:gray"}
+
+
+def fig_selection_distance(result: AnalysisResult) -> str:
+    """The three selections' distance against k; random with a band of one standard deviation."""
+    rows = result.selection_distance_by_k()
+    k = np.array([r["k"] for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, color in SELECTION_COLORS.items():
+        values = np.array([r[name] for r in rows])
+        ax.plot(k, values, marker="o", color=color, label=name)
+        if name == "random":
+            std = np.array([r["random_std"] for r in rows])
+            ax.fill_between(k, values - std, values + std, color=color, alpha=0.2, label="random ± 1 std")
+    ax.axvline(result.k, color="tab:red", linestyle="--", label=f"chosen k = {result.k}")
+    ax.set_xlabel("k (selected timesteps)")
+    ax.set_ylabel("mean distance to the nearest selected timestep")
+    ax.set_xticks(k)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
+def selection_distance_table(result: AnalysisResult) -> str:
+    """The three selections at the chosen k: how each is made and its selection distance."""
+    d = result.selection_distances()
+    steps, k = len(result.timesteps), int(result.k)
+    uniform = ", ".join(str(int(result.timesteps[i])) for i in uniform_timesteps(steps, k))
+    rows = [
+        ["representative", f"one timestep per k-means cluster (k = {k})", f"{d['representative']:.4f}", "—"],
+        ["uniform", f"k equally spaced DDIM indices, both ends included: t = {uniform}", f"{d['uniform']:.4f}", "—"],
+        ["random", f"k distinct timesteps at random, mean of {RANDOM_DRAWS} seeded draws (every k-subset when fewer)",
+         f"{d['random']:.4f}", f"{d['random_std']:.4f}"],
+    ]  # fmt: skip
+    return table_html("selection-distance", ["selection", "how it is made", "mean distance", "std"], rows)
+
+
+def selection_distance_html(result: AnalysisResult) -> str:
+    """The selection-distance section (empty for an analysis saved without it)."""
+    if result.selection_distances() is None:
+        return ""
+    parts = [
+        "<h2>Selection distance</h2>",
+        "<p>How well k timesteps summarise the trajectories: for every trajectory and timestep, the Euclidean "
+        "distance in the PCA space to the nearest selected timestep of the same trajectory, averaged over all of "
+        "them (0 for a selected timestep; lower is better).</p>",
+        selection_distance_table(result),
+    ]
+    if len(result.selection_k):
+        parts.append(_figure_html(
+            "selection-distance-plot",
+            fig_selection_distance(result),
+            "selection distance against k for the representative, uniform and random selections",
+            "The selection distance of each kind of selection for every k of the sweep: representative (one timestep "
+            "per k-means cluster), uniform (equally spaced, both ends of the trajectory included) and random (mean of "
+            f"{RANDOM_DRAWS} seeded draws, the band one standard deviation). The dashed line marks the chosen k. A "
+            "representative curve below the others means the clustering picks timesteps that cover the trajectories "
+            "better than spacing them evenly or at random.",
+        ))  # fmt: skip
+    return "\n".join(parts)
+
+
 # --- tables ---------------------------------------------------------------------------------------
 
 
@@ -451,6 +517,7 @@ def _figures(result: AnalysisResult) -> str:
             "timestep chosen to represent the cluster; a cluster concentrated on a few neighbouring timesteps "
             "is a distinct denoising phase." + _no_cluster_note(result),
         ),
+        selection_distance_html(result),
     ]
     return "\n".join(parts)
 

@@ -27,6 +27,20 @@ points sit closest to its centre on average, and no timestep is used twice. ``k:
 is k-means with a single cluster, whose centre is the mean of all points: the timestep chosen is the
 one whose points sit closest on average to that overall centre (the sweep still runs for the plots).
 
+How well a selection covers the trajectories is measured by the **selection distance**
+(:func:`selection_distance`): the mean, over every trajectory and every timestep, of the Euclidean
+distance in the PCA space from that timestep's point to the nearest selected timestep's point of the
+same trajectory (a selected timestep is at distance 0 from itself). It is computed for the chosen k
+and for every k of the sweep, for three selections of k timesteps (:func:`selection_distances`):
+
+- ``representative``: the k-means selection at that k (the chosen timesteps when ``strategy`` is
+  ``kmeans``);
+- ``uniform``: :func:`uniform_timesteps`, the DDIM indices ``round(i (T - 1) / (k - 1))`` for
+  i = 0 .. k-1 (both ends of the trajectory; index 0 for k = 1), as ``strategy: uniform`` picks them;
+- ``random``: k distinct timesteps drawn uniformly at random; the mean over ``RANDOM_DRAWS`` seeded
+  draws (every k-subset once instead when there are no more subsets than draws), and
+  ``random_std``, the standard deviation of one random selection's distance over those draws.
+
 Given the model (``model=``: the ``model`` params or a loaded model), the first ``feature_maps``
 trajectories are sampled again at full resolution at the chosen timesteps, and every UNet layer is
 reduced to a colour map for the report (:mod:`diffsketch.analysis.feature_maps`: N x one sampling).
@@ -34,6 +48,7 @@ reduced to a colour map for the report (:mod:`diffsketch.analysis.feature_maps`:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -59,6 +74,8 @@ log = logging.getLogger(__name__)
 THUMBNAIL = 64  # side of each trajectory's final-image thumbnail kept for the report (12 KiB a trajectory)
 
 MINIBATCH_ABOVE = 20_000  # points; above this k-means runs in mini-batches
+RANDOM_DRAWS = 200  # seeded random selections averaged for the random selection distance
+SELECTIONS = ("representative", "uniform", "random", "random_std")  # the selection-distance columns, in order
 SILHOUETTE_SAMPLE = 5_000  # points used for each silhouette score
 
 
@@ -167,6 +184,10 @@ class AnalysisResult:
     prompts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))  # (N,) the trajectory's prompt
     thumbnails: np.ndarray = field(default_factory=lambda: np.zeros((0, THUMBNAIL, THUMBNAIL, 3), np.uint8))  # final images
     feature_maps: FeatureMaps | None = None  # the report's feature maps (None: off, or saved before them)
+    # Selection distances (empty in analyses saved before them), columns in SELECTIONS order:
+    selection_distance: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (4,) at the chosen k
+    selection_k: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (K,) the swept k values
+    selection_curve: np.ndarray = field(default_factory=lambda: np.zeros((0, len(SELECTIONS))))  # (K, 4)
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
@@ -203,14 +224,29 @@ class AnalysisResult:
             steps=len(self.timesteps),
         )
 
+    def selection_distances(self) -> dict[str, float] | None:
+        """The selection distances at the chosen k (None for an analysis saved without them)."""
+        if len(self.selection_distance) != len(SELECTIONS):
+            return None
+        return {name: float(v) for name, v in zip(SELECTIONS, self.selection_distance)}
+
+    def selection_distance_by_k(self) -> list[dict]:
+        """One row per swept k: ``{"k", "representative", "uniform", "random", "random_std"}`` (empty when not saved)."""
+        return [dict(k=int(k), **{name: float(v) for name, v in zip(SELECTIONS, row)})
+                for k, row in zip(self.selection_k, self.selection_curve)]  # fmt: skip
+
     def metrics(self) -> dict:
         at_k = np.flatnonzero(self.k_values == self.k)
-        return dict(
+        out = dict(
             k=int(self.k),
             silhouette=float(self.silhouette[at_k[0]]) if len(at_k) else float("nan"),
             explained_variance=float(self.explained_variance_ratio.sum()),
             points=int(len(self.row_step)),
         )
+        distances = self.selection_distances()
+        if distances is not None:
+            out["selection_distance"] = distances
+        return out
 
 
 def trajectory_previews(reader: FeatureReader, trajectories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -327,6 +363,118 @@ def select_timesteps(projection, row_step, centers, steps: int) -> tuple[np.ndar
     return chosen, clusters
 
 
+def uniform_timesteps(steps: int, k: int) -> np.ndarray:
+    """k equally spaced DDIM indices over a trajectory of ``steps`` timesteps, both ends included.
+
+    The indices are ``round(i * (steps - 1) / (k - 1))`` for i = 0 .. k-1 (numpy rounding, half to
+    even), sorted; for k = 1 the one index is 0, the first denoising step. For 1 <= k <= steps they
+    are k distinct indices (consecutive ones are at least one apart before rounding).
+
+    Example:
+        >>> uniform_timesteps(20, 5).tolist()
+        [0, 5, 10, 14, 19]
+    """
+    return np.unique(np.linspace(0, steps - 1, k).round().astype(int))
+
+
+def step_distances(features: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """(N, T, d) points of N trajectories -> (N, T, T) Euclidean distances between timesteps of each trajectory."""
+    features = np.asarray(features, dtype=np.float64)
+    out = np.empty(features.shape[:2] + features.shape[1:2])
+    for i in range(0, len(features), chunk):
+        f = features[i : i + chunk]
+        out[i : i + chunk] = np.linalg.norm(f[:, :, None, :] - f[:, None, :, :], axis=3)
+    return out
+
+
+def selection_distance(features: np.ndarray, selected, distances: np.ndarray | None = None) -> float:
+    """Mean distance from every (trajectory, timestep) point to the nearest selected timestep's point.
+
+    For each trajectory n and timestep t, the Euclidean distance from ``features[n, t]`` to the
+    nearest of ``features[n, s]`` over the selected timesteps s (0 when t is selected), averaged over
+    every n and t. Lower means the selected timesteps summarise the trajectories better.
+
+    Args:
+        features: (N, T, d) points, N trajectories of T timesteps (the analysis projection).
+        selected: the selected timestep indices (into T), at least one.
+        distances: :func:`step_distances` of ``features``, when already computed.
+
+    Returns:
+        The mean distance.
+
+    Example:
+        Two trajectories of 4 timesteps on a line, at 0, 1, 2, 3 and at 0, 2, 4, 6; timesteps 0 and 3
+        selected. The nearest selected point is 0, 1 away, 1 away and 0 (first) and 0, 2, 2, 0
+        (second), so the mean is (0 + 1 + 1 + 0 + 0 + 2 + 2 + 0) / 8 = 0.75:
+
+        >>> x = np.array([[[0.0], [1.0], [2.0], [3.0]], [[0.0], [2.0], [4.0], [6.0]]])
+        >>> selection_distance(x, [0, 3])
+        0.75
+    """
+    return _nearest_mean(step_distances(features) if distances is None else distances, selected)
+
+
+def _nearest_mean(distances: np.ndarray, selected) -> float:
+    selected = np.asarray(selected, dtype=int)
+    if selected.size == 0:
+        raise ValueError("selection_distance needs at least one selected timestep")
+    return float(distances[:, :, selected].min(axis=2).mean())
+
+
+def selection_distances(features: np.ndarray, representative, draws: int = RANDOM_DRAWS, seed: int = 0,
+                        distances: np.ndarray | None = None) -> dict[str, float]:
+    """:func:`selection_distance` of the representative, the uniform and random selections of the same k.
+
+    k is ``len(representative)``. ``uniform``: :func:`uniform_timesteps`. ``random``: the mean over
+    ``draws`` selections of k distinct timesteps, each drawn uniformly without replacement from a
+    generator seeded with ``seed``, and ``random_std`` their sample standard deviation (ddof = 1);
+    when there are at most ``draws`` k-subsets of the T timesteps, every one of them is used once
+    instead: the exact mean and standard deviation (ddof = 0) over all k-subsets.
+
+    Example:
+        One trajectory at 0, 1, 2, 10 and k = 2. The representative pair (1, 3) leaves the points
+        1, 0, 1, 0 away (mean 0.5); uniform (0, 3) leaves them 0, 1, 2, 0 away (0.75). The 6 pairs
+        (0,1) (0,2) (0,3) (1,2) (1,3) (2,3) leave distance totals 10, 9, 3, 9, 2, 3 over the 4 points,
+        so random is 36 / (4 * 6) = 1.5, exactly (6 subsets, fewer than the draws):
+
+        >>> x = np.array([[[0.0], [1.0], [2.0], [10.0]]])
+        >>> d = selection_distances(x, [1, 3])
+        >>> d["representative"], d["uniform"], d["random"]
+        (0.5, 0.75, 1.5)
+    """
+    d = step_distances(features) if distances is None else distances
+    steps, k = d.shape[1], len(representative)
+    if not 1 <= k <= steps:
+        raise ValueError(f"need 1 <= k <= {steps} selected timesteps, got {k}")
+    if math.comb(steps, k) <= draws:
+        values = np.array([_nearest_mean(d, s) for s in itertools.combinations(range(steps), k)])
+        std = float(values.std())
+    else:
+        rng = np.random.default_rng(seed)
+        values = np.array([_nearest_mean(d, rng.choice(steps, size=k, replace=False)) for _ in range(draws)])
+        std = float(values.std(ddof=1))
+    return dict(representative=_nearest_mean(d, representative),
+                uniform=_nearest_mean(d, uniform_timesteps(steps, k)),
+                random=float(values.mean()), random_std=std)  # fmt: skip
+
+
+def _selection_table(features: np.ndarray, row_step: np.ndarray, projection: np.ndarray, k: int, centers,
+                     k_values, fitted: dict, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Selection distances at the chosen k (with its ``centers``) and at every swept k <= T: (at k, swept k, curve)."""
+    steps = features.shape[1]
+    d = step_distances(features)
+
+    def row(cs) -> list[float]:
+        representative, _ = select_timesteps(projection, row_step, cs, steps)
+        distances = selection_distances(features, representative, seed=seed, distances=d)
+        return [distances[name] for name in SELECTIONS]
+
+    swept = np.array([int(kk) for kk in k_values if kk <= steps], dtype=np.int64)
+    curve = np.array([row(fitted[int(kk)].cluster_centers_) for kk in swept]).reshape(-1, len(SELECTIONS))
+    at_k = np.flatnonzero(swept == k)
+    return (curve[at_k[0]] if len(at_k) else np.array(row(centers))), swept, curve
+
+
 def _feature_map_model(cfg: AnalyzeConfig, reader: FeatureReader, model):
     """The model the feature maps sample with (None: no feature maps), checked before any expensive work."""
     if not cfg.feature_maps:
@@ -405,7 +553,7 @@ def analyze(
         chosen, clusters = select_timesteps(projection, row_step, km.cluster_centers_, steps)
     else:
         if cfg.strategy == "uniform":
-            chosen = np.unique(np.linspace(0, steps - 1, k).round().astype(int))
+            chosen = uniform_timesteps(steps, k)
         elif cfg.strategy == "random":
             chosen = np.random.default_rng(cfg.seed).choice(steps, size=k, replace=False)
         else:  # fixed
@@ -414,6 +562,8 @@ def analyze(
     order = np.argsort(reader.timesteps[chosen])  # ascending timestep value
     chosen, clusters = np.asarray(chosen)[order], np.asarray(clusters)[order]
     sizes = np.array([(row_cluster == c).sum() if c >= 0 else (row_step == t).sum() for c, t in zip(clusters, chosen)])
+    at_k, selection_k, selection_curve = _selection_table(projection.reshape(len(trajectories), steps, -1), row_step,
+                                                          projection, k, km.cluster_centers_, k_values, fitted, cfg.seed)
 
     meta = dict(
         strategy=cfg.strategy,
@@ -458,6 +608,9 @@ def analyze(
         prompts=prompts,
         thumbnails=thumbnails,
         feature_maps=feature_maps,
+        selection_distance=at_k,
+        selection_k=selection_k,
+        selection_curve=selection_curve,
     )
 
 
@@ -478,5 +631,7 @@ def write_outputs(result: AnalysisResult, results_dir: str | Path, timesteps_pat
             for i, (r, c) in enumerate(zip(result.explained_variance_ratio, np.cumsum(result.explained_variance_ratio)))
         ],
     )
+    if len(result.selection_k):
+        curves["selection_distance"] = result.selection_distance_by_k()
     for name, rows in curves.items():
         (plots_dir / f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
