@@ -88,7 +88,7 @@ def run(name: str, repeats: int, clip_spec: str, lpips_net: str, precision: str 
     for r in range(repeats):
         gc.collect()
         b = bare(r + 1)
-        rec = trainer.step(r + 1)
+        rec = trainer.step(r + 1).metrics
         rows.append((b, rec["time_sampling"], rec["time_generator"], rec["time_losses"]))
     med = [statistics.median(col) for col in zip(*rows)]
     b, s, g, lo = med

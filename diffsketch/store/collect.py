@@ -87,6 +87,7 @@ def _check_space(out, root, layout: store.StoreLayout, force: bool) -> None:
 
 
 def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, workers, force: bool) -> str | Path:
+    # 1. Check the inputs that need no model, cheapest first.
     cfg = params.sample
     halves = _halves(params)
     prompts = load_prompts(cfg.prompts)
@@ -97,6 +98,8 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
     classes = sorted({p.label for p in prompts})
     key = fingerprint(params.model.model_copy(update={"device": "any"}), cfg, extra=[(t.prompt, t.label) for t in plan])
 
+    # 2. Decide what happens to the store at `out`: `root` is the store to resume, or None when a
+    #    store is created (there is none, or --overwrite replaces one sampled with other settings).
     root = None
     if store.is_group(out):
         try:
@@ -116,6 +119,7 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
     elif not overwrite and store.has_content(out):
         raise store.StoreError(f"{out} exists and is not a feature store; remove it or choose another --out")
 
+    # 3. Load the model and check what needs it: prompt lengths, pooling, the store's layout, disk space.
     model = model if model is not None else load_model(params.model)
     too_long = [p for p, n in zip(unique_prompts, prompt_token_lengths(model, unique_prompts)) if n > 77]
     if too_long:
@@ -144,6 +148,7 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
     if workers.main:
         _check_space(out, root, layout, force)
 
+    # 4. Create the store (process 0 alone), with the batch size it keeps for every resume.
     workers.barrier()  # every process has read the store before process 0 may replace it
     if root is None and workers.main:
         batch_size = batching.resolve_batch_size(
@@ -181,6 +186,7 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
     if root is None:
         root = store.open_store(out, mode="r+")
 
+    # 5. Plan the batches still to do.
     done = store.complete_mask(root)
     # Batches are fixed blocks of the plan, so a resumed run denoises exactly the batches an
     # uninterrupted run would (bit-identical results), and writes only the missing trajectories.
@@ -195,6 +201,8 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
     missing = sum(not done[t.index] for b in todo for t in b)
     if workers.world > 1:
         log.info("worker %d of %d takes %d trajectories", workers.rank, workers.world, missing)
+    # 6. Denoise each batch and write its unfinished trajectories (a trajectory's completion flag
+    #    is written after its arrays, so a killed run leaves nothing that looks finished).
     bar = tqdm(total=missing, desc="trajectories", unit="traj", disable=not progress)
     with store.BatchWriter(root, background=model.device.type != "cpu") as writer:
         for batch in todo:
@@ -221,7 +229,7 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
             )
             bar.update(len(keep))
     bar.close()
-    workers.barrier()
+    workers.barrier()  # every process has written its share before the store is consolidated
     if workers.main:
         store.finalize(root, out)
     return out

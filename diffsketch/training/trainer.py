@@ -114,6 +114,24 @@ def _train_key(params: Params, indices: list[int], prior_path: Path) -> str:
     return fingerprint(model, params.sample, params.example, params.prior, params.losses, train, extra=[indices, contents])
 
 
+@dataclass
+class TrainStep:
+    """What one training iteration gives back.
+
+    Attributes:
+        metrics: the loss terms, ``loss``, ``cdst_weight``, ``skipped_steps`` and the seconds spent
+            sampling, in the generator and in the losses (``time_*``).
+        images: the iteration's generated images (B, 3, H, W) in [0, 1], on the model's device.
+        sketches: the generator's sketches of them (B, 1, H, W), detached.
+        example_sketch: the generator's sketch of the example image (1, 1, H, W), detached.
+    """
+
+    metrics: dict[str, float]
+    images: torch.Tensor
+    sketches: torch.Tensor
+    example_sketch: torch.Tensor
+
+
 class Trainer:
     """Holds the frozen SD model and losses, the generator and its optimiser; ``step(i)`` trains once."""
 
@@ -171,8 +189,8 @@ class Trainer:
             decode=p.sample.decode,
         )
 
-    def step(self, iteration: int) -> dict:
-        """One training iteration; returns the loss terms, the CDST weight and the time of each part."""
+    def step(self, iteration: int) -> TrainStep:
+        """One training iteration: the loss terms, the CDST weight, the time of each part, and the sketches made."""
         sync = torch.cuda.synchronize if self.model.device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
         batch = self.sample_batch(iteration)
@@ -197,11 +215,10 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
         sync()
         t3 = time.perf_counter()
-        self.last = (batch.images, pred_new.detach(), pred_example.detach())  # on the device; copied only to log a grid
         record = {name: float(value.detach()) for name, value in terms.items()}
         record.update(loss=float(total.detach()), cdst_weight=cdst_weight(iteration, self.cdst_horizon))
         record.update(time_sampling=t1 - t0, time_generator=t2 - t1, time_losses=t3 - t2, skipped_steps=self.guard.skipped)
-        return record
+        return TrainStep(record, images=batch.images, sketches=pred_new.detach(), example_sketch=pred_example.detach())
 
     # --- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self, folder: Path, iteration: int, key: str) -> Path:
@@ -319,15 +336,16 @@ def run_train(
     record: dict = {}
     bar = tqdm(range(start, cfg.iterations), desc="training", initial=start, total=cfg.iterations, disable=not progress)
     for i in bar:
-        record = trainer.step(i)
+        result = trainer.step(i)
+        record = result.metrics
         for name in ("loss", *SketchLoss.TERMS, "cdst_weight", "skipped_steps"):  # skipped_steps: the guard's running count
             if name in record:
                 live.log_metric(f"train/{name}", record[name])
         bar.set_postfix(loss=f"{record['loss']:.3f}", l1=f"{record['l1']:.3f}")
         done = i + 1
         if done % cfg.sample_every == 0 or done == cfg.iterations:
-            images, sketches, pred_example = trainer.last
-            live.log_image(f"samples/iter_{done:06d}.png", _grid(images, sketches, example, pred_example))
+            grid = _grid(result.images, result.sketches, example, result.example_sketch)
+            live.log_image(f"samples/iter_{done:06d}.png", grid)
         live.next_step()
         if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
             trainer.save_checkpoint(paths.checkpoints, done, key)
