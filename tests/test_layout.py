@@ -291,3 +291,19 @@ def test_import_linter_names_a_planted_upward_import(tmp_path):
     broken = subprocess.run([lint], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert broken.returncode != 0
     assert "diffsketch.core.files -> diffsketch.extractor" in broken.stdout
+
+
+def test_run_stage_runs_one_command_with_the_logging_setup(tmp_path):
+    """A stage script runs its command as ``diffsketch <command> ...`` would: same arguments, same logging."""
+    code = (
+        "import logging, sys\n"
+        "from typing import Annotated\n"
+        "import typer\n"
+        "from diffsketch.cli.common import run_stage\n"
+        "def demo(count: Annotated[int, typer.Option()] = 0) -> None:\n"
+        "    logging.getLogger('diffsketch.demo').info('count %d', count)\n"
+        "run_stage(demo, ['demo', '--count', '3'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "INFO diffsketch.demo: count 3" in out.stderr

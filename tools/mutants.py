@@ -345,6 +345,118 @@ MUTANTS: list[Mutant] = [
         "        if False:",
         ("tests/test_config.py",),
     ),
+    # --- the package's shape: public tables, one error base, stage commands -------------------
+    M(
+        "lazy: a public name resolves to its module instead of the name",
+        "diffsketch/core/lazy.py",
+        'return getattr(importlib.import_module(f"{package}.{owner[name]}"), name)',
+        'return importlib.import_module(f"{package}.{owner[name]}")',
+        ("tests/test_layout.py",),
+    ),
+    M(
+        "cli: only ValueError-based expected errors print one line (RuntimeError ones get a traceback)",
+        "diffsketch/cli/common.py",
+        "    except DiffsketchError as err:\n",
+        "    except ValueError as err:\n",
+        ("tests/test_cli.py", "tests/test_export.py", "tests/test_ablation.py::test_the_repository_is_checked"),
+    ),
+    M(
+        "style folders: the evaluation passed in never reaches the model card",
+        "diffsketch/extractor/style_folder.py",
+        '    evaluation = evaluation or "Not evaluated."\n',
+        '    evaluation = "Not evaluated."\n',
+        ("tests/test_api.py::test_export_style_folder_loads_everywhere",),
+    ),
+    M(
+        "run_stage: the stage runs without the logging callback",
+        "diffsketch/cli/common.py",
+        "    app.callback()(setup_logging)\n    app.command(args[0])(command)\n",
+        "    app.command(args[0])(command)\n",
+        ("tests/test_layout.py",),
+    ),
+]
+
+
+# --- train.vae_fusion: off reads nothing from the VAE decoder; analyze: selection distance -----------
+MUTANTS += [
+    M(
+        "vae-off: the decoded image leaks into the head",
+        "diffsketch/training/generator.py",
+        "        if not self.use_vae:\n            return self.head(x)\n",
+        "        if not self.use_vae:\n            return self.head(x + rgb.mean(1, keepdim=True))\n",
+        ("tests/test_ablation_switches.py",),
+        "the paper's w/o-VAE row must not see the VAE decoder's output",
+    ),
+    M(
+        "vae-off: the head still counts the three RGB channels",
+        "diffsketch/training/generator.py",
+        "(reduced[-1] + 3 if self.use_vae else 0)",
+        "(reduced[-1] + 3 if self.use_vae else 3)",
+        ("tests/test_ablation_switches.py", "tests/test_generator.py"),
+    ),
+    M(
+        "selection-distance: mean over the selected timesteps instead of the nearest",
+        "diffsketch/analysis/timesteps.py",
+        "distances[:, :, selected].min(axis=2).mean()",
+        "distances[:, :, selected].mean(axis=2).mean()",
+        ("tests/test_analysis.py",),
+    ),
+    M(
+        "selection-distance: squared distances",
+        "diffsketch/analysis/timesteps.py",
+        "np.linalg.norm(f[:, :, None, :] - f[:, None, :, :], axis=3)",
+        "((f[:, :, None, :] - f[:, None, :, :]) ** 2).sum(axis=3)",
+        ("tests/test_analysis.py",),
+    ),
+    M(
+        "selection-distance: uniform leaves out the last timestep",
+        "diffsketch/analysis/timesteps.py",
+        "np.linspace(0, steps - 1, k)",
+        "np.linspace(0, steps, k, endpoint=False)",
+        ("tests/test_analysis.py",),
+    ),
+    M(
+        "selection-distance: random always sampled, never every subset",
+        "diffsketch/analysis/timesteps.py",
+        "    if math.comb(steps, k) <= draws:\n",
+        "    if False:\n",
+        ("tests/test_analysis.py",),
+    ),
+    M(
+        "selection-distance: random drawn with replacement",
+        "diffsketch/analysis/timesteps.py",
+        "rng.choice(steps, size=k, replace=False))",
+        "rng.choice(steps, size=k, replace=True))",
+        ("tests/test_analysis.py",),
+    ),
+    M(
+        "selection-distance: sample std over all subsets",
+        "diffsketch/analysis/timesteps.py",
+        "        std = float(values.std())\n",
+        "        std = float(values.std(ddof=1))\n",
+        ("tests/test_analysis.py",),
+    ),
+    M(
+        "selection-distance: the representative row is the uniform selection",
+        "diffsketch/analysis/timesteps.py",
+        "        representative, _ = select_timesteps(projection, row_step, cs, steps)\n",
+        "        representative = uniform_timesteps(steps, len(cs))\n",
+        ("tests/test_analysis.py",),
+    ),
+    M(
+        "selection-distance: the chosen k's row is taken from the wrong k",
+        "diffsketch/analysis/timesteps.py",
+        "    return (curve[at_k[0]] if len(at_k) else",
+        "    return (curve[at_k[0] - 1] if len(at_k) else",
+        ("tests/test_analysis.py",),
+    ),
+    M(
+        "selection-distance: the report's random row shows the std as the mean",
+        "diffsketch/analysis/report.py",
+        "         f\"{d['random']:.4f}\", f\"{d['random_std']:.4f}\"],",
+        "         f\"{d['random_std']:.4f}\", f\"{d['random']:.4f}\"],",
+        ("tests/test_report.py",),
+    ),
 ]
 
 
