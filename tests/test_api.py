@@ -94,6 +94,50 @@ def test_every_input_type_gives_the_sketch_at_the_input_size(fp32, student, smal
     assert np.abs(from_grey - as_grey(oracle(student, torch.from_numpy(grey).float().div(255).expand(3, -1, -1)))).max() <= 1
 
 
+def test_exif_orientation_applies_to_files_and_bytes_only(fp32, student, small, tmp_path):
+    """A phone photo stored 160x106 with EXIF orientation 6 (shown turned 90 degrees clockwise): a path
+    and bytes are sketched upright; a PIL image and an array are taken as they are, so a PIL image the
+    caller has rotated is not rotated a second time. Oracle: the stored pixels turned by numpy."""
+    from diffsketch.core.images import ImageError
+
+    with Image.open(small["chelsea"]) as im:
+        stored = np.array(im.convert("RGB"))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.png"
+    Image.fromarray(stored).save(path, exif=exif.tobytes())
+    upright = np.ascontiguousarray(np.rot90(stored, k=-1))  # k=-1: clockwise
+
+    def tensor(pixels):
+        return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
+
+    by_hand, as_stored = as_grey(oracle(student, tensor(upright))), as_grey(oracle(student, tensor(stored)))
+
+    def check(value, expected, kind):
+        out = np.asarray(fp32(value)).astype(np.int64)
+        assert out.shape == expected.shape, kind
+        assert np.abs(out - expected).max() <= 1, kind
+
+    assert by_hand.shape == (160, 106) and as_stored.shape == (106, 160)
+    check(path, by_hand, "Path")
+    check(str(path), by_hand, "str")
+    check(path.read_bytes(), by_hand, "bytes")
+    check(bytearray(path.read_bytes()), by_hand, "bytearray")
+    with Image.open(path) as opened:
+        assert opened.getexif()[0x0112] == 6
+        check(opened, as_stored, "PIL image as opened: taken as it is")
+        turned = opened.rotate(-90, expand=True)  # the caller uprights it by hand (PIL: counter-clockwise degrees)
+        assert turned.getexif().get(0x0112) == 6  # ... and the tag travels with it
+        check(turned, by_hand, "PIL image rotated by the caller")
+        from PIL import ImageOps
+
+        check(ImageOps.exif_transpose(opened), by_hand, "PIL image uprighted by exif_transpose")
+    check(stored, as_stored, "array")
+    check(upright, by_hand, "array turned by the caller")
+    with pytest.raises(ImageError, match="not a readable image"):
+        fp32(b"not an image at all")
+
+
 def test_a_list_gives_a_list_and_batches_equal_one_by_one(student, small):
     from diffsketch import SketchExtractor
 
@@ -263,8 +307,10 @@ def test_export_style_folder_loads_everywhere(student, small, tmp_path, monkeypa
     assert result.exit_code == 1 and "not a style folder" in result.output and (other / "keep.txt").read_text() == "mine"
 
 
-def test_the_readme_example_runs(student, tmp_path, monkeypatch):
-    """The Python block of the README's "Use your style", run as written in a project-like folder."""
+@pytest.mark.parametrize("stored", ["upright", "exif"])
+def test_the_readme_example_runs(student, tmp_path, monkeypatch, stored):
+    """The Python block of the README's "Use your style", run as written in a project-like folder;
+    ``exif``: cat.png stored turned 90 degrees counter-clockwise with EXIF orientation 6, as phones write it."""
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Use your style"):]
     code = section[section.index("```python") + len("```python"):]
@@ -273,11 +319,18 @@ def test_the_readme_example_runs(student, tmp_path, monkeypatch):
     shutil.copy(student, tmp_path / "styles" / "cat" / "student.safetensors")
     shutil.copy(student.with_suffix(".json"), tmp_path / "styles" / "cat" / "student.json")
     (tmp_path / "data" / "example").mkdir(parents=True)
-    shutil.copy(REPO / "data" / "example" / "cat.png", tmp_path / "data" / "example" / "cat.png")
+    if stored == "upright":
+        shutil.copy(REPO / "data" / "example" / "cat.png", tmp_path / "data" / "example" / "cat.png")
+    else:
+        with Image.open(REPO / "data" / "example" / "cat.png") as im:
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            turned = np.ascontiguousarray(np.rot90(np.asarray(im.convert("RGB")), k=1))  # stored sideways
+            Image.fromarray(turned).save(tmp_path / "data" / "example" / "cat.png", exif=exif.tobytes())
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
-    with Image.open(tmp_path / "data" / "example" / "cat.png") as photo, Image.open("cat_sketch.png") as sketch:
+    with Image.open(REPO / "data" / "example" / "cat.png") as photo, Image.open("cat_sketch.png") as sketch:
         assert sketch.size == photo.size
     assert [s.size for s in namespace["sketches"]] == [(256, 170), (170, 256)]
     assert Path("cat_sketch.svg").read_text().count("<path") >= 1

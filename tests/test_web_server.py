@@ -131,3 +131,28 @@ def test_styles_may_name_one_style_folder(student, tmp_path):
     with _serving(empty) as base:
         info = json.loads(_get(f"{base}/api/styles")[2])
         assert info["styles"] == [] and info["folder"] == str(empty)
+
+
+def test_an_upload_is_sketched_upright(student, tmp_path):
+    """An upload is an image file's bytes: its EXIF orientation (6: turned 90 degrees clockwise) is
+    applied, as the browser shows the photo. Oracle: the stored pixels turned by numpy, through the API."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from diffsketch import SketchExtractor
+
+    with Image.open(io.BytesIO(_photo())) as im:
+        stored = np.array(im.convert("RGB"))[:60, :90]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format="PNG", exif=exif.tobytes())
+    folder = _style(tmp_path / "styles" / "ink", student)
+    with _serving(folder.parent) as base:
+        status, answer = _post(f"{base}/api/sketch?style=ink&name=phone.png", buffer.getvalue())
+        assert status == 200 and (answer["width"], answer["height"]) == (60, 90)
+        status, _, png = _get(base + answer["png"])
+    expected = np.asarray(SketchExtractor.load(folder, "cpu")(np.ascontiguousarray(np.rot90(stored, k=-1))))
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)

@@ -187,15 +187,20 @@ def _rgb_tensor(pixels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
 
-def pil_to_tensor(image: Image.Image) -> torch.Tensor:
-    """A PIL image (any mode, EXIF orientation applied) as (3, H, W) RGB in [0, 1], as files are read.
+def pil_to_tensor(image: Image.Image, *, orient: bool = False) -> torch.Tensor:
+    """A PIL image (any mode) as (3, H, W) RGB in [0, 1], its modes converted as files are read.
+
+    The pixels are taken as they are: a PIL image's EXIF orientation tag is ignored, since the
+    caller may have rotated the image already (``Image.rotate`` and ``ImageOps.exif_transpose``
+    results can still carry the tag). ``orient=True`` applies the tag first, for an image just
+    decoded from a file or from bytes.
 
     Raises:
         ImageError: the image cannot be decoded (``Image.open`` reads only the header, so a truncated
             or damaged file opened that way fails here) or converted.
     """
     try:
-        return _rgb_tensor(_pixels(ImageOps.exif_transpose(image)))
+        return _rgb_tensor(_pixels(ImageOps.exif_transpose(image) if orient else image))
     except READ_ERRORS as err:
         name = getattr(image, "filename", "") or f"the {image.width}x{image.height} PIL image (mode {image.mode})"
         raise ImageError(f"{name} could not be decoded ({err}); pass a complete, readable image") from None

@@ -3,13 +3,13 @@
     from diffsketch import SketchExtractor
 
     extractor = SketchExtractor.load("styles/cat")      # a style folder, or models/student.safetensors
-    sketch = extractor("photo.jpg")                      # a path, a PIL image, a numpy array, or a list
+    sketch = extractor("photo.jpg")                      # a path, bytes, a PIL image, a numpy array, or a list
     sketch.save("photo_sketch.png")                      # a PIL image at the photo's size
     svg = extractor.svg("photo.jpg", threshold=0.5)      # the lines traced into SVG paths (vtracer)
 
 This module owns everything between "a model on disk" and "a sketch in memory": finding and loading
 the model (safetensors or ONNX only, never a pickle), the image loader (the one of
-:mod:`diffsketch.training.styles`: EXIF rotation, any PIL mode, transparency over white), the optional cap on
+:mod:`diffsketch.core.images`: EXIF rotation for paths and bytes, any PIL mode, transparency over white), the optional cap on
 the long side, the backends, and the conversion of the network's output to PNG-ready images and
 SVG. ``diffsketch extract`` (files and folders), the ``evaluate`` stage and the web page
 (:mod:`diffsketch.extractor.web`) all go through it.
@@ -328,15 +328,29 @@ def array_to_tensor(array: np.ndarray) -> torch.Tensor:
 
 
 def to_tensor(image) -> torch.Tensor:
-    """Any accepted input (a path, a PIL image, a numpy array, a (3, H, W) tensor) as (3, H, W) RGB in [0, 1].
+    """Any accepted input (a path, an image file's bytes, a PIL image, a numpy array, a (3, H, W)
+    tensor) as (3, H, W) RGB in [0, 1].
+
+    The EXIF orientation is applied where the input is encoded: a path, or bytes. A PIL image, an
+    array or a tensor is taken as it is (a PIL image's EXIF tag is ignored: the caller may have
+    rotated it already; ``ImageOps.exif_transpose`` uprights a PIL image opened from a file).
 
     Raises:
-        ImageError: a path, or a PIL image, that cannot be decoded. ExtractError: an input of another type or shape.
+        ImageError: a path, bytes, or a PIL image, that cannot be decoded. ExtractError: an input of another type or shape.
     """
-    from diffsketch.core import read_rgb
+    from diffsketch.core import ImageError, read_rgb
 
     if isinstance(image, (str, os.PathLike)):
         return read_rgb(image)
+    if isinstance(image, (bytes, bytearray)):
+        try:
+            with Image.open(io.BytesIO(image)) as opened:
+                opened.load()
+                return pil_to_tensor(opened, orient=True)
+        except ImageError:
+            raise
+        except Exception as err:  # noqa: BLE001 - PIL raises UnidentifiedImageError, OSError, SyntaxError... for non-images
+            raise ImageError(f"the {len(image)} bytes given are not a readable image ({err}); pass a complete PNG or JPEG file's bytes") from None
     if isinstance(image, Image.Image):
         return pil_to_tensor(image)
     if isinstance(image, torch.Tensor):
@@ -345,7 +359,7 @@ def to_tensor(image) -> torch.Tensor:
         return image.detach().float().cpu().clamp(0, 1)
     if isinstance(image, np.ndarray):
         return array_to_tensor(image)
-    raise ExtractError(f"cannot sketch a {type(image).__name__}: give a path, a PIL image, a numpy array or a (3, H, W) tensor")
+    raise ExtractError(f"cannot sketch a {type(image).__name__}: give a path, an image file's bytes, a PIL image, a numpy array or a (3, H, W) tensor")
 
 
 def resize_capped(image: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -544,8 +558,11 @@ class SketchExtractor:
         """Sketch one image or a list of them.
 
         Args:
-            images: a path, a PIL image, a numpy array ((H, W), (H, W, 3), (H, W, 4); uint8,
-                uint16 or float in [0, 1]), a (3, H, W) tensor, or a list (or tuple) of these.
+            images: a path, an image file's bytes, a PIL image, a numpy array ((H, W), (H, W, 3),
+                (H, W, 4); uint8, uint16 or float in [0, 1]), a (3, H, W) tensor, or a list (or
+                tuple) of these. The EXIF orientation is applied to paths and bytes only: a PIL
+                image is taken as it is, even when it carries an EXIF orientation tag (upright a
+                photo opened with ``Image.open`` by ``ImageOps.exif_transpose``).
             size: cap on the long side: larger images are downscaled (antialiased) first, and
                 their sketch has the reduced size. None: the input's own size.
             threshold: binarise at this value in [0, 1] (below = ink).

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -180,6 +180,7 @@ def _decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
+        image = ImageOps.exif_transpose(image)  # upright, as the browser shows the photo
     except Image.DecompressionBombError:
         raise UploadError(413, f"{name}: the image is over the limit of {max_pixels / 1e6:.0f} megapixels") from None
     except Exception as err:  # noqa: BLE001 - truncated or corrupt data
