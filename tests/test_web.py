@@ -255,3 +255,15 @@ def test_any_file_name_previews_and_downloads(page, server, photo_files, tmp_pat
             assert encoded.startswith("UTF-8''")
             assert urllib.parse.unquote(encoded[len("UTF-8''"):], errors="strict") == f"{stem}_sketch.{kind}"
             assert card.locator(f"a.{kind}").get_attribute("download") == f"{stem}_sketch.{kind}"
+
+
+def test_a_sketch_that_cannot_load_says_so(page, photo_files):
+    """When the sketch's PNG does not load (here: the server answers 500), the card says so instead of a broken image."""
+    coffee, _ = photo_files
+    page.route("**/api/result/*.png", lambda route: route.fulfill(status=500, body="failed"))
+    page.select_option("#size", "256")
+    page.set_input_files("#files", str(coffee))
+    page.wait_for_selector("text=1 of 1 done")
+    assert page.locator(".card .sketch-image").count() == 0
+    assert "could not be shown" in page.locator(".card .sketch").inner_text()
+    assert page.locator(".card a.png").count() == 1  # the links stay
