@@ -92,8 +92,8 @@ MUTANTS: list[Mutant] = [
     M(
         "pca: the first block not centred after pass 0",
         "diffsketch/analysis/pca.py",
-        "return y - y_sum / rows if first else y, a",
-        "return y, a",
+        "return y - y.sum(0) / rows, a  # centred",
+        "return y, a  # centred",
         ("tests/test_pca.py",),
     ),
     M(
@@ -113,8 +113,8 @@ MUTANTS: list[Mutant] = [
     M(
         "pca: the total variance of the unweighted layers",
         "diffsketch/analysis/pca.py",
-        'weights["total"] = sum(s * s * v for',
-        'weights["total"] = sum(v for',
+        "total = sum(s * s * v for s, v in zip(scales, variances))",
+        "total = sum(v for s, v in zip(scales, variances))",
         ("tests/test_pca.py",),
     ),
     # --- sampling and models ----------------------------------------------------------------------
@@ -456,6 +456,125 @@ MUTANTS += [
         "         f\"{d['random']:.4f}\", f\"{d['random_std']:.4f}\"],",
         "         f\"{d['random_std']:.4f}\", f\"{d['random']:.4f}\"],",
         ("tests/test_report.py",),
+    ),
+]
+
+
+# --- the extractor's first hour: download names, one style folder, EXIF, empty SVGs, quiet CLIP --------
+MUTANTS += [
+    M(
+        "web: Content-Disposition carries the raw name only (no filename*)",
+        "diffsketch/extractor/web.py",
+        "    return f\"attachment; filename=\\\"{fallback}\\\"; filename*=UTF-8''{urllib.parse.quote(filename, safe='')}\"\n",
+        "    return f'attachment; filename=\"{filename}\"'\n",
+        ("tests/test_web_server.py",),
+        "a name in another script is a UnicodeEncodeError (HTTP 500)",
+    ),
+    M(
+        "web: the ASCII fallback keeps quotes, backslashes and semicolons",
+        "diffsketch/extractor/web.py",
+        "    ascii_name = re.sub(r'[^\\x20-\\x7e]|[\"\\\\;]', \"_\", decomposed)\n",
+        "    ascii_name = re.sub(r'[^\\x20-\\x7e]', \"_\", decomposed)\n",
+        ("tests/test_web_server.py::test_content_disposition_by_hand",),
+    ),
+    M(
+        "web: the ASCII fallback drops accented letters instead of their accents",
+        "diffsketch/extractor/web.py",
+        'unicodedata.normalize("NFKD", filename)',
+        "filename",
+        ("tests/test_web_server.py::test_content_disposition_by_hand",),
+    ),
+    M(
+        "web: the PNG download keeps the latin-1-only header",
+        "diffsketch/extractor/web.py",
+        'content_disposition(f"{stem}_sketch.png")',
+        "f'attachment; filename=\"{stem}_sketch.png\"'",
+        ("tests/test_web_server.py::test_downloads_carry_any_file_name",),
+    ),
+    M(
+        "web: download names keep only \\w characters (emoji dropped)",
+        "diffsketch/extractor/web.py",
+        "    stem = re.sub(r'[\\x00-\\x1f\\x7f/\\\\:*?\"<>|]+', \"_\", stem)[:100].strip(\" ._\")\n",
+        "    stem = re.sub(r\"[^\\w.-]+\", \"_\", stem)[:100].strip(\"._\")\n",
+        ("tests/test_web_server.py::test_downloads_carry_any_file_name",),
+    ),
+    M(
+        "web: a style folder given as --styles is not served",
+        "diffsketch/extractor/web.py",
+        "        if _is_style(self.styles_dir):\n",
+        "        if False:\n",
+        ("tests/test_web_server.py::test_styles_may_name_one_style_folder",),
+    ),
+    M(
+        "web: an upload's EXIF orientation is not applied",
+        "diffsketch/extractor/web.py",
+        "        image = ImageOps.exif_transpose(image)  # upright, as the browser shows the photo\n",
+        "",
+        ("tests/test_web_server.py::test_an_upload_is_sketched_upright",),
+    ),
+    M(
+        "page: a sketch that cannot load is shown as a broken image",
+        "diffsketch/extractor/static/app.js",
+        "  sketchBox.appendChild(loaded ? img :",
+        "  sketchBox.appendChild(true ? img :",
+        ("tests/test_web.py::test_a_sketch_that_cannot_load_says_so",),
+    ),
+    M(
+        "images: pil_to_tensor applies the EXIF orientation to every PIL image",
+        "diffsketch/core/images.py",
+        "ImageOps.exif_transpose(image) if orient else image",
+        "ImageOps.exif_transpose(image)",
+        ("tests/test_api.py::test_exif_orientation_applies_to_files_and_bytes_only",),
+        "a PIL image the caller rotated is rotated a second time",
+    ),
+    M(
+        "api: bytes are decoded without their EXIF orientation",
+        "diffsketch/extractor/api.py",
+        "pil_to_tensor(opened, orient=True)",
+        "pil_to_tensor(opened)",
+        ("tests/test_api.py::test_exif_orientation_applies_to_files_and_bytes_only",),
+    ),
+    M(
+        "README: the example sketches a PIL photo as stored, sideways for a phone photo",
+        "README.md",
+        'photo = ImageOps.exif_transpose(Image.open("data/example/cat.png"))',
+        'photo = Image.open("data/example/cat.png")',
+        ("tests/test_api.py::test_the_readme_example_runs",),
+    ),
+    M(
+        "extract: SVGs with no path are not counted",
+        "diffsketch/extractor/batch.py",
+        '                if isinstance(output, str) and "<path" not in output:\n',
+        "                if False:\n",
+        ("tests/test_extract.py::test_empty_svgs_are_counted_and_named",),
+    ),
+    M(
+        "extract: the summary leaves out the empty SVGs",
+        "diffsketch/extractor/batch.py",
+        "        if self.empty:\n",
+        "        if False:\n",
+        ("tests/test_extract.py::test_empty_svgs_are_counted_and_named",),
+    ),
+    M(
+        "extract: the empty-SVG warning does not name the files",
+        "diffsketch/extractor/batch.py",
+        " else threshold, shown, more,\n",
+        ' else threshold, "", more,\n',
+        ("tests/test_extract.py::test_empty_svgs_are_counted_and_named",),
+    ),
+    M(
+        "losses: open_clip's ERROR record reaches the log",
+        "diffsketch/training/losses.py",
+        "        with _quiet_open_clip():\n",
+        "        with contextlib.nullcontext():\n",
+        ("tests/test_losses.py::test_offline_clip_fallback_says_one_warning_and_no_error",),
+    ),
+    M(
+        "losses: open_clip's logging.error installs a stderr handler on a bare root logger",
+        "diffsketch/training/losses.py",
+        "    placeholder = logging.NullHandler() if not root.handlers else None\n",
+        "    placeholder = None\n",
+        ("tests/test_losses.py::test_offline_clip_fallback_says_one_warning_and_no_error",),
     ),
 ]
 

@@ -7,8 +7,9 @@ interactive HTML report.
 
 Public names (imported on first use, so importing the package costs nothing):
 
-- :mod:`~diffsketch.analysis.timesteps`: ``AnalysisInputError``, ``AnalysisResult``, ``analyze``, ``write_outputs``
-- :mod:`~diffsketch.analysis.pca`: ``randomized_pca``
+- :mod:`~diffsketch.analysis.timesteps`: ``AnalysisInputError``, ``AnalysisResult``, ``analyze``, ``write_outputs``,
+  ``selection_distance``, ``selection_distances``, ``uniform_timesteps``
+- :mod:`~diffsketch.analysis.pca`: ``KrylovStream``, ``LayerWeights``, ``PCAResult``, ``randomized_pca``
 - :mod:`~diffsketch.analysis.report`: ``write_report``
 """
 
@@ -18,8 +19,9 @@ __getattr__, __dir__, __all__ = attach(
     __name__,
     submodules=[],
     submod_attrs={
-        "timesteps": ["AnalysisInputError", "AnalysisResult", "analyze", "write_outputs"],
-        "pca": ["randomized_pca"],
+        "timesteps": ["AnalysisInputError", "AnalysisResult", "analyze", "write_outputs", "selection_distance",
+                      "selection_distances", "uniform_timesteps"],
+        "pca": ["KrylovStream", "LayerWeights", "PCAResult", "randomized_pca"],
         "report": ["write_report"],
     },
 )

@@ -137,6 +137,98 @@ def _row_basis(b: torch.Tensor) -> torch.Tensor:
     return b.T @ (vectors[:, keep] / eigenvalues[keep].sqrt()).to(b.dtype)
 
 
+@dataclass
+class LayerWeights:
+    """What pass 0 learns about each layer: its column mean mu_l, its scale s_l, and the total
+    variance of the weighted matrix X_w (the denominator of the explained-variance ratios)."""
+
+    means: list[torch.Tensor]  # (D_l,) float32 per layer
+    scales: list[float]
+    total: float
+
+
+class KrylovStream:
+    """One read of every item per pass, computing ``Y = X_w Z`` (rows x r) and ``A = Y^T X_w`` (r x D).
+
+    Pass 0 (:meth:`first_pass`) does not know the layer means and scales yet: it gathers them
+    (running sums in float64) while it weights Y with the scales of item 0 and centres Y afterwards
+    (see the module docstring); it sets :attr:`weights`. Later passes (:meth:`next_pass`) use the
+    exact weights. Every block has item 0's layer means (:attr:`shift`) subtracted as it is read, so
+    the float32 products hold deviations, not large offsets that cancel at the end.
+    """
+
+    def __init__(self, read, items, steps, widths, *, equal_weights, device, bar):
+        self.read, self.items, self.steps, self.widths = read, items, steps, widths
+        self.rows = steps * len(items)
+        self.equal_weights, self.bar = equal_weights, bar
+        self.f32 = dict(device=device, dtype=torch.float32)
+        self.device = device
+        self.shift: list[torch.Tensor] = []  # item 0's layer means, set on the first read
+        self.weights: LayerWeights | None = None  # set by first_pass
+
+    def _blocks(self):
+        """Each item's position and its blocks, shifted, in float32 on the device."""
+        for pos, blocks in enumerate(_prefetched(self.read, self.items)):
+            raw = [torch.from_numpy(np.ascontiguousarray(b)).to(self.device) for b in blocks]  # as stored (float16)
+            if not self.shift:
+                self.shift.extend(x.float().mean(0) for x in raw)
+            yield pos, [torch.sub(x, m) for x, m in zip(raw, self.shift)]  # the conversion and the shift in one op
+
+    def _stream(self, z, scales, offset, name, on_item=None):
+        """Y (rows x r, before any centring) and the per-layer Y_i^T X_l products, in one read."""
+        steps = self.steps
+        y = torch.zeros(self.rows, z[0].shape[1], **self.f32)
+        products = [torch.zeros(z[0].shape[1], w, **self.f32) for w in self.widths]
+        for pos, xs in self._blocks():
+            if on_item is not None:
+                scales = on_item(xs) or scales
+            yi = sum(s * (x @ zl) for s, x, zl in zip(scales, xs, z)) - offset
+            y[pos * steps : (pos + 1) * steps] = yi
+            for l, x in enumerate(xs):
+                products[l].addmm_(yi.T, x)
+            self.bar.step(name)
+        return y, products
+
+    def _fold(self, y, products) -> torch.Tensor:
+        """A = Y^T X_w from the per-layer products with the raw (shifted) blocks: the layer means
+        folded in, each layer scaled."""
+        y_sum = y.sum(0)
+        w = self.weights
+        return torch.cat([s * (al - torch.outer(y_sum, m)) for al, s, m in zip(products, w.scales, w.means)], 1)
+
+    def first_pass(self, omega: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Y and A for the random start ``omega``; gathers the layer statistics (sets :attr:`weights`)."""
+        sums = [torch.zeros(w, dtype=torch.float64, device=self.device) for w in self.widths]
+        squares = [torch.zeros(w, dtype=torch.float64, device=self.device) for w in self.widths]
+        ones = torch.ones(1, self.steps, **self.f32)
+        first_scales: list[float] = []
+
+        def gather(xs):
+            for l, x in enumerate(xs):
+                sums[l] += (ones @ x)[0]  # one item's T rows in float32, the running total in float64
+                squares[l] += (ones @ (x * x))[0]
+            if not first_scales:  # s~ from the first trajectory (any positive scales are a valid start)
+                first_scales.extend(_scale(x.var(0).sum().item(), self.equal_weights) for x in xs)
+            return first_scales
+
+        y, products = self._stream(omega, None, 0, "statistics + sketch", on_item=gather)
+        rows = self.rows
+        means = [v / rows for v in sums]
+        variances = [(q / rows - m.square()).clamp_min(0).sum().item() for q, m in zip(squares, means)]
+        scales = [_scale(v, self.equal_weights) for v in variances]
+        total = sum(s * s * v for s, v in zip(scales, variances)) * rows / max(rows - 1, 1)
+        self.weights = LayerWeights(means=[m.float() for m in means], scales=scales, total=total)
+        a = self._fold(y, products)
+        return y - y.sum(0) / rows, a  # centred: 1^T X_w = 0, so A needs no change
+
+    def next_pass(self, z: list[torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Y = X_w Z and A = Y^T X_w with the exact weights."""
+        w = self.weights
+        offset = sum(s * (m @ zl) for s, m, zl in zip(w.scales, w.means, z))
+        y, products = self._stream(z, w.scales, offset, name)
+        return y, self._fold(y, products)
+
+
 def randomized_pca(
     read: Callable[[int], Blocks],
     items: Sequence[int],
@@ -160,75 +252,41 @@ def randomized_pca(
     r = min(n_components + oversamples, rows, sum(widths))
     passes = 1 + power_iterations
     bar = _Progress(len(items), passes, progress)
-    f32 = dict(device=device, dtype=torch.float32)
+    stream = KrylovStream(read, items, steps, widths, equal_weights=equal_weights, device=device, bar=bar)
 
     generator = torch.Generator("cpu").manual_seed(seed)
-    omega = [torch.randn(w, r, generator=generator).to(**f32) for w in widths]
-    sums = [torch.zeros(w, dtype=torch.float64, device=device) for w in widths]
-    squares = [torch.zeros(w, dtype=torch.float64, device=device) for w in widths]
-    weights: dict = {}  # filled after pass 0: exact means and scales
-    shift: list[torch.Tensor] = []  # the first trajectory's layer means, subtracted from every block:
-    # the streamed float32 sums then hold deviations, not offsets that cancel at the end
-
-    def krylov_pass(z: list[torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Y = X_w Z (rows x r) and A = Y^T X_w (r x D) in one read of every item. Pass 0 (no
-        weights yet) also gathers the layer statistics and weights Y with s~ from item 0."""
-        first = not weights
-        y = torch.zeros(rows, z[0].shape[1], **f32)
-        acc = [torch.zeros(z[0].shape[1], w, **f32) for w in widths]
-        scales = weights.get("scales")
-        offset = 0 if first else sum(s * (m @ zl) for s, m, zl in zip(scales, weights["means"], z))
-        for pos, blocks in enumerate(_prefetched(read, items)):
-            raw = [torch.from_numpy(np.ascontiguousarray(b)).to(device) for b in blocks]  # as stored (float16)
-            if not shift:
-                shift.extend(x.float().mean(0) for x in raw)
-            xs = [torch.sub(x, m) for x, m in zip(raw, shift)]  # float32: the conversion and the shift in one op
-            if first:
-                ones = torch.ones(1, steps, **f32)
-                for l, x in enumerate(xs):
-                    sums[l] += (ones @ x)[0]  # one item's T rows in float32, the running total in float64
-                    squares[l] += (ones @ (x * x))[0]
-                if scales is None:  # s~ from the first trajectory (any positive scales are a valid start)
-                    scales = [_scale(x.var(0).sum().item(), equal_weights) for x in xs]
-            yi = sum(s * (x @ zl) for s, x, zl in zip(scales, xs, z)) - offset
-            y[pos * steps : (pos + 1) * steps] = yi
-            for l, x in enumerate(xs):
-                acc[l].addmm_(yi.T, x)
-            bar.step(name)
-        if first:
-            means = [v / rows for v in sums]
-            variances = [(q / rows - m.square()).clamp_min(0).sum().item() for q, m in zip(squares, means)]
-            weights.update(means=[m.float() for m in means], scales=[_scale(v, equal_weights) for v in variances])
-            weights["total"] = sum(s * s * v for s, v in zip(weights["scales"], variances)) * rows / max(rows - 1, 1)
-        y_sum = y.sum(0)
-        a = torch.cat([s * (al - torch.outer(y_sum, m)) for al, s, m in zip(acc, weights["scales"], weights["means"])], 1)
-        return y - y_sum / rows if first else y, a
+    omega = [torch.randn(w, r, generator=generator).to(device=device, dtype=torch.float32) for w in widths]
 
     with torch.inference_mode():
-        basis, products, z = [], [], omega
+        # 1. The Krylov blocks: Q_j spans X_w Z_j, and B_j = Q_j^T X_w comes from the same pass.
+        basis, products = [], []
         for it in range(passes):
-            y, a = krylov_pass(z, "statistics + sketch" if it == 0 else f"Krylov block {it + 1}")
+            if it == 0:
+                y, a = stream.first_pass(omega)
+            else:
+                z = list(torch.split(_row_basis(products[-1]), widths))  # orth(X_w^T Q_j), per layer
+                y, a = stream.next_pass(z, f"Krylov block {it + 1}")
             q, c = _orth(y)
             basis.append(q)
             products.append(c.T.float() @ a)  # B_j = Q_j^T X_w = C^T Y^T X_w
-            if it + 1 < passes:
-                z = list(torch.split(_row_basis(products[-1]), widths))  # orth(X_w^T Q_j), per layer
         bar.close()
 
-        # Rayleigh-Ritz on the whole Krylov basis K = [Q_0 .. Q_q] with KB = K^T X_w (both known):
+        # 2. Rayleigh-Ritz on the whole Krylov basis K = [Q_0 .. Q_q] with KB = K^T X_w (both known):
         # Q = orth(K) = K C, B = Q^T X_w = C^T KB, and B B^T = C^T (KB KB^T) C = U S^2 U^T.
         kb = torch.cat(products, dim=0)
         q, c = _orth(torch.cat(basis, dim=1))
         eigenvalues, u = torch.linalg.eigh(c.T @ _gram(kb) @ c)
         order = eigenvalues.argsort(descending=True)[: min(n_components, len(eigenvalues))]
         sv, u = eigenvalues[order].clamp_min(0).sqrt(), u[:, order]
+
+        # 3. Projection, components and signs (scikit-learn's svd_flip on U).
         projection = q @ (u * sv)  # (M, k) = Q U S
         signs = torch.sign(projection.gather(0, projection.abs().argmax(0, keepdim=True)))
         signs = torch.where(signs == 0, 1.0, signs)
         components = (kb.T @ (c @ (u / sv.clamp_min(1e-300))).float()).T  # V = B^T U S^-1 = KB^T C U S^-1
         projection, components = projection * signs, components * signs.T
         variance = (sv**2 / max(rows - 1, 1)).cpu().numpy()
-    total = weights["total"]
+    total = stream.weights.total
     return PCAResult(
         projection=projection.float().cpu().numpy(),
         components=components.float().cpu().numpy(),
