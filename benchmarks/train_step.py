@@ -48,7 +48,7 @@ SETUPS = {
 
 def _sync(device):
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def run(name: str, repeats: int, clip_spec: str, lpips_net: str, precision: str = "auto") -> None:

@@ -218,7 +218,7 @@ class FeatureCapture:
 
     def stacked(self) -> dict[str, torch.Tensor]:
         if self._pending_copies and torch.cuda.is_available():
-            torch.cuda.synchronize()  # the non-blocking copies have landed
+            torch.cuda.synchronize(next(self.root.parameters()).device)  # the model's non-blocking copies have landed
             self._pending_copies = False
         return {name: torch.stack(buf, dim=1) for name, buf in self.buffers.items()}
 

@@ -191,7 +191,8 @@ class Trainer:
 
     def step(self, iteration: int) -> TrainStep:
         """One training iteration: the loss terms, the CDST weight, the time of each part, and the sketches made."""
-        sync = torch.cuda.synchronize if self.model.device.type == "cuda" else (lambda: None)
+        device = self.model.device
+        sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
         t0 = time.perf_counter()
         batch = self.sample_batch(iteration)
         new_inputs = inputs_from_result(batch, self.model.device)
