@@ -13,7 +13,6 @@ import urllib.request
 from contextlib import contextmanager
 
 import pytest
-
 from conftest import free_port
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,7 +24,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
         ("coffee_sketch.png", "attachment; filename=\"coffee_sketch.png\"; filename*=UTF-8''coffee_sketch.png"),
         ("café_sketch.svg", "attachment; filename=\"cafe_sketch.svg\"; filename*=UTF-8''caf%C3%A9_sketch.svg"),
         ("写真_sketch.png", "attachment; filename=\"sketch.png\"; filename*=UTF-8''%E5%86%99%E7%9C%9F_sketch.png"),
-        ("🎨 cat_sketch.png", "attachment; filename=\"cat_sketch.png\"; filename*=UTF-8''%F0%9F%8E%A8%20cat_sketch.png"),
+        (
+            "🎨 cat_sketch.png",
+            "attachment; filename=\"cat_sketch.png\"; filename*=UTF-8''%F0%9F%8E%A8%20cat_sketch.png",
+        ),
         ('a"b\\c;d.png', "attachment; filename=\"a_b_c_d.png\"; filename*=UTF-8''a%22b%5Cc%3Bd.png"),
         ("写真.png", "attachment; filename=\"download.png\"; filename*=UTF-8''%E5%86%99%E7%9C%9F.png"),
     ],
@@ -53,7 +55,9 @@ def _serving(styles):
 
     from diffsketch.extractor.web import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(styles, device="cpu"), host="127.0.0.1", port=free_port(), log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(styles, device="cpu"), host="127.0.0.1", port=free_port(), log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -104,7 +108,7 @@ def test_downloads_carry_any_file_name(student, tmp_path):
                 status, headers, body = _get(base + answer[kind])
                 assert status == 200 and body.startswith(magic)
                 value = headers["content-disposition"]
-                assert value.startswith("attachment; filename=\"")
+                assert value.startswith('attachment; filename="')
                 encoded = value.split("; filename*=UTF-8''", 1)[1]
                 assert urllib.parse.unquote(encoded, errors="strict") == f"{stem}_sketch.{kind}"
         request = urllib.request.Request(f"{base}/api/zip", data=json.dumps({"ids": ids}).encode(), method="POST")
