@@ -285,6 +285,15 @@ def test_random_draws_estimate_the_mean_over_every_k_subset():
     assert 0.5 * values.std() < a["random_std"] < 1.5 * values.std()
 
 
+def test_random_draws_are_k_distinct_timesteps():
+    """6 equally spaced points (0 .. 5), k = 5 from 5 draws of 6 subsets (so drawn, not enumerated): any 5 distinct
+    timesteps leave exactly one point out, 1 away from a neighbour, so every draw is 1 / 6 and the spread 0. A draw
+    with a repeated timestep would leave two points out and raise the mean."""
+    x = np.arange(6.0).reshape(1, 6, 1)
+    d = selection_distances(x, [0, 1, 2, 3, 4], draws=5, seed=0)
+    assert d["random"] == pytest.approx(1 / 6) and d["random_std"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_selection_distance_rejects_an_empty_selection():
     with pytest.raises(ValueError, match="at least one"):
         selection_distance(LINE, [])

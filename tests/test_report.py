@@ -258,6 +258,7 @@ def test_selection_distance_table_and_plot(report):
     for value in ["1.1250", "1.7500", "2.2500", "0.3750"]:
         assert value in table, value
     assert table.index("1.1250") < table.index("1.7500") < table.index("2.2500")  # representative, uniform, random
+    assert table[-2:] == ["2.2500", "0.3750"]  # the random row ends with its mean, then its standard deviation
     # uniform at k = 4 of 10 steps: DDIM indices round(i * 9 / 3) = 0, 3, 6, 9 -> t = 901, 601, 301, 1
     assert "901, 601, 301, 1" in page.tables["selection-distance"]
     assert "200 seeded draws" in page.tables["selection-distance"]
