@@ -1,10 +1,22 @@
 import json
+from itertools import combinations
 
 import numpy as np
 import pytest
 
 from diffsketch.store import zarr_store as store
-from diffsketch.analysis.timesteps import AnalysisInputError, AnalysisResult, analyze, knee, select_timesteps, write_outputs
+from diffsketch.analysis.timesteps import (
+    SELECTIONS,
+    AnalysisInputError,
+    AnalysisResult,
+    analyze,
+    knee,
+    select_timesteps,
+    selection_distance,
+    selection_distances,
+    uniform_timesteps,
+    write_outputs,
+)
 from diffsketch.core.params import AnalyzeConfig
 from diffsketch.diffusion.features import LayerSpec
 
@@ -203,15 +215,6 @@ def test_previews_keep_each_trajectorys_prompt_and_final_image(tmp_path):
 
 
 # --- selection distance -------------------------------------------------------------------------
-
-from itertools import combinations  # noqa: E402
-
-from diffsketch.analysis.timesteps import (  # noqa: E402
-    SELECTIONS,
-    selection_distance,
-    selection_distances,
-    uniform_timesteps,
-)
 
 # Two trajectories of 4 timesteps on lines: A at 0, 1, 2, 3 on the x axis; B at 0, 5, 10, 15 along (0.6, 0.8),
 # i.e. (0, 0), (3, 4), (6, 8), (9, 12): every distance in B is 5 times the one in A.

@@ -251,7 +251,7 @@ def test_explorer_without_previews_says_so_and_lists_every_class():
 
 
 def test_selection_distance_table_and_plot(report):
-    result, path = report
+    _, path = report
     page = parse(path)
     table = page.tables["selection-distance"].split()
     # the chosen k = 4 row of SELECTION_CURVE, as printed (4 decimals)
