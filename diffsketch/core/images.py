@@ -65,14 +65,19 @@ def _fix(param: str | None) -> str:
     return f"set {param} to a readable PNG or JPEG file" if param else "use a readable PNG or JPEG file"
 
 
-def _open(path: str | Path, param: str | None) -> Image.Image:
-    """Open and fully decode an image file (EXIF rotation applied), or raise ImageError."""
-    path = Path(path)
-    fix = _fix(param)
+def _existing_file(path: str | Path, param: str | None) -> tuple[Path, str]:
+    """``path`` as a Path and the fix for an unreadable file; ImageError when it is missing or not a file."""
+    path, fix = Path(path), _fix(param)
     if not path.exists():
         raise ImageError(f"{path} does not exist; {fix}")
     if not path.is_file():
         raise ImageError(f"{path} is not a file; {fix}")
+    return path, fix
+
+
+def _open(path: str | Path, param: str | None) -> Image.Image:
+    """Open and fully decode an image file (EXIF rotation applied), or raise ImageError."""
+    path, fix = _existing_file(path, param)
     try:
         with Image.open(path) as im:
             im.load()
@@ -109,12 +114,7 @@ def check_image_file(path: str | Path, param: str | None = None) -> tuple[int, i
     Raises:
         ImageError: a missing path, a folder, a non-image, or a corrupt / truncated file.
     """
-    path = Path(path)
-    fix = _fix(param)
-    if not path.exists():
-        raise ImageError(f"{path} does not exist; {fix}")
-    if not path.is_file():
-        raise ImageError(f"{path} is not a file; {fix}")
+    path, fix = _existing_file(path, param)
     try:
         with Image.open(path) as im:
             im.verify()  # must come straight after open
