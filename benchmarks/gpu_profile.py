@@ -218,7 +218,7 @@ def run(setup: dict, compile_mode: str) -> dict:
     loss = SketchLoss(params.losses, load_clip(setup["clip"], device), load_lpips(setup["lpips"], device), example.image, example.sketch)
     trainer = Trainer(params, model, example, prior, loss.to(device), indices)
     first, per_iter = timed(trainer.step, setup["train_repeats"], part := Part(device))
-    record = part.result
+    record = part.result.metrics  # the last TrainStep
     share = (record["time_generator"] + record["time_losses"]) / record["time_sampling"]
     note("train s/iteration", per_iter, "s", part, precision=trainer.precision, generator_losses_share=round(share, 3),
          compile_s=round(first - per_iter, 1), ratio=round(per_iter / anchor, 3))  # fmt: skip

@@ -217,8 +217,8 @@ def content_disposition(filename: str) -> str:
     non-ASCII characters and ``" \\ ;`` replaced by ``_``, runs of ``_`` merged, leading and
     trailing ``_``, spaces and dots stripped from the stem (``download`` when nothing is left).
 
-    >>> content_disposition("café.png")
-    'attachment; filename="cafe.png"; filename*=UTF-8\'\'caf%C3%A9.png'
+    >>> print(content_disposition("café.png"))
+    attachment; filename="cafe.png"; filename*=UTF-8''caf%C3%A9.png
     """
     decomposed = "".join(c for c in unicodedata.normalize("NFKD", filename) if not unicodedata.combining(c))
     ascii_name = re.sub(r'[^\x20-\x7e]|["\\;]', "_", decomposed)
