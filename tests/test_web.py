@@ -8,8 +8,6 @@ import io
 import json
 import shutil
 import struct
-import threading
-import time
 import urllib.request
 import zipfile
 import zlib
@@ -17,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CHROMIUM, REPO, serving
 from PIL import Image
-
-from conftest import CHROMIUM, REPO, free_port
 
 ARTIFACTS = REPO / "test-artifacts" / "web"
 
@@ -45,22 +42,11 @@ def styles(student, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(styles):
     """The app served by uvicorn in a thread, on a free port; yields its base URL."""
-    import uvicorn
-
     from diffsketch.extractor.web import create_app
 
     app = create_app(styles, device="cpu", max_upload_mb=25, max_pixels=40_000_000)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(10)
+    with serving(app) as url:
+        yield url, app
 
 
 @pytest.fixture

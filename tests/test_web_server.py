@@ -5,15 +5,13 @@ The app is served by uvicorn in a thread (as in tests/test_web.py) and spoken to
 
 import json
 import shutil
-import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 
 import pytest
-from conftest import free_port
+from conftest import serving
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,24 +49,10 @@ def _style(folder, student):
 
 @contextmanager
 def _serving(styles):
-    import uvicorn
-
     from diffsketch.extractor.web import create_app
 
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(styles, device="cpu"), host="127.0.0.1", port=free_port(), log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serving(create_app(styles, device="cpu")) as url:
+        yield url
 
 
 def _get(url):
