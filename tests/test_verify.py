@@ -127,3 +127,56 @@ def test_a_damaged_completion_flag_names_the_verify_command(tmp_path):
         store.complete_mask(store.open_group(pairs))
     assert verify.repair(verify.verify(pairs)) == [1]
     assert store.complete_mask(store.open_group(pairs)).tolist() == [True, False, True]
+
+
+def _analyze(tmp_path, features):
+    params = tmp_path / "params.yaml"
+    params.write_text("analyze: {pca_dims: 5, k_min: 2, k_max: 6, k: auto, feature_maps: 0}\n")  # no resampling
+    folders = ["--results", str(tmp_path / "res"), "--timesteps", str(tmp_path / "t.json"), "--reports", str(tmp_path / "rep")]
+    return runner.invoke(app, ["analyze", "-p", str(params), "--store", str(features), "--no-progress", *folders])
+
+
+def test_analyze_refuses_a_deleted_unet_chunk_file(tmp_path):
+    from test_analysis import synthetic_store
+
+    features = synthetic_store(tmp_path / "s.zarr")
+    (features / "unet" / "up0_res0" / "c" / "7" / "0" / "0" / "0" / "0" / "0").unlink()  # zarr reads it as zeros
+    result = _analyze(tmp_path, features)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    assert f"{features}: trajectory 7 of `unet/up0_res0` has no chunk file unet/up0_res0/c/7/0/0/0/0/0" in result.output
+    assert f"diffsketch inspect --verify {features}" in result.output
+    assert not (tmp_path / "t.json").exists()
+
+
+@pytest.mark.parametrize("array", ["labels", "timesteps"])
+def test_analyze_refuses_a_deleted_whole_store_array(tmp_path, array):
+    from test_analysis import synthetic_store
+
+    features = synthetic_store(tmp_path / "s.zarr", trajectories=6)
+    (features / array / "c" / "0").unlink()
+    result = _analyze(tmp_path, features)
+    assert result.exit_code == 1 and f"array `{array}` has no chunk file {array}/c/0" in result.output, result.output
+
+
+def test_readers_refuse_absent_chunks(tmp_path):
+    from diffsketch.analysis.feature_maps import final_image, stored_prompt
+    from diffsketch.student.distill import PairSampler
+    from test_analysis import synthetic_store
+
+    features = synthetic_store(tmp_path / "s.zarr", trajectories=4)
+    root = store.open_store(features)
+    root.attrs  # opened before the damage, as a long-running reader would be
+    (features / "images" / "c" / "2" / "0" / "0" / "0").unlink()
+    with pytest.raises(store.CorruptStoreError, match="trajectory 2 of `images` has no chunk file images/c/2/0/0/0"):
+        final_image(root, 2, 8)
+    assert final_image(root, 1, 8).shape == (8, 8, 3)  # the others read
+    (features / "prompt_ids" / "c" / "0").unlink()
+    with pytest.raises(store.CorruptStoreError, match="trajectory 0 of `prompt_ids` has no chunk file prompt_ids/c/0"):
+        stored_prompt(root, 0)  # checked before the prompt table is looked up
+
+    pairs = _pairs(tmp_path, count=3)
+    (pairs / "sketches" / "c" / "1" / "0" / "0").unlink()
+    sampler = PairSampler(store.open_group(pairs), holdout=0.0, crop=None, seed=0)
+    with pytest.raises(store.CorruptStoreError, match=rf"{pairs}: pair 1 of `sketches` has no chunk file sketches/c/1/0/0"):
+        sampler.load([0, 1])

@@ -93,7 +93,8 @@ def stored_layers(root) -> list[LayerSpec]:
 
 def stored_prompt(root, index: int) -> str:
     """The prompt trajectory ``index`` of the store was sampled with."""
-    return str(root.attrs["prompts"][int(root["prompt_ids"][index])])
+    prompt_id = int(store.read(root["prompt_ids"], int(index)))
+    return str(root.attrs["prompts"][prompt_id])
 
 
 def final_image(root, index: int, side: int) -> np.ndarray:
@@ -112,7 +113,7 @@ def resample_features(model, root, index: int, steps, half: str) -> dict[str, to
     from diffsketch.diffusion import Capture, encode_prompts, sample_conditions
 
     attrs = root.attrs
-    noise = torch.from_numpy(np.asarray(root["noise"][index], dtype=np.float32))[None]
+    noise = torch.from_numpy(np.asarray(store.read(root["noise"], int(index)), dtype=np.float32))[None]
     guidance = float(attrs["guidance"])
     kept = sorted({int(s) for s in steps})  # the capture keeps the steps in denoising order
     result = sample_conditions(
@@ -122,7 +123,7 @@ def resample_features(model, root, index: int, steps, half: str) -> dict[str, to
         steps=int(attrs["steps"]),
         guidance=guidance,
         eta=float(attrs["eta"]),
-        seeds=[int(root["seeds"][index])],
+        seeds=[int(store.read(root["seeds"], int(index)))],
         capture=Capture(unet=stored_layers(root), halves=half, keep=kept),
         classifier_free_guidance=guidance > 1.0,
         decode=str(attrs["decode"]),
@@ -138,7 +139,7 @@ def deviation_from_store(features: dict[str, torch.Tensor], root, index: int, st
     worst = 0.0
     for spec in stored_layers(root):
         pooled = pool_features(features[spec.name].float(), spec.grid(pool)).numpy()
-        stored = np.asarray(root[f"unet/{spec.name}"][index, :, half], dtype=np.float32)[list(steps)]
+        stored = np.asarray(store.read(root[f"unet/{spec.name}"], (int(index), slice(None), half)), dtype=np.float32)[list(steps)]
         scale = float(np.abs(stored).max()) or 1.0
         worst = max(worst, float(np.abs(pooled - stored).max()) / scale)
     return worst
@@ -204,7 +205,7 @@ def compute_feature_maps(
         trajectory_ids=np.asarray(trajectories, dtype=np.int64),
         prompts=np.array([stored_prompt(root, i) for i in trajectories], dtype=str),
         steps=np.asarray(steps, dtype=np.int64),
-        timesteps=np.asarray(root["timesteps"][:])[steps],
+        timesteps=np.asarray(store.read(root["timesteps"]))[steps],
         layers=layers,
         maps=maps,
         explained=np.asarray(explained),

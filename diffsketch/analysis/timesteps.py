@@ -108,7 +108,7 @@ class FeatureReader:
             arrays = {name: root[f"unet/{name}"] for name in layers}
         halves = list(root.attrs["halves"])
         half = halves.index("cond") if "cond" in halves else 0
-        return cls(root, layers, half, np.asarray(root["timesteps"][:]), arrays)
+        return cls(root, layers, half, np.asarray(store.read(root["timesteps"])), arrays)
 
     @property
     def trajectories(self) -> np.ndarray:
@@ -253,7 +253,7 @@ def trajectory_previews(reader: FeatureReader, trajectories: np.ndarray) -> tupl
     """Each trajectory's prompt and a THUMBNAIL x THUMBNAIL thumbnail of its final image (one image read each)."""
     root = reader.root
     names = [str(n) for n in root.attrs.get("prompts", [])]
-    ids = np.asarray(root["prompt_ids"][:]) if "prompt_ids" in root else np.full(int(max(trajectories, default=-1)) + 1, -1)
+    ids = np.asarray(store.read(root["prompt_ids"])) if "prompt_ids" in root else np.full(int(max(trajectories, default=-1)) + 1, -1)
     prompts = np.array([names[ids[i]] if 0 <= ids[i] < len(names) else "" for i in trajectories], dtype=str)
     thumbs = np.zeros((len(trajectories), THUMBNAIL, THUMBNAIL, 3), np.uint8)
     if "images" in root:

@@ -50,17 +50,20 @@ variables (e.g. ``FSSPEC_S3_ENDPOINT_URL``).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path, PurePath
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
+from zarr.core.sync import sync
 from zarr.dtype import VariableLengthUTF8
 
 from diffsketch.core import DiffsketchError
@@ -158,19 +161,68 @@ def entry_name(array: zarr.Array) -> str:
     return names[0] if names and names[0] in (TRAJECTORY, PAIR) else "entry"
 
 
+WHOLE_READ_CHECK = 256  # a whole-array read checks its chunk files when it has at most this many
+
+
+def chunk_keys(array: zarr.Array, entry: int | None = None) -> list[str]:
+    """The store keys of the chunk (or shard) files holding row ``entry`` of ``array`` (None: every
+    file of the array), in the array's own key encoding.
+
+    Example:
+        >>> a = scratch_group().create_array("x", shape=(4, 6), chunks=(1, 3), dtype="uint8")
+        >>> chunk_keys(a, 2)
+        ['x/c/2/0', 'x/c/2/1']
+        >>> len(chunk_keys(a))
+        8
+    """
+    outer = array.shards or array.chunks
+    grid = [range(math.ceil(s / c)) for s, c in zip(array.shape, outer)]
+    if entry is not None:
+        grid[0] = [int(entry) // outer[0]]
+    return [f"{array.path}/{array.metadata.encode_chunk_key(tuple(at))}" for at in product(*grid)]
+
+
+def _damage(array: zarr.Array, where: str, what: str) -> CorruptStoreError:
+    path = store_path(array)
+    return CorruptStoreError(
+        f"{path}: {where} `{array.path}` {what}; the store is damaged. "
+        f"Run `diffsketch inspect --verify {path}` to list the damage, and `--repair` to have the next run redo it"
+    )
+
+
+def _absent(array: zarr.Array, selection) -> str | None:
+    """The first chunk file that ``array[selection]`` needs and the store lacks (None: all there).
+
+    Every chunk of a written row is stored (:data:`WRITE_CONFIG`), so an absent one is damage that zarr
+    would read as the fill value. The completion flags are left out: an absent flag is an entry not done.
+    One ``exists`` per chunk file of a row (one per trajectory and layer: a ``stat`` on a local store);
+    a whole-array read checks arrays of at most :data:`WHOLE_READ_CHECK` files."""
+    if array.basename == "complete" or array.ndim == 0:
+        return None
+    first = selection[0] if isinstance(selection, tuple) and selection else selection
+    if isinstance(first, (int, np.integer)):
+        keys = chunk_keys(array, int(first) % array.shape[0])
+    elif first in (slice(None), Ellipsis) and array.nchunks <= WHOLE_READ_CHECK:
+        keys = chunk_keys(array)
+    else:
+        return None
+    backend = array.store
+    return next((key for key in keys if not sync(backend.exists(key))), None)
+
+
 def read(array: zarr.Array, selection=slice(None)) -> np.ndarray:
     """``array[selection]``, with a damaged chunk raised as a :class:`CorruptStoreError` naming the
-    store, the entry (the selection's first index, when it is one) and the `inspect --verify` command."""
+    store, the entry (the selection's first index, when it is one) and the `inspect --verify` command.
+    A chunk file absent from the store is damage too (zarr alone would give the fill value)."""
+    first = selection[0] if isinstance(selection, tuple) and selection else selection
+    where = f"{entry_name(array)} {int(first)} of" if isinstance(first, (int, np.integer)) else "array"
+    missing = _absent(array, selection)
+    if missing is not None:
+        raise _damage(array, where, f"has no chunk file {missing}")
     try:
         return array[selection]
     except DECODE_ERRORS as err:
-        path = store_path(array)
-        first = selection[0] if isinstance(selection, tuple) else selection
-        where = f"{entry_name(array)} {int(first)} of" if isinstance(first, (int, np.integer)) else "array"
-        raise CorruptStoreError(
-            f"{path}: {where} `{array.path}` cannot be read ({type(err).__name__}: {err}); the store is damaged. "
-            f"Run `diffsketch inspect --verify {path}` to list the damage, and `--repair` to have the next run redo it"
-        ) from None
+        raise _damage(array, where, f"cannot be read ({type(err).__name__}: {err})") from None
 
 
 def compressors() -> tuple:
@@ -409,7 +461,10 @@ def create(path: str | Path, layout: StoreLayout, attrs: dict, overwrite: bool =
             raise StoreError(f"{path} already exists; pass --overwrite to replace it")
         remove(path)
     root = open_group(path, mode="w")
-    _create_arrays(root, layout)
+    with writing():  # every chunk of the whole-store arrays stored, zeros too: an absent one is damage
+        _create_arrays(root, layout)
+        for name in ("seeds", "labels", "prompt_ids"):
+            root[name][:] = np.zeros(layout.trajectories, dtype=np.int64)
     root.attrs.update({k: v for k, v in attrs.items() if k != "fingerprint"})
     root.attrs["format_version"] = FORMAT_VERSION
     root.attrs["halves"] = layout.halves
