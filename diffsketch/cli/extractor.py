@@ -11,8 +11,8 @@ from diffsketch.cli.common import ParamsOption, clean_errors, fail
 
 
 def extract(
-    inputs: Annotated[list[str], typer.Argument(help="image files, folders and glob patterns (quote patterns: 'photos/**/*.jpg')")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output folder: <stem>.png per image, folder sub-paths kept")],
+    inputs: Annotated[list[str], typer.Argument(help="image files, folders, glob patterns (quote patterns: 'photos/**/*.jpg') and video files (mp4 mov mkv webm gif)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder: <stem>.png per image, folder sub-paths kept; a video keeps its name, summary.json beside it")],
     model: Annotated[Path, typer.Option("--model", "-m", help="student from the distill stage, or a style folder")] = Path("models/student.safetensors"),
     size: Annotated[
         int | None,
@@ -28,14 +28,24 @@ def extract(
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs (default: skip them)")] = False,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="also look in the subfolders of folder inputs")] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    temporal: Annotated[bool, typer.Option(help="videos: steady lines where the scene is still, following motion (--no-temporal: each frame alone)")] = True,
 ) -> None:
     """Sketch images with the distilled student: one PNG (or SVG) per image, the size of the input.
 
     Dark lines on white, 8-bit grey (or RGBA with --transparent; --format svg: traced paths). Folders give their .png .jpg .jpeg .bmp .tif .tiff .webp
     files; a file named explicitly is always tried. Unreadable images are reported and skipped; exit status 1 if any failed.
+    A video file (mp4 mov mkv webm gif, named or matched by a pattern) gives a sketched clip of the same name, frame count,
+    frame rate and audio, and out/summary.json with its flicker and lag.
     """
-    from diffsketch.extractor import run_extract
+    from diffsketch.extractor import run_extract, split_videos
 
+    videos, inputs = split_videos(inputs)
+    videos_ok = True
+    if videos:
+        videos_ok = _extract_videos(videos, out, model, size, batch_size, device, backend, precision, format_, transparent,
+                                    threshold, overwrite, progress, temporal)  # fmt: skip
+        if not inputs:
+            raise typer.Exit(code=0 if videos_ok else 1)
     with clean_errors():
         report = run_extract(
             inputs, out, model, size=size, batch_size=batch_size, device=device, backend=backend, precision=precision,
@@ -52,7 +62,34 @@ def extract(
         typer.secho("failed:", err=True, fg=typer.colors.RED)
         for failure in report.failed:
             typer.secho(f"  {failure.message}", err=True, fg=typer.colors.RED)
+    if report.failed or not videos_ok:
         raise typer.Exit(code=1)
+
+
+def _extract_videos(videos, out, model, size, batch_size, device, backend, precision, format_, transparent, threshold,
+                    overwrite, progress, temporal) -> bool:  # fmt: skip
+    """The video files of ``extract``: one sketched clip each and out/summary.json; False if any failed."""
+    from diffsketch.extractor import ExtractError, SketchExtractor, extract_videos
+
+    with clean_errors():
+        if format_ != "png" or transparent:
+            raise ExtractError("a video's sketch is written as a video of grey frames; --format svg and --transparent apply to images only")
+        extractor = SketchExtractor.load(model, device, backend, precision=precision, batch_size=batch_size)
+        run = extract_videos(extractor, videos, out, size=size, temporal=temporal, threshold=threshold, overwrite=overwrite,
+                             progress=progress)  # fmt: skip
+    for target in run.skipped:
+        typer.echo(f"skipped, exists: {target} (use --overwrite to replace it)")
+    for report in run.reports:
+        typer.echo(report.line())
+    if run.summary is not None:
+        total = run.overall()
+        typer.echo(f"{'temporal' if temporal else 'per-frame'}: flicker {total.flicker:.4f}, lag {total.lag:.4f} "
+                   f"(per-frame flicker {total.per_frame_flicker:.4f}) -> {run.summary}")  # fmt: skip
+    if run.failed:
+        typer.secho("failed:", err=True, fg=typer.colors.RED)
+        for message in run.failed:
+            typer.secho(f"  {message}", err=True, fg=typer.colors.RED)
+    return not run.failed
 
 
 def export(

@@ -9,6 +9,7 @@ Public names (imported on first use, so importing the package costs nothing):
 - :mod:`~diffsketch.extractor.api`: ``SketchExtractor``, ``BACKENDS``, ``DEVICES``, ``PRECISIONS``, ``ExtractError``, ``extractor_device``, ``sketch_to_png``, ``sketch_to_svg``
 - :mod:`~diffsketch.extractor.batch`: ``IMAGE_EXTENSIONS``, ``ExtractReport``, ``prepare_image``, ``run_extract``
 - :mod:`~diffsketch.extractor.style_folder`: ``export_style``
+- :mod:`~diffsketch.extractor.video`: ``VIDEO_EXTENSIONS``, ``TemporalFilter``, ``VideoError``, ``VideoReport``, ``extract_videos``, ``is_video``, ``sketch_video``, ``split_videos``
 - :mod:`~diffsketch.extractor.web`: ``serve``
 """
 
@@ -21,6 +22,7 @@ __getattr__, __dir__, __all__ = attach(
         "api": ["SketchExtractor", "BACKENDS", "DEVICES", "PRECISIONS", "ExtractError", "extractor_device", "sketch_to_png", "sketch_to_svg"],
         "batch": ["IMAGE_EXTENSIONS", "ExtractReport", "prepare_image", "run_extract"],
         "style_folder": ["export_style"],
+        "video": ["VIDEO_EXTENSIONS", "TemporalFilter", "VideoError", "VideoReport", "extract_videos", "is_video", "sketch_video", "split_videos"],
         "web": ["serve"],
     },
 )
