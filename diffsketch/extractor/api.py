@@ -585,6 +585,18 @@ class SketchExtractor:
         documents = [sketch_to_svg(s, threshold) for s in sketches]
         return documents[0] if single else documents
 
+    def sketch_video(self, source, target, *, size: int | None = None, temporal=True, threshold: float | None = None,
+                     progress: bool = False):  # fmt: skip
+        """Sketch the video file ``source`` (mp4, mov, mkv, webm, gif) into ``target``, streaming;
+        :func:`diffsketch.extractor.video.sketch_video` with this extractor.
+
+        Returns:
+            A :class:`~diffsketch.extractor.video.VideoReport` (frames, frame rate, flicker and lag).
+        """
+        from diffsketch.extractor.video import sketch_video
+
+        return sketch_video(self, source, target, size=size, temporal=temporal, threshold=threshold, progress=progress)
+
 
 def _check_threshold(threshold: float | None) -> None:
     if threshold is not None and not 0.0 <= threshold <= 1.0:
