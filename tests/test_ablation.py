@@ -5,13 +5,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import CHROMIUM, LAUNCH_ARGS, REPO, run_in
 from typer.testing import CliRunner
 
-from conftest import CHROMIUM, LAUNCH_ARGS, REPO, run_in
 from diffsketch.ablation.runner import AblationError, Experiment, Row, check_repo, expected_params, load_rows, status
 from diffsketch.cli.main import app
 from diffsketch.core.params import load_params
@@ -130,7 +131,7 @@ def test_ablate_runs_rows_as_dvc_experiments_once(reproduced_repo, tmp_path):
 
     # DVC lists the three experiments with their params and metrics (a second route to the report's numbers)
     shown = json.loads(run_in([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo, stdout_only=True))
-    head = [b for b in shown if b["rev"] != "workspace"][0]
+    head = next(b for b in shown if b["rev"] != "workspace")
     exps = {e["name"]: e["revs"][0]["data"] for e in head["experiments"]}
     assert set(exps) == {"ablate-full", "ablate-wo-cdst", "ablate-wo-vae-fusion"}
     assert str(exps["ablate-wo-cdst"]["params"]["params.yaml"]["data"]["train"]["cdst"]).lower() in ("off", "false")
@@ -180,21 +181,175 @@ def _ablation_page_in_a_browser(page_path: Path) -> None:
         browser.close()
 
 
-def test_the_table_marks_the_best_mean_of_each_column_by_its_direction():
-    from diffsketch.ablation.runner import RowResult
-    from diffsketch.ablation.report import sketches_html, table_html, table_markdown
+# --- the runner, with a fake `dvc` ---------------------------------------------------------------
 
-    def result(name, ssim, chamfer, sketch=b"\x89PNG-" ):
-        return RowResult(Row(name, f"row {name}", {"train.cdst": "off"} if name == "b" else {}), "rev", {"ssim": ssim, "chamfer": chamfer},
-                         {"ssim": 0.01, "chamfer": 0.5}, 2, [("cat", b"photo", sketch + name.encode())], {}, {})  # fmt: skip
+FAKE_DVC = r"""
+import json, os, subprocess, sys, time
+from pathlib import Path
+import yaml
 
-    rows = [result("a", 0.30, 4.0), result("b", 0.50, 6.0), result("c", 0.40, 2.0)]
+state = Path(".dvc/tmp/fake-state.json")
+data = json.loads(state.read_text()) if state.is_file() else {}
+args = sys.argv[1:]
+Path(".dvc/tmp/fake-calls.txt").open("a").write(" ".join(args) + "\n")
+head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+if args[:3] == ["exp", "show", "--json"]:
+    exps = [{"name": n, "revs": [{"rev": e["rev"], "name": n, "data": {"rev": e["rev"], "params": {"params.yaml": {"data": e["params"]}},
+             "metrics": {"reports/eval/metrics.json": {"data": {"student": {"ssim": 0.5}}}}}, "error": None}]} for n, e in data.items()]
+    print(json.dumps([{"rev": "workspace", "experiments": None}, {"rev": head, "experiments": exps}]))
+    sys.exit(0)
+assert args[:4] == ["exp", "run", "--temp", "-f"], args
+name = args[args.index("-n") + 1]
+params = yaml.safe_load(Path("params.yaml").read_text())
+for i, item in enumerate(args):
+    if item == "-S":
+        key, value = args[i + 1].split(":", 1)[1].split("=", 1)
+        section, leaf = key.split(".")
+        params[section][leaf] = yaml.safe_load(value)
+print(f"Reproducing experiment '{name}'", flush=True)
+print("Stage 'sample' didn't change, skipping", flush=True)
+for stage in ("train", "evaluate"):
+    print(f"Running stage '{stage}':", flush=True)
+    time.sleep(float(os.environ.get("FAKE_STAGE_SECONDS", "0.4")))
+if name in os.environ.get("FAKE_FAIL", "").split(","):
+    print(f"ERROR: failed to reproduce 'evaluate': {name} broke", flush=True)
+    sys.exit(1)
+seed = params["train"]["seed"]
+rows = ["dataset,image,method,ssim,chamfer,f_score,lines"]
+for k, image in enumerate(["a.png", "b.png", "c.png"]):
+    rows.append(f"eval,eval/{image},student,{0.5 + 0.01 * seed + 0.01 * k},{3.0 + k},{0.4 + 0.02 * k},1")
+    rows.append(f"eval,eval/{image},generator,{0.3 + 0.01 * k},181.0,0.0,0")  # no line pixels drawn
+env = {**os.environ, "GIT_INDEX_FILE": ".dvc/tmp/fake-index"}
+git = lambda *a, inp=None: subprocess.run(["git", *a], input=inp, capture_output=True, text=True, env=env, check=True).stdout.strip()
+git("read-tree", "HEAD")
+blob = git("hash-object", "-w", "--stdin", inp="\n".join(rows) + "\n")
+git("update-index", "--add", "--cacheinfo", f"100644,{blob},reports/eval/per_image.csv")
+rev = git("commit-tree", git("write-tree"), "-p", head, "-m", name)
+data[name] = {"rev": rev, "params": params}
+state.write_text(json.dumps(data))
+print("Ran experiment(s): " + name, flush=True)
+"""
+
+
+@pytest.fixture
+def fake_dvc(tmp_path, monkeypatch):
+    """A git + DVC-looking repo (params.yaml, dvc.yaml, .dvc, one commit) whose `dvc` is a fake that records its calls."""
+    from diffsketch.ablation import runner
+
+    repo = tmp_path / "repo"
+    (repo / ".dvc" / "tmp").mkdir(parents=True)
+    shutil.copy(REPO / "params.yaml", repo / "params.yaml")
+    (repo / "dvc.yaml").write_text("stages: {}\n")
+    (repo / "dvc.lock").write_text("schema: '2.0'\n")
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    for args in (["init", "-q"], ["add", "params.yaml", "dvc.yaml", "dvc.lock"], ["commit", "-qm", "start"]):
+        subprocess.run(["git", *args], cwd=repo, check=True)
+    (tmp_path / "fake_dvc.py").write_text(FAKE_DVC)
+    monkeypatch.setattr(runner, "DVC", [sys.executable, str(tmp_path / "fake_dvc.py")])
+    monkeypatch.chdir(repo)
+    return repo
+
+
+def _runs(repo: Path) -> list[str]:
+    calls = (repo / ".dvc" / "tmp" / "fake-calls.txt").read_text().splitlines()
+    return [c.split(" -n ")[1].split()[0] for c in calls if c.startswith("exp run")]
+
+
+def test_the_runner_streams_each_experiment_names_failures_and_resumes(fake_dvc, monkeypatch):
+    from diffsketch.ablation import runner
+
+    rows = [Row("full", "", {}), Row("wo-cdst", "", {"train.cdst": "off"}), Row("wo-l1", "", {"losses.l1": 0})]
+    echoed: list[tuple[float, str]] = []
+    echo = lambda line: echoed.append((time.monotonic(), line))
+    monkeypatch.setenv("FAKE_FAIL", "ablate-wo-cdst")
+    monkeypatch.setattr(runner, "HEARTBEAT_SECONDS", 0.25)  # the fake's stages are silent for 0.4 s
+    with pytest.raises(AblationError, match=r"1 experiment\(s\) failed: ablate-wo-cdst \(log: .*ablate-wo-cdst\.log\)") as err:
+        runner.run_ablation(fake_dvc, rows, echo=echo)
+    lines = [line for _, line in echoed]
+    assert lines[0] == "3 experiment(s) (3 row(s) x 1 seed(s)): 0 done and skipped, 3 to run"
+    assert "[1/3] ablate-full: reused sample (unchanged)" in lines
+    train = next(t for t, line in echoed if line.startswith("[1/3] ablate-full: stage train ("))
+    done = next(t for t, line in echoed if line.startswith("[1/3] ablate-full: done in "))
+    assert done - train >= 0.7  # printed while the experiment ran (two stages of 0.4 s each came after it)
+    assert any(line.startswith("[1/3] ablate-full: stage train (") and "still running" in line for line in lines)
+    failed = next(line for line in lines if line.startswith("[2/3] ablate-wo-cdst: FAILED"))
+    assert "in stage evaluate" in failed and "ablate-wo-cdst.log" in failed
+    assert "[3/3] ablate-wo-l1: done in" in " ".join(lines)  # the rows after a failure still run
+    log_file = fake_dvc / ".dvc" / "tmp" / "ablate" / "ablate-wo-cdst.log"
+    assert str(log_file) in str(err.value) and "ablate-wo-cdst broke" in log_file.read_text()
+    assert _runs(fake_dvc) == ["ablate-full", "ablate-wo-cdst", "ablate-wo-l1"]
+
+    monkeypatch.setenv("FAKE_FAIL", "")
+    echoed.clear()
+    runner.run_ablation(fake_dvc, rows, echo=echo)  # returns once the unfinished row is done
+    assert echoed[0][1] == "3 experiment(s) (3 row(s) x 1 seed(s)): 2 done and skipped, 1 to run"
+    assert _runs(fake_dvc)[3:] == ["ablate-wo-cdst"]
+    echoed.clear()
+    runner.run_ablation(fake_dvc, rows, echo=echo)
+    assert [line for _, line in echoed] == ["nothing to run: all 3 experiment(s) have their results (diffsketch ablate --show prints them)"]
+    assert len(_runs(fake_dvc)) == 4
+
+
+def test_seeds_run_each_row_with_shifted_training_seeds_and_show_fits_100_columns(fake_dvc, monkeypatch):
+    monkeypatch.setenv("FAKE_STAGE_SECONDS", "0")
+    rows = {"full": {"description": "the full method", "set": {}},
+            "a-very-long-row-name-for-the-width": {"description": "w/o CDST", "set": {"train.cdst": "off"}}}  # fmt: skip
+    _write_rows(fake_dvc.parent / "rows.yaml", rows)
+    result = CliRunner().invoke(app, ["ablate", "--rows", str(fake_dvc.parent / "rows.yaml"), "--seeds", "2", "--only", "full"])
+    assert result.exit_code == 0, result.output
+    assert _runs(fake_dvc) == ["ablate-full", "ablate-full-seed1"]
+    calls = (fake_dvc / ".dvc" / "tmp" / "fake-calls.txt").read_text()
+    assert "params.yaml:train.seed=1 -S params.yaml:pairs.seed=1 -S params.yaml:distill.seed=1" in calls  # params.yaml's seeds are 0
+    assert "[2/2] ablate-full-seed1: done in" in result.output and "wrote reports/ablation/index.html (1 rows)" in result.output
+
+    result = CliRunner().invoke(app, ["ablate", "--rows", str(fake_dvc.parent / "rows.yaml"), "--seeds", "2"])
+    assert result.exit_code == 0 and _runs(fake_dvc)[2:] == ["ablate-a-very-long-row-name-for-the-width",
+                                                             "ablate-a-very-long-row-name-for-the-width-seed1"]  # fmt: skip
+    shown = CliRunner().invoke(app, ["ablate", "--rows", str(fake_dvc.parent / "rows.yaml"), "--seeds", "2", "--show"])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert max(map(len, lines)) <= 100 and len(_runs(fake_dvc)) == 4  # --show runs nothing
+    assert lines[0].split() == ["row", "sd", "gen", "ssim", "↑", "gen", "F", "↑", "gen", "chamfer", "↓", "stu", "ssim", "↑", "stu", "F", "↑",
+                                "stu", "chamfer", "↓"]  # fmt: skip
+    full = next(line for line in lines if line.startswith("full "))
+    # the student's ssim per seed: images 0.50, 0.51, 0.52 (+0.01 for seed 1): seed means 0.51 and 0.52 -> mean 0.515,
+    # half-width t(0.975, 1) * 0.00707 / sqrt(2) = 12.706 * 0.005 = 0.0635; the generator drew no lines
+    assert full.split()[1:] == ["2", "0.310±0.000", "no", "lines", "no", "lines", "0.515±0.064", "0.420±0.000", "4.000±0.000"]
+    assert "tiny random model: these figures check the pipeline, not the method" in shown.output  # params.yaml's model is tiny
+    report = json.loads((fake_dvc / "reports" / "ablation" / "results.json").read_text())
+    assert report[0]["scores"]["generator"]["chamfer"]["mean"] is None and report[0]["lines"] == {"generator": "0/3", "student": "3/3"}
+
+
+def _result(name, values: dict[str, tuple], model="tiny"):
+    from diffsketch.ablation.runner import RowResult, Score
+
+    scores = {"student": {k: Score(*v, n=3, over="seeds") if v[0] is not None else Score(None) for k, v in values.items()}}
+    return RowResult(Row(name, f"row {name}", {"train.cdst": "off"} if name == "b" else {}), ["rev"] * 3, 2, scores,
+                     [("cat", b"photo", {"student": b"\x89PNG-" + name.encode()})], {}, {}, model, {"student": "2/2"})  # fmt: skip
+
+
+def test_a_row_is_best_only_where_its_interval_clears_the_others_and_no_lines_is_never_ranked():
+    from diffsketch.ablation.report import best_row, show_table, sketches_html, table_html, table_markdown
+
+    rows = [
+        _result("a", {"ssim": (0.30, 0.28, 0.32), "chamfer": (4.0, 3.0, 5.0)}),
+        _result("b", {"ssim": (0.50, 0.45, 0.55), "chamfer": (None,)}),  # drew no lines: its chamfer sentinel is not a score
+        _result("c", {"ssim": (0.40, 0.33, 0.47), "chamfer": (2.0, 1.5, 4.5)}),  # overlaps a's chamfer interval
+    ]
+    assert best_row(rows, "student", "ssim") is None  # b's interval (0.45..0.55) overlaps c's (0.33..0.47): no bold
+    assert best_row(rows, "student", "chamfer") is None  # a and c overlap; b is not ranked
+    rows[2] = _result("c", {"ssim": (0.40, 0.36, 0.44), "chamfer": (1.0, 0.5, 1.5)})
+    assert best_row(rows, "student", "ssim") == "b" and best_row(rows, "student", "chamfer") == "c"
     markdown = table_markdown(rows).splitlines()
-    assert markdown[0] == "| row | changes | ssim ↑ | chamfer (px) ↓ |"
-    assert markdown[2] == "| a | `(none)` | 0.3000 ± 0.0100 | 4.0000 ± 0.5000 |"
-    assert markdown[3] == '| b | `train.cdst="off"` | **0.5000** ± 0.0100 | 6.0000 ± 0.5000 |'  # highest ssim
-    assert markdown[4] == "| c | `(none)` | 0.4000 ± 0.0100 | **2.0000** ± 0.5000 |"  # lowest chamfer
+    assert markdown[0].startswith("> These rows ran with the tiny random model")
+    assert markdown[2] == "| row | changes | seeds | student ssim ↑ | student chamfer (px) ↓ |"
+    assert markdown[4] == "| a | `(none)` | 3 | 0.3000 ± 0.0200 | 4.0000 ± 1.0000 |"
+    assert markdown[5] == '| b | `train.cdst="off"` | 3 | **0.5000 ± 0.0500** | no lines |'
+    assert markdown[6] == "| c | `(none)` | 3 | 0.4000 ± 0.0400 | **1.0000 ± 0.5000** |"
     html = table_html(rows)
-    assert html.count("<strong>") == 2 and "<strong>0.5000 ± 0.0100</strong>" in html and "<strong>2.0000 ± 0.5000</strong>" in html
-    sketches = sketches_html(rows)
-    assert sketches.count("<img ") == 1 + 3 and sketches.index('alt="a: cat"') < sketches.index('alt="b: cat"') < sketches.index('alt="c: cat"')
+    assert html.count("<strong>") == 2 and '<td class="num nolines" data-metric="student.chamfer">no lines</td>' in html
+    assert sketches_html(rows).count("<img ") == 1 + 3
+    long = [_result("x" * 60, {"ssim": (0.123456, 0.1, 0.2), "f_score": (0.5, 0.4, 0.6), "chamfer": (123.45, 100.0, 150.0)})] * 2
+    assert max(len(line) for line in show_table(long).splitlines()) <= 100
+    assert show_table(long).splitlines()[-3] == "tiny random model: these figures check the pipeline, not the method"

@@ -5,8 +5,8 @@ In: ``core`` and the evaluation"s metrics and results. Out: one DVC experiment p
 
 Public names (imported on first use, so importing the package costs nothing):
 
-- :mod:`~diffsketch.ablation.runner`: ``AblationError``, ``METHOD``, ``RowResult``, ``check_repo``, ``collect``, ``head_commit``, ``load_rows``, ``run_ablation``
-- :mod:`~diffsketch.ablation.report`: ``write_report``
+- :mod:`~diffsketch.ablation.runner`: ``AblationError``, ``METHOD``, ``METHODS``, ``RowResult``, ``Run``, ``Score``, ``check_repo``, ``collect``, ``head_commit``, ``load_rows``, ``mean_interval``, ``run_ablation``
+- :mod:`~diffsketch.ablation.report`: ``show_table``, ``write_report``
 """
 
 from diffsketch.core import attach
@@ -15,7 +15,7 @@ __getattr__, __dir__, __all__ = attach(
     __name__,
     submodules=[],
     submod_attrs={
-        "runner": ["AblationError", "METHOD", "RowResult", "check_repo", "collect", "head_commit", "load_rows", "run_ablation"],
-        "report": ["write_report"],
+        "runner": ["AblationError", "METHOD", "METHODS", "RowResult", "Run", "Score", "check_repo", "collect", "head_commit", "load_rows", "mean_interval", "run_ablation"],
+        "report": ["show_table", "write_report"],
     },
 )

@@ -12,26 +12,34 @@ from diffsketch.cli.common import ParamsOption, clean_errors, fail
 
 def ablate(
     rows: Annotated[Path, typer.Option(help="the ablation rows: name -> description and params changes")] = Path("presets/ablations.yaml"),
-    only: Annotated[list[str] | None, typer.Option("--only", help="run just this row (repeatable)")] = None,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="experiments run at once (dvc queue start --jobs)")] = 1,
+    only: Annotated[list[str] | None, typer.Option("--only", help="run just these rows (repeatable, or comma-separated)")] = None,
+    seeds: Annotated[int | None, typer.Option("--seeds", min=1, help="training seeds per row (default: 1 with the tiny model, else 3)")] = None,
     report_only: Annotated[bool, typer.Option("--report", help="write the report from the finished rows; run nothing")] = False,
+    show: Annotated[bool, typer.Option("--show", help="print the finished rows' key scores (100 columns); run nothing")] = False,
     out: Annotated[Path, typer.Option(help="folder of the ablation report")] = Path("reports/ablation"),
     params: ParamsOption = Path("params.yaml"),
 ) -> None:
-    """Run the paper's ablations as DVC experiments (rows without a result only), then write their report."""
-    from diffsketch.ablation import check_repo, collect, head_commit, load_rows, run_ablation, write_report
+    """Run the paper's ablations as DVC experiments (rows x seeds without a result only, one by one), then write their report."""
+    from diffsketch.ablation import check_repo, collect, head_commit, load_rows, run_ablation, show_table, write_report
+    from diffsketch.core import load_params
 
     with clean_errors():
-        selected = load_rows(rows, only)
-        if report_only:
-            check_repo(Path.cwd())
-        else:
-            run_ablation(Path.cwd(), selected, jobs, params, echo=typer.echo)
-        results = collect(Path.cwd(), selected)
+        names = [name.strip() for item in only or [] for name in item.split(",") if name.strip()]
+        selected = load_rows(rows, names or None)
+        check_repo(Path.cwd())  # before the params: the first thing a new user needs to fix
+        if seeds is None:
+            seeds = 1 if load_params(params).model.id == "tiny" else 3
+        if not (report_only or show):
+            run_ablation(Path.cwd(), selected, seeds, params, echo=typer.echo)
+        results = collect(Path.cwd(), selected, seeds, params)
         if not results:
             fail(f"no row of {rows} has finished yet; run diffsketch ablate first")
         missing = [r.name for r in selected if r.name not in {x.row.name for x in results}]
+        if show:
+            typer.echo(show_table(results))
         if missing:
             typer.echo(f"not in the report (not run yet, or run with other params): {', '.join(missing)}")
+        if show:
+            return
         page = write_report(results, out, head_commit(Path.cwd()))
     typer.echo(f"wrote {page} ({len(results)} rows)")
