@@ -247,6 +247,75 @@ def read_rgb(path: str | Path, *, param: str | None = None) -> torch.Tensor:
     return _rgb_tensor(_decoded(path, param))
 
 
+_EIGHT_BIT_MODES = ("1", "L", "P", "RGB", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def image_size(source: str | Path | bytes, *, param: str | None = None) -> tuple[int, int]:
+    """(height, width) of an image file (a path, or a file's bytes) as displayed, from its header only.
+
+    Raises:
+        ImageError: a missing path, a folder, or data PIL does not recognise as an image.
+    """
+    import io
+
+    if isinstance(source, (bytes, bytearray)):
+        name, fix, opened = f"the {len(source)} bytes given are", "pass a complete PNG or JPEG file's bytes", io.BytesIO(source)
+    else:
+        path, fix = _existing_file(source, param)
+        name, opened = f"{path} is", path
+    try:
+        with Image.open(opened) as im:
+            width, height = im.size
+            if _orientation(im) in (5, 6, 7, 8):
+                width, height = height, width
+    except READ_ERRORS as err:
+        raise ImageError(f"{name} not a readable image ({err}); {fix}") from None
+    return height, width
+
+
+def read_rgb_bounded(source: str | Path | bytes, *, max_side: int | None = None, param: str | None = None) -> torch.Tensor:
+    """An image file (a path, or a file's bytes) as a (3, H, W) tensor, decoded with bounded memory.
+
+    Like :func:`read_rgb` (EXIF orientation applied, any PIL mode), with two differences that keep a
+    large photo small in memory:
+
+    - 8-bit pictures without transparency stay 8-bit: a ``uint8`` tensor (divide by 255 for
+      [0, 1]); others (transparency, 16-bit, float) are float32 in [0, 1] as :func:`read_rgb` gives.
+    - with ``max_side``, a picture whose long side is at least twice ``max_side`` is decoded at a
+      reduced size, never below ``max_side``: JPEG by its DCT scaling (``Image.draft``), other
+      formats by whole-pixel box averaging (``Image.reduce``). The caller resizes to the exact size.
+
+    Raises:
+        ImageError: a missing, unreadable, truncated or non-image file.
+    """
+    import io
+    import math
+
+    if isinstance(source, (bytes, bytearray)):
+        name, fix, opened = f"the {len(source)} bytes given", "pass a complete PNG or JPEG file's bytes", io.BytesIO(source)
+    else:
+        path, fix = _existing_file(source, param)
+        name, opened, fix = str(path), path, f"re-save it as PNG, or {fix}"
+    try:
+        with Image.open(opened) as im:
+            if max_side is not None and max(im.size) >= 2 * max_side:
+                scale = max_side / max(im.size)
+                if im.format == "JPEG":
+                    im.draft(im.mode, (math.ceil(im.width * scale), math.ceil(im.height * scale)))
+                im.load()
+                factor = max(im.size) // max_side
+                if factor >= 2 and im.mode in ("L", "RGB", "CMYK", "RGBA", "LA", "I", "F"):
+                    im = im.reduce(factor)
+            else:
+                im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in _EIGHT_BIT_MODES and "transparency" not in im.info:
+                return torch.from_numpy(np.asarray(im.convert("RGB")).transpose(2, 0, 1).copy())
+            return _rgb_tensor(_pixels(im))
+    except READ_ERRORS as err:
+        raise ImageError(f"{name} could not be read as an image ({err}); {fix}") from None
+
+
 def load_sketch(
     path: str | Path,
     size: int,

@@ -45,9 +45,10 @@ import importlib.util
 import io
 import os
 import tempfile
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -55,7 +56,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from diffsketch.core import DiffsketchError, devices, pil_to_tensor
+from diffsketch.core import DiffsketchError, ImageError, devices, pil_to_tensor
+from diffsketch.core import images as core_images
+from diffsketch.extractor.lines import LineStyle, LineStyleError, apply_lines, hex_colour, render
+from diffsketch.extractor.tiles import DEFAULT_TILE, TiledStudent
 from diffsketch.student import Student, StudentConfig, StudentLoadError, load_student, smallest_side
 
 WEIGHTS_FILE = "student.safetensors"
@@ -66,6 +70,27 @@ BACKENDS = ("auto", "torch", "onnx")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar")
+MAX_MEGAPIXELS = 40.0  # the default cap on a photo's pixels, for the API, `extract` and the web page
+
+
+class TooLargeError(ImageError):
+    """A photo has more pixels than the megapixel cap; the message names the cap and how to raise it."""
+
+
+def check_megapixels(height: int, width: int, cap: float | None, name: str = "the image") -> None:
+    """Refuse a ``width`` x ``height`` picture over ``cap`` megapixels (None: no cap), before decoding it.
+
+    >>> check_megapixels(6000, 8000, 50.0)
+    >>> check_megapixels(6000, 8000, 40.0, "big.jpg")
+    Traceback (most recent call last):
+    ...
+    diffsketch.extractor.api.TooLargeError: big.jpg is 8000x6000 px (48.0 megapixels), over the cap of 40 megapixels; raise the cap with --max-megapixels (max_megapixels= in SketchExtractor.load), or downscale the photo
+    """
+    if cap is not None and height * width > cap * 1e6:
+        raise TooLargeError(
+            f"{name} is {width}x{height} px ({height * width / 1e6:.1f} megapixels), over the cap of {cap:g} megapixels; "
+            "raise the cap with --max-megapixels (max_megapixels= in SketchExtractor.load), or downscale the photo"
+        )
 
 
 class ExtractError(DiffsketchError, ValueError):
@@ -364,11 +389,18 @@ def to_tensor(image) -> torch.Tensor:
 
 def resize_capped(image: torch.Tensor, size: int | None) -> torch.Tensor:
     """``image`` (3, H, W) downscaled (antialiased bilinear) so its long side is at most ``size``."""
-    height, width = image.shape[-2:]
-    new_h, new_w = cap_size(height, width, size)
-    if (new_h, new_w) == (height, width):
+    return resize_to(image, cap_size(*image.shape[-2:], size))
+
+
+def resize_to(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``image`` (3, H, W), float in [0, 1] or uint8, resized (antialiased bilinear) to ``shape`` = (height, width).
+
+    Unchanged (and of the same type) when it has that shape already; else float32 in [0, 1].
+    """
+    if tuple(image.shape[-2:]) == tuple(shape):
         return image
-    out = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)[0]
+    values = image.float() / 255.0 if image.dtype == torch.uint8 else image
+    out = F.interpolate(values[None], size=tuple(shape), mode="bilinear", antialias=True, align_corners=False)[0]
     return out.clamp(0, 1)
 
 
@@ -377,38 +409,42 @@ def resize_capped(image: torch.Tensor, size: int | None) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def sketch_to_png(sketch: np.ndarray, transparent: bool = False, threshold: float | None = None) -> Image.Image:
+def sketch_to_png(
+    sketch: np.ndarray, transparent: bool = False, threshold: float | None = None, *, style: LineStyle | None = None
+) -> Image.Image:
     """A (H, W) sketch in [0, 1] (1 = paper) as a PIL image ready to save as PNG.
 
     Args:
         sketch: the network's output for one image.
         transparent: RGBA with black ink and alpha = 1 - sketch (paper transparent) instead of grey.
         threshold: binarise first: values below it become ink (0), the others paper (1).
+        style: the line controls (:class:`~diffsketch.extractor.lines.LineStyle`), instead of
+            ``transparent`` and ``threshold``.
 
     Returns:
-        Mode ``L`` (dark lines on white) or ``RGBA``; alpha is exactly 255 minus the grey value.
+        Mode ``L`` (dark lines on white), ``RGB`` (other colours) or ``RGBA`` (transparent paper;
+        alpha is exactly 255 minus the grey value).
     """
-    values = np.clip(np.nan_to_num(sketch.astype(np.float32), nan=1.0), 0.0, 1.0)
-    if threshold is not None:
-        values = np.where(values < threshold, 0.0, 1.0)
-    grey = np.rint(values * 255.0).astype(np.uint8)
-    if not transparent:
-        return Image.fromarray(grey)  # uint8 (H, W) -> mode L
-    rgba = np.zeros((*grey.shape, 4), dtype=np.uint8)
-    rgba[..., 3] = 255 - grey
-    return Image.fromarray(rgba)  # uint8 (H, W, 4) -> mode RGBA
+    if style is None:
+        style = LineStyle(threshold=threshold, background="transparent" if transparent else None)
+    return render(apply_lines(sketch, style), style)
 
 
 SVG_THRESHOLD = 0.5  # ink below this when tracing without an explicit threshold
 
 
-def sketch_to_svg(sketch: np.ndarray | Image.Image, threshold: float | None = None, speckle: int = 2) -> str:
+def sketch_to_svg(
+    sketch: np.ndarray | Image.Image, threshold: float | None = None, speckle: int = 2, *, style: LineStyle | None = None
+) -> str:
     """The ink of a sketch traced into SVG paths by vtracer (binary mode, splines), black on nothing.
 
     Args:
         sketch: (H, W) values in [0, 1] (1 = paper), or a sketch image as :func:`sketch_to_png` gives.
         threshold: ink below this value (default :data:`SVG_THRESHOLD`).
         speckle: vtracer's ``filter_speckle``: ink blobs smaller than this many pixels across are dropped.
+        style: the line controls, instead of ``threshold``: the lines are binarised, cleaned and
+            widened as for PNG, then traced at 0.5; the paths are filled with ``line_color`` and a
+            ``background`` colour (not ``transparent``) becomes a rectangle under them.
 
     Returns:
         An SVG document of the sketch's size (width, height and viewBox in pixels).
@@ -421,6 +457,8 @@ def sketch_to_svg(sketch: np.ndarray | Image.Image, threshold: float | None = No
         values = sketch_image_values(sketch)
     else:
         values = np.clip(np.nan_to_num(np.asarray(sketch, dtype=np.float32), nan=1.0), 0.0, 1.0)
+    if style is not None:
+        values, threshold = apply_lines(values, style), SVG_THRESHOLD
     ink = values < (SVG_THRESHOLD if threshold is None else threshold)
     height, width = ink.shape
     buffer = io.BytesIO()
@@ -432,7 +470,12 @@ def sketch_to_svg(sketch: np.ndarray | Image.Image, threshold: float | None = No
     start = svg.index("<svg")
     head_end = svg.index(">", start)
     head = f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{width}" height="{height}" viewBox="0 0 {width} {height}">'
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + head + svg[head_end + 1 :]
+    body = svg[head_end + 1 :]
+    if style is not None:
+        body = body.replace('fill="#000000"', f'fill="{hex_colour(style.line_color)}"')
+        if style.background is not None and not style.transparent:
+            head += f'\n<rect width="{width}" height="{height}" fill="{hex_colour(style.background)}"/>'
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + head + body
 
 
 def sketch_image_values(image: Image.Image) -> np.ndarray:
@@ -461,13 +504,22 @@ class SketchExtractor:
 
     Use :meth:`load`; the instance is safe to share between threads for inference (the web page
     keeps one per style).
+
+    Sizes: a photo is sketched at its own resolution unless ``size`` caps its long side. One
+    larger than ``tile`` pixels on a side goes through the network by overlapping tiles with
+    whole-image normalisation statistics (:mod:`diffsketch.extractor.tiles`), so memory stays
+    bounded and the sketch equals the whole-image pass; ``tile=0`` runs every photo whole. A
+    photo over ``max_megapixels`` is refused before it is decoded (:class:`TooLargeError`).
     """
 
     def __init__(self, runner, config: StudentConfig, meta: dict, files: ModelFiles, backend: str, precision: str,
-                 device: torch.device, batch_size: int):  # fmt: skip
+                 device: torch.device, batch_size: int, *, student: Student | None = None, tile: int = DEFAULT_TILE,
+                 max_megapixels: float | None = MAX_MEGAPIXELS):  # fmt: skip
         self._runner, self.config, self.meta, self.files = runner, config, meta, files
         self.backend, self.precision, self.device, self.batch_size = backend, precision, device, batch_size
         self.min_side = smallest_side(config)
+        self.tile, self.max_megapixels = tile, max_megapixels
+        self._student, self._tiled, self._tile_lock = student, None, threading.Lock()
 
     @classmethod
     def load(
@@ -479,6 +531,8 @@ class SketchExtractor:
         precision: str = "auto",
         threads: int | None = None,
         batch_size: int = 8,
+        tile: int = DEFAULT_TILE,
+        max_megapixels: float | None = MAX_MEGAPIXELS,
     ) -> SketchExtractor:
         """Load a student from a style folder, a ``.safetensors`` file (``.json`` config beside it) or a ``.onnx`` graph.
 
@@ -490,6 +544,9 @@ class SketchExtractor:
             threads: intra-op threads for ONNX Runtime (None: as many as PyTorch uses); PyTorch's
                 own setting (``torch.set_num_threads``) is left to the caller.
             batch_size: at most this many same-size images go through one forward pass.
+            tile: photos with a side over this many pixels are sketched by tiles (0: never); tiles
+                need the student's safetensors weights.
+            max_megapixels: photos with more pixels are refused (None: no cap).
 
         Raises:
             StudentLoadError: missing, unreadable or refused model files.
@@ -497,6 +554,9 @@ class SketchExtractor:
         """
         if batch_size < 1:
             raise ExtractError(f"--batch-size {batch_size} must be at least 1")
+        _check_tile(tile)
+        if max_megapixels is not None and not max_megapixels > 0:
+            raise ExtractError(f"--max-megapixels {max_megapixels} must be a positive number")
         torch_device = extractor_device(device)
         files = locate(path)
         backend, precision = choose(backend, precision, torch_device, files)
@@ -512,7 +572,8 @@ class SketchExtractor:
             runner = _OnnxRunner(files.onnx, torch_device, threads)
         else:
             runner = _OnnxRunner(_export_temporary(files.weights), torch_device, threads)
-        return cls(runner, config, meta, files, backend, precision, torch_device, batch_size)
+        return cls(runner, config, meta, files, backend, precision, torch_device, batch_size, student=model, tile=tile,
+                   max_megapixels=max_megapixels)  # fmt: skip
 
     def __repr__(self) -> str:
         where = self.files.folder or self.files.weights or self.files.onnx
@@ -520,14 +581,35 @@ class SketchExtractor:
 
     # --- the core: tensors in, arrays out -----------------------------------------------------
 
-    def sketch_tensors(self, images: Sequence[torch.Tensor]) -> list[np.ndarray]:
-        """(3, H, W) RGB tensors in [0, 1] -> (H, W) float32 sketches in [0, 1] (1 = paper), in order.
+    def needs_tiles(self, image: torch.Tensor, tile: int | None = None) -> bool:
+        """True when ``image`` (3, H, W) has a side over the tile size (``tile``, else the extractor's)."""
+        tile = self.tile if tile is None else tile
+        return tile > 0 and max(image.shape[-2:]) > tile
 
-        Consecutive images of one size go through the network together, at most ``batch_size`` at a time.
+    def _sketch_tiled(self, image: torch.Tensor, tile: int) -> np.ndarray:
+        if self._student is None:
+            height, width = image.shape[-2:]
+            raise ExtractError(
+                f"the image is {width}x{height} px, over the {tile} px tile side, and tiles need the student's "
+                f"{WEIGHTS_FILE}; this model is an ONNX graph only: pass --tile 0 (tile=0) to sketch it whole, or cap it with --size"
+            )
+        with self._tile_lock:
+            if self._tiled is None:
+                fast = self._runner.model if isinstance(self._runner, _TorchRunner) else inference_student(self._student, "fp32", self.device)
+                self._tiled = TiledStudent.build(fast, self.device)
+            return self._tiled(image, tile)
+
+    def sketch_tensors(self, images: Sequence[torch.Tensor], *, tile: int | None = None) -> list[np.ndarray]:
+        """(3, H, W) RGB tensors (float in [0, 1], or uint8) -> (H, W) float32 sketches in [0, 1] (1 = paper), in order.
+
+        Consecutive images of one size go through the network together, at most ``batch_size`` at a
+        time; an image with a side over the tile size (``tile``, else the extractor's) goes alone, by tiles.
 
         Raises:
             ExtractError: an image smaller than the network's smallest side.
         """
+        tile = self.tile if tile is None else tile
+        _check_tile(tile)
         for image in images:
             if min(image.shape[-2:]) < self.min_side:
                 height, width = image.shape[-2:]
@@ -535,26 +617,70 @@ class SketchExtractor:
         out: list[np.ndarray] = []
         start = 0
         while start < len(images):
+            if self.needs_tiles(images[start], tile):
+                out.append(self._sketch_tiled(images[start], tile))
+                start += 1
+                continue
             end = start + 1
-            while end < len(images) and end - start < self.batch_size and images[end].shape == images[start].shape:
+            while (end < len(images) and end - start < self.batch_size and images[end].shape == images[start].shape
+                   and images[end].dtype == images[start].dtype
+                   and not self.needs_tiles(images[end], tile)):  # fmt: skip
                 end += 1
-            out += list(self._runner(torch.stack(list(images[start:end]))))
+            batch = torch.stack(list(images[start:end]))
+            out += list(self._runner(batch.float() / 255.0 if batch.dtype == torch.uint8 else batch))
             start = end
         return out
 
     def prepare(self, image, size: int | None = None) -> torch.Tensor:
-        """One input as the (3, H, W) tensor the network sees: loaded, converted, capped to ``size``."""
+        """One input as the (3, H, W) tensor the network sees: loaded, converted, capped to ``size``.
+
+        A path or bytes is checked against ``max_megapixels`` from its header, then decoded at a
+        reduced size when ``size`` is at most half its long side; an 8-bit photo that needs no
+        resizing stays ``uint8`` (:func:`~diffsketch.core.images.read_rgb_bounded`).
+
+        Raises:
+            TooLargeError: over the megapixel cap. ImageError: an unreadable input. ExtractError: a bad ``size``.
+        """
         if size is not None and size < 1:
             raise ExtractError(f"size {size} must be a positive number of pixels")
-        return resize_capped(to_tensor(image), size)
+        if isinstance(image, (str, os.PathLike, bytes, bytearray)):
+            name = str(image) if isinstance(image, (str, os.PathLike)) else f"the {len(image)} bytes given"
+            height, width = core_images.image_size(image)
+            check_megapixels(height, width, self.max_megapixels, name)
+            return resize_to(core_images.read_rgb_bounded(image, max_side=size), cap_size(height, width, size))
+        tensor = to_tensor(image)
+        check_megapixels(*tensor.shape[-2:], self.max_megapixels)
+        return resize_capped(tensor, size)
 
-    def arrays(self, images, size: int | None = None) -> list[np.ndarray]:
-        """Sketches as (H, W) float32 arrays in [0, 1] for a list of inputs."""
-        return self.sketch_tensors([self.prepare(image, size) for image in images])
+    def arrays(self, images, size: int | None = None, *, tile: int | None = None) -> list[np.ndarray]:
+        """Sketches as (H, W) float32 arrays in [0, 1] for a list of inputs (one at a time when tiled)."""
+        out = []
+        pending: list[torch.Tensor] = []
+        for image in images:
+            tensor = self.prepare(image, size)
+            if self.needs_tiles(tensor, tile):
+                out += self.sketch_tensors(pending, tile=tile) + self.sketch_tensors([tensor], tile=tile)
+                pending = []
+            else:
+                pending.append(tensor)
+        return out + self.sketch_tensors(pending, tile=tile)
 
     # --- the public calls -----------------------------------------------------------------------
 
-    def __call__(self, images, *, size: int | None = None, threshold: float | None = None, transparent: bool = False):
+    def __call__(
+        self,
+        images,
+        *,
+        size: int | None = None,
+        threshold: float | None = None,
+        transparent: bool = False,
+        line_width: float = 1.0,
+        binarize: tuple[float, float] | str | None = None,
+        min_speck: int = 0,
+        line_color: str = "black",
+        background: str | None = None,
+        tile: int | None = None,
+    ):
         """Sketch one image or a list of them.
 
         Args:
@@ -564,25 +690,47 @@ class SketchExtractor:
                 image is taken as it is, even when it carries an EXIF orientation tag (upright a
                 photo opened with ``Image.open`` by ``ImageOps.exif_transpose``).
             size: cap on the long side: larger images are downscaled (antialiased) first, and
-                their sketch has the reduced size. None: the input's own size.
+                their sketch has the reduced size. None: the input's own size (native resolution,
+                by tiles when a side is over the tile size).
             threshold: binarise at this value in [0, 1] (below = ink).
-            transparent: RGBA (black ink, alpha = 1 - sketch) instead of grey.
+            transparent: RGBA (alpha = 1 - sketch) instead of grey; the same as ``background="transparent"``.
+            line_width: stroke width factor (1: as drawn; 3: strokes 2 px wider; 0.5: thinner).
+            binarize: hysteresis thresholds ``(low, high)`` (or ``"low,high"``) instead of ``threshold``.
+            min_speck: remove ink specks of fewer pixels than this.
+            line_color: the ink colour (a name, ``#RRGGBB``, ``rgb(r, g, b)``).
+            background: the paper colour, or ``transparent``; None: white.
+            tile: the tile side for this call (0: whole); None: the extractor's.
 
         Returns:
-            A PIL image (mode ``L`` or ``RGBA``) per input: one image for one input, a list for a list.
+            A PIL image (mode ``L``, ``RGB`` or ``RGBA``) per input: one image for one input, a list for a list.
         """
-        _check_threshold(threshold)
+        style = line_style(threshold, transparent, line_width, binarize, min_speck, line_color, background)
         single = not isinstance(images, (list, tuple))
-        sketches = self.arrays([images] if single else list(images), size)
-        pictures = [sketch_to_png(s, transparent=transparent, threshold=threshold) for s in sketches]
+        sketches = self.arrays([images] if single else list(images), size, tile=tile)
+        pictures = [sketch_to_png(s, style=style) for s in sketches]
         return pictures[0] if single else pictures
 
-    def svg(self, images, *, size: int | None = None, threshold: float | None = None):
-        """The sketch of one image (or of each in a list) traced into an SVG document (str), see :func:`sketch_to_svg`."""
-        _check_threshold(threshold)
+    def svg(
+        self,
+        images,
+        *,
+        size: int | None = None,
+        threshold: float | None = None,
+        line_width: float = 1.0,
+        binarize: tuple[float, float] | str | None = None,
+        min_speck: int = 0,
+        line_color: str = "black",
+        background: str | None = None,
+        tile: int | None = None,
+    ):
+        """The sketch of one image (or of each in a list) traced into an SVG document (str), see :func:`sketch_to_svg`.
+
+        The options are those of :meth:`__call__`; ``background`` None or ``transparent`` leaves the paper out.
+        """
+        style = line_style(threshold, False, line_width, binarize, min_speck, line_color, background)
         single = not isinstance(images, (list, tuple))
-        sketches = self.arrays([images] if single else list(images), size)
-        documents = [sketch_to_svg(s, threshold) for s in sketches]
+        sketches = self.arrays([images] if single else list(images), size, tile=tile)
+        documents = [sketch_to_svg(s, style=style) for s in sketches]
         return documents[0] if single else documents
 
     def sketch_video(self, source, target, *, size: int | None = None, temporal=True, threshold: float | None = None,
@@ -596,6 +744,36 @@ class SketchExtractor:
         from diffsketch.extractor.video import sketch_video
 
         return sketch_video(self, source, target, size=size, temporal=temporal, threshold=threshold, progress=progress)
+
+
+def line_style(
+    threshold: float | None = None,
+    transparent: bool = False,
+    line_width: float = 1.0,
+    binarize: tuple[float, float] | str | None = None,
+    min_speck: int = 0,
+    line_color: str = "black",
+    background: str | None = None,
+) -> LineStyle:
+    """The :class:`~diffsketch.extractor.lines.LineStyle` of the API's and the CLI's options, checked.
+
+    Raises:
+        ExtractError: an option out of range, two that contradict each other, or a colour that is not one.
+    """
+    _check_threshold(threshold)
+    if transparent:
+        if background not in (None, "transparent"):
+            raise ExtractError(f"--transparent and --background {background} contradict each other; give one of them")
+        background = "transparent"
+    try:
+        return LineStyle(line_width, threshold, binarize, min_speck, line_color, background)
+    except LineStyleError as err:
+        raise ExtractError(str(err)) from None
+
+
+def _check_tile(tile: int) -> None:
+    if not isinstance(tile, int) or tile < 0:
+        raise ExtractError(f"--tile {tile} must be a number of pixels, or 0 to sketch every photo whole")
 
 
 def _check_threshold(threshold: float | None) -> None:

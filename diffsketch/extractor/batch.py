@@ -27,18 +27,24 @@ import torch
 from PIL import Image
 
 from diffsketch.core import ImageError, read_rgb
+from diffsketch.core import images as core_images
 from diffsketch.extractor.api import (  # noqa: F401 - re-exported: extract's public names before the API existed
     DEVICES,
+    MAX_MEGAPIXELS,
     SVG_THRESHOLD,
     ExtractError,
     SketchExtractor,
     cap_size,
+    check_megapixels,
     extractor_device,
+    line_style,
     resize_capped,
+    resize_to,
     sketch_to_png,
     sketch_to_svg,
     smallest_side,
 )
+from diffsketch.extractor.tiles import DEFAULT_TILE
 
 log = logging.getLogger(__name__)
 
@@ -215,16 +221,35 @@ def collect_jobs(
 # --------------------------------------------------------------------------------------------
 
 
-def prepare_image(source: Path, size: int | None, min_side: int, size_param: str = "--size") -> torch.Tensor:
+def prepare_image(
+    source: Path, size: int | None, min_side: int, size_param: str = "--size", *, bounded: bool = False,
+    max_megapixels: float | None = None,
+) -> torch.Tensor:
     """Read ``source`` as (3, H, W) RGB, downscaled (antialiased) when its long side exceeds ``size``.
 
+    Args:
+        source: the image file.
+        size: cap on the long side (None: the file's own size).
+        min_side: the smallest side the network takes.
+        size_param: the option that set ``size``, for the message.
+        bounded: read as the extractor does, with bounded memory: refused over ``max_megapixels``
+            from the header, decoded at a reduced size when ``size`` is at most half the long side,
+            and an 8-bit photo that needs no resizing kept ``uint8``
+            (:func:`~diffsketch.core.images.read_rgb_bounded`). Else float32 in [0, 1] from the full decode.
+        max_megapixels: the cap for ``bounded`` (None: none).
+
     Raises:
-        ImageError: the file cannot be read as an image, or the image is smaller than ``min_side``
-            (the message names ``size_param`` when the downscaling made it so).
+        ImageError: the file cannot be read as an image, is over the megapixel cap (:class:`TooLargeError`),
+            or the image is smaller than ``min_side`` (the message names ``size_param`` when the downscaling made it so).
     """
-    image = read_rgb(source)
-    height, width = image.shape[-2:]
-    image = resize_capped(image, size)
+    if bounded:
+        height, width = core_images.image_size(source)
+        check_megapixels(height, width, max_megapixels, str(source))
+        image = resize_to(core_images.read_rgb_bounded(source, max_side=size), cap_size(height, width, size))
+    else:
+        image = read_rgb(source)
+        height, width = image.shape[-2:]
+        image = resize_capped(image, size)
     new_h, new_w = image.shape[-2:]
     if min(new_h, new_w) < min_side:
         raise ImageError(
@@ -259,11 +284,11 @@ class _Runner:
         self.pending: list[tuple[Job, torch.Tensor]] = []
 
     def add(self, job: Job, image: torch.Tensor) -> None:
-        if self.pending and self.pending[0][1].shape != image.shape:
+        if self.pending and (self.pending[0][1].shape, self.pending[0][1].dtype) != (image.shape, image.dtype):
             self.flush()
         self.pending.append((job, image))
-        if len(self.pending) >= self.extractor.batch_size:
-            self.flush()
+        if len(self.pending) >= self.extractor.batch_size or self.extractor.needs_tiles(image):
+            self.flush()  # a tiled photo goes alone: one large photo in memory at a time
 
     def flush(self) -> None:
         if not self.pending:
@@ -288,7 +313,7 @@ def run_extract(
     out: str | Path,
     model_path: str | Path = DEFAULT_MODEL,
     *,
-    size: int | None = None,
+    size: int | str | None = None,
     batch_size: int = 8,
     device: str = "auto",
     backend: str = "auto",
@@ -299,6 +324,13 @@ def run_extract(
     overwrite: bool = False,
     recursive: bool = False,
     progress: bool = True,
+    tile: int = DEFAULT_TILE,
+    max_megapixels: float | None = MAX_MEGAPIXELS,
+    line_width: float = 1.0,
+    binarize: tuple[float, float] | str | None = None,
+    min_speck: int = 0,
+    line_color: str = "black",
+    background: str | None = None,
 ) -> ExtractReport:
     """Sketch every image in ``inputs`` with the student at ``model_path``, writing PNGs (or SVGs) under ``out``.
 
@@ -309,7 +341,8 @@ def run_extract(
         out: output folder; ``<stem>.png`` (``.svg``) per image, sub-paths below folder inputs kept.
         model_path: a style folder, the student's safetensors file (its ``.json`` config beside it) or an ONNX graph.
         size: cap on the long side: a larger image is downscaled (antialiased) before the network
-            and its sketch is written at that reduced size. None: the input's own size.
+            and its sketch is written at that reduced size. None or ``"native"``: the input's own
+            size (by tiles when a side is over ``tile``).
         batch_size: at most this many consecutive images of the same size go through one forward pass.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         backend: ``auto``, ``torch`` or ``onnx``; precision: ``auto``, ``fp32`` or ``bf16``
@@ -321,6 +354,10 @@ def run_extract(
         overwrite: replace existing outputs instead of skipping them.
         recursive: descend into the subfolders of folder inputs.
         progress: show a progress bar over the images.
+        tile: the tile side in pixels for photos sketched at a larger size (0: always whole).
+        max_megapixels: photos with more pixels are reported as failed without being decoded (None: no cap).
+        line_width, binarize, min_speck, line_color, background: the line controls
+            (:mod:`diffsketch.extractor.lines`); ``background`` ``transparent`` is ``transparent``.
 
     Returns:
         The :class:`ExtractReport`.
@@ -331,25 +368,28 @@ def run_extract(
     """
     from tqdm.auto import tqdm
 
-    if size is not None and size < 1:
-        raise ExtractError(f"--size {size} must be a positive number of pixels")
+    if size == "native":
+        size = None
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise ExtractError(f"--size {size} must be a positive number of pixels, or native")
     if batch_size < 1:
         raise ExtractError(f"--batch-size {batch_size} must be at least 1")
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise ExtractError(f"--threshold {threshold} must be between 0 and 1")
+    style = line_style(threshold, transparent, line_width, binarize, min_speck, line_color, background)
     if format not in FORMATS:
         raise ExtractError(f"--format {format!r} is not one of {', '.join(FORMATS)}")
     if format == "svg" and transparent:
         raise ExtractError("--transparent applies to PNG output; an SVG's paper is always transparent")
+    plain = style == line_style(threshold, transparent)  # no line control: the SVG traced as before
     if format == "svg":
         import importlib.util
 
         if importlib.util.find_spec("vtracer") is None:
             raise ExtractError("--format svg needs vtracer: pip install vtracer")
-        convert = lambda sketch: sketch_to_svg(sketch, threshold)  # noqa: E731
+        convert = lambda sketch: sketch_to_svg(sketch, threshold) if plain else sketch_to_svg(sketch, style=style)
     else:
-        convert = lambda sketch: sketch_to_png(sketch, transparent=transparent, threshold=threshold)  # noqa: E731
-    extractor = SketchExtractor.load(model_path, device, backend, precision=precision, batch_size=batch_size)
+        convert = lambda sketch: sketch_to_png(sketch, style=style)
+    extractor = SketchExtractor.load(model_path, device, backend, precision=precision, batch_size=batch_size, tile=tile,
+                                     max_megapixels=max_megapixels)  # fmt: skip
 
     report = ExtractReport()
     jobs, report.failed = collect_jobs([str(i) for i in inputs], out, recursive, suffix=f".{format}")
@@ -361,7 +401,7 @@ def run_extract(
                 bar.update(1)
                 continue
             try:
-                image = prepare_image(job.source, size, extractor.min_side)
+                image = prepare_image(job.source, size, extractor.min_side, bounded=True, max_megapixels=max_megapixels)
             except ImageError as err:
                 report.failed.append(Failure(str(job.source), str(err)))
                 bar.update(1)
