@@ -426,7 +426,6 @@ def sketch_video(
 
 def _stream(av, extractor, container, source, target, tmp, size, settings, threshold, progress, tqdm) -> VideoReport:
     in_video = container.streams.video[0]
-    in_video.thread_type = "AUTO"
     in_audio = container.streams.audio[0] if container.streams.audio else None
     codec, pix_fmt, options = _encoder(av, target.suffix.lower())
     rate = _frame_rate(in_video)
@@ -487,30 +486,44 @@ def _stream(av, extractor, container, source, target, tmp, size, settings, thres
                             source, in_audio.codec_context.name, target.suffix, _first_line(err))  # fmt: skip
                 audio_out = None
         pending: list = []
-        streams = [in_video] + ([in_audio] if audio_out is not None else [])
-        try:
-            for packet in container.demux(*streams):
-                if packet.stream is in_video or packet.stream.index == in_video.index:
-                    for frame in packet.decode():
-                        image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).float() / 255.0
-                        pending.append((_fit(image, state["shape"]), frame.pts))
-                        state["count"] += 1
-                        if len(pending) >= extractor.batch_size:
-                            flush(pending)
-                elif packet.dts is not None and audio_out is not None:
-                    packet.stream = audio_out
-                    output.mux(packet)
-        except av.FFmpegError as err:
-            if state["count"] == 0:
-                raise VideoError(
-                    f"{source}: no frame could be decoded ({_first_line(err)}); the file is corrupt"
-                ) from None
+
+        def take(frames) -> None:
+            for frame in frames:
+                image = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1).float() / 255.0
+                pending.append((_fit(image, state["shape"]), frame.pts))
+                state["count"] += 1
+                if len(pending) >= extractor.batch_size:
+                    flush(pending)
+
+        packets = container.demux(*([in_video] + ([in_audio] if audio_out is not None else [])))
+        error = None
+        while True:
+            try:
+                packet = next(packets)
+                frames = packet.decode() if packet.stream.index == in_video.index else None
+            except StopIteration:
+                break
+            except av.FFmpegError as err:  # a cut-off or damaged file: keep what decoded, and what the decoder holds
+                error = err
+                break
+            if frames is not None:
+                take(frames)
+            elif packet.dts is not None:
+                packet.stream = audio_out
+                output.mux(packet)
+        if error is not None:
             truncated = True
-            log.warning("%s is cut off or damaged after %d frames (%s); the sketch keeps the frames that decoded",
-                        source, state["count"], _first_line(err))  # fmt: skip
+            try:
+                take(in_video.codec_context.decode(None))
+            except av.FFmpegError:
+                pass
+            if state["count"]:
+                log.warning("%s is cut off or damaged after %d frames (%s); the sketch keeps the frames that decoded",
+                            source, state["count"], _first_line(error))  # fmt: skip
         if state["count"] == 0:
+            reason = f" ({_first_line(error)})" if error is not None else ""
             raise VideoError(
-                f"{source}: no frame could be decoded; the file is empty, corrupt or cut off before its first frame"
+                f"{source}: no frame could be decoded{reason}; the file is empty, corrupt or cut off before its first frame"
             )
         flush(pending)
         for packet in state["stream"].encode():
