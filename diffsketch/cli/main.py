@@ -4,7 +4,7 @@ Each command is a thin wrapper over the library, in the module of its group: the
 (:mod:`~diffsketch.cli.sample`, :mod:`~diffsketch.cli.analyze`, :mod:`~diffsketch.cli.prior`,
 :mod:`~diffsketch.cli.train`, :mod:`~diffsketch.cli.pairs`, :mod:`~diffsketch.cli.distill`,
 :mod:`~diffsketch.cli.eval_data`, :mod:`~diffsketch.cli.evaluate`), the extractor (:mod:`~diffsketch.cli.extractor`), the store
-tools (:mod:`~diffsketch.cli.store`), ablations (:mod:`~diffsketch.cli.ablate`) and presets
+tools (:mod:`~diffsketch.cli.store`, :mod:`~diffsketch.cli.checkpoints`), ablations (:mod:`~diffsketch.cli.ablate`) and presets
 (:mod:`~diffsketch.cli.preset`). Commands import the library inside their functions, so
 ``diffsketch --help`` imports no torch.
 """
@@ -16,6 +16,7 @@ import typer
 from diffsketch.cli import (
     ablate,
     analyze,
+    checkpoints,
     distill,
     eval_data,
     evaluate,
@@ -27,9 +28,9 @@ from diffsketch.cli import (
     store,
     train,
 )
-from diffsketch.cli.common import HELP, setup_logging
+from diffsketch.cli.common import HELP, HELP_STYLE, setup_logging
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=HELP, **HELP_STYLE)
 app.callback()(setup_logging)
 
 app.command()(preset.preset)
@@ -45,6 +46,7 @@ app.command()(evaluate.results)
 app.command()(analyze.report)
 app.command()(ablate.ablate)
 app.command()(store.inspect)
+app.command()(checkpoints.checkpoints)
 app.command()(extractor.extract)
 app.command()(extractor.export)
 app.command()(extractor.serve)

@@ -8,8 +8,6 @@ with one message naming the key (its dotted path, ``train.lr``) or the line.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import types
 import typing
 from pathlib import Path
@@ -68,7 +66,7 @@ class ModelConfig(_Section):
     compile: Literal["auto", "on", "off"] = Field(
         "auto",
         description="torch.compile the UNet and the VAE decoder (and the generator in pairs): auto = on for cuda, "
-        "off on cpu (compiling takes minutes there). Like the device, not part of any output's fingerprint",
+        "off on cpu (compiling takes minutes there). Like the device, not part of any result key",
         exclude=True,
     )
 
@@ -384,6 +382,13 @@ class LaunchConfig(_Section):
 
 
 class Params(_Section):
+    threads: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
+        "auto",
+        description="CPU threads of PyTorch and the BLAS / OpenMP libraries in every stage: auto = the cores this "
+        "process may use (CPU affinity and cgroup quota; OMP_NUM_THREADS when set), or a number; idle threads sleep "
+        "rather than spin. Not part of any result key. --threads overrides it per command",
+        exclude=True,
+    )
     model: ModelConfig = ModelConfig()
     sample: SampleConfig = SampleConfig()
     analyze: AnalyzeConfig = AnalyzeConfig()
@@ -545,9 +550,3 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     if data is not None and not isinstance(data, dict):
         raise ParamsError(f"{path} must be a mapping of sections (model, sample, ...), not {_shown(data)}")
     return parse_params(apply_overrides(data or {}, overrides or []), str(path))
-
-
-def fingerprint(*sections: BaseModel, extra: Any = None) -> str:
-    """A stable hash of settings, used to tell whether an existing output was made with them."""
-    payload = [s.model_dump(mode="json") for s in sections] + [extra]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -7,7 +7,7 @@ layer specs and taps that capture UNet and VAE-decoder features, and the prompt 
 
 Public names (imported on first use, so importing the package costs nothing):
 
-- :mod:`~diffsketch.diffusion.models`: ``SDModel``, ``ModelLoadError``, ``check_model_reachable``, ``clip_tokenizer``, ``load_model``, ``model_device``
+- :mod:`~diffsketch.diffusion.models`: ``SDModel``, ``ModelLoadError``, ``check_model_reachable``, ``clip_tokenizer``, ``load_model``, ``model_device``, ``model_terms``
 - :mod:`~diffsketch.diffusion.sampling`: ``Capture``, ``NO_CAPTURE``, ``SampleResult``, ``encode_image``, ``encode_prompts``, ``initial_noise``, ``invert``, ``prompt_token_lengths``, ``sample``, ``sample_conditions``
 - :mod:`~diffsketch.diffusion.features`: ``LayerSpec``, ``FeatureCapture``, ``check_pool``, ``pool_features``, ``unet_layers``, ``vae_layers``
 - :mod:`~diffsketch.diffusion.prompts`: ``PromptsError``, ``load_prompts``, ``plan_trajectories``
@@ -19,7 +19,7 @@ __getattr__, __dir__, __all__ = attach(
     __name__,
     submodules=[],
     submod_attrs={
-        "models": ["SDModel", "ModelLoadError", "check_model_reachable", "clip_tokenizer", "load_model", "model_device"],
+        "models": ["SDModel", "ModelLoadError", "check_model_reachable", "clip_tokenizer", "load_model", "model_device", "model_terms"],
         "sampling": ["Capture", "NO_CAPTURE", "SampleResult", "encode_image", "encode_prompts", "initial_noise", "invert", "prompt_token_lengths", "sample", "sample_conditions"],
         "features": ["LayerSpec", "FeatureCapture", "check_pool", "pool_features", "unet_layers", "vae_layers"],
         "prompts": ["PromptsError", "load_prompts", "plan_trajectories"],

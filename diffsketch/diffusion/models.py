@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from diffsketch.core import DiffsketchError, ModelConfig, devices
+from diffsketch.core import DiffsketchError, ModelConfig, content_hash, devices
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,106 @@ def check_model_reachable(cfg: ModelConfig) -> None:
         raise ModelLoadError(f"single-file checkpoint {path} needs model.config_dir (a local diffusers folder)")
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".json", ".txt", ".model")
+
+
+def _hub_revision(model_id: str) -> str:
+    """The commit a hub id resolves to: the cached snapshot's (offline), else the hub's answer."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    try:
+        return Path(snapshot_download(model_id, local_files_only=True)).name
+    except Exception:  # noqa: BLE001 - not cached: ask the hub (fails offline)
+        pass
+    try:
+        return str(HfApi().model_info(model_id).sha)
+    except Exception as err:  # noqa: BLE001 - hub errors have many types for one cause
+        raise ModelLoadError(
+            f"cannot resolve the revision of hub model {model_id!r} (not in the local cache, and the hub answered "
+            f"{type(err).__name__}); " + _hint_for_hub(model_id)
+        ) from None
+
+
+def _folder_files(folder: Path, prefix: str) -> dict[str, str]:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES and ".cache" not in p.parts)
+    return {f"{prefix}/{p.relative_to(folder).as_posix()}": content_hash(p) for p in files}
+
+
+def model_terms(cfg: ModelConfig) -> tuple[dict, dict[str, str]]:
+    """What a result depends on about the model (:mod:`diffsketch.core.keys`): the resolved settings
+    (``model.dtype`` after ``auto``; the id and seed of a built-in random model; the id of a hub model)
+    and the model's inputs by content (each weight and config file of a local folder or single
+    checkpoint, the resolved revision of a hub model). Paths never enter: a folder moved elsewhere keeps
+    its key, a weight file replaced under the same folder changes it.
+
+    >>> from diffsketch.core import ModelConfig
+    >>> model_terms(ModelConfig(id="tiny", device="cpu"))
+    ({'model.dtype': 'float32', 'model.id': 'tiny', 'model.seed': 0}, {})
+    """
+    settings = {"model.dtype": str(resolve_dtype(cfg.dtype, model_device(cfg.device))).removeprefix("torch.")}
+    if cfg.id in ARCHITECTURES:
+        return settings | {"model.id": cfg.id, "model.seed": cfg.seed}, {}
+    path = Path(cfg.id).expanduser()
+    if path.is_dir():
+        inputs = _folder_files(path, "model")
+    elif path.is_file():
+        inputs = {f"model/{path.name}": content_hash(path)}
+        if cfg.config_dir is not None and Path(cfg.config_dir).expanduser().is_dir():
+            inputs |= _folder_files(Path(cfg.config_dir).expanduser(), "model.config_dir")
+    elif _looks_like_path(cfg.id):
+        raise ModelLoadError(f"model path {cfg.id!r} does not exist; fix model.id or use model.id=tiny")
+    else:
+        return settings | {"model.id": cfg.id}, {"model revision": _hub_revision(cfg.id)}
+    total = sum(p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+    if total > 1 << 30:
+        log.info("model %s: %.1f GB of weights hashed once per process for the result keys", cfg.id, total / (1 << 30))
+    return settings, inputs
+
+
+@dataclass
+class CompileWatch:
+    """Counts what ``torch.compile`` compiled while the context was open (dynamo's compilation metrics).
+
+    Attributes:
+        compiles: graphs compiled (first compilations and recompilations).
+        recompiles: compilations of a function that already had a compiled graph (a guard failed).
+        reasons: the guard failure of each recompilation, as dynamo words it.
+        seconds: time spent compiling.
+
+    >>> with CompileWatch() as watch:
+    ...     _ = torch.ones(2) * 2  # eager: nothing compiles
+    >>> watch.compiles, watch.recompiles
+    (0, 0)
+    """
+
+    compiles: int = 0
+    recompiles: int = 0
+    reasons: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __enter__(self) -> CompileWatch:
+        from torch._dynamo.utils import get_compilation_metrics
+
+        self._seen = {id(m) for m in get_compilation_metrics()}
+        self._graphs = _graph_count()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from torch._dynamo.utils import get_compilation_metrics
+
+        new = [m for m in get_compilation_metrics() if id(m) not in self._seen]
+        self.compiles = _graph_count() - self._graphs
+        self.reasons = [str(m.recompile_reason) for m in new if getattr(m, "recompile_reason", None)]
+        self.recompiles = len(self.reasons)
+        self.seconds = sum(getattr(m, "entire_frame_compile_time_s", None) or 0.0 for m in new)
+
+
+def _graph_count() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def resolve_compile(name: str, device: torch.device) -> bool:
     """``model.compile``: ``auto`` compiles on CUDA only (on a CPU inductor takes minutes per shape)."""
     if name == "auto":
@@ -310,8 +410,10 @@ def apply_fast_paths(
     """The fast paths of the one denoising loop, in place: SDPA attention everywhere, channels-last
     weights (default: on CUDA), feature taps, and with ``compile`` the UNet's and the VAE decoder's
     forwards compiled with ``torch.compile`` (``backend``: inductor; the tests also use ``eager``,
-    which traces the same graphs without generating code). The compile itself happens on the first
-    call at each new shape; :func:`diffsketch.diffusion.sampling.ddim_loop` logs that call's time apart.
+    which traces the same graphs without generating code), with static shapes. The compile itself
+    happens on the first call at each new batch shape; :func:`diffsketch.diffusion.sampling.ddim_loop`
+    logs that call's time apart. The feature taps are fixed here, before compilation: a change of
+    capture settings later never recompiles (:class:`diffsketch.diffusion.features.Taps`).
     """
     switched = use_sdpa(model.unet) + use_sdpa(model.vae)
     if switched:
@@ -326,8 +428,10 @@ def apply_fast_paths(
     if compile and not model.compiled:
         from diffsketch.diffusion.features import taps
 
-        model.unet.forward = torch.compile(model.unet.forward, backend=backend)
-        model.vae.decoder.forward = torch.compile(model.vae.decoder.forward, backend=backend)
+        # Static shapes: one graph per batch shape (a stage sees one or two: its batch and a last,
+        # shorter one), never a dynamic-batch graph whose guard a later batch could fall outside.
+        model.unet.forward = torch.compile(model.unet.forward, backend=backend, dynamic=False)
+        model.vae.decoder.forward = torch.compile(model.vae.decoder.forward, backend=backend, dynamic=False)
         taps(model.unet).frozen = taps(model.vae).frozen = True
         model.compiled = True
         model.cache["compile_backend"] = backend  # the pairs stage compiles the generator alike

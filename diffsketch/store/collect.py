@@ -10,26 +10,29 @@ stops the run cleanly, resumable (:mod:`diffsketch.store.diskspace`).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from diffsketch.core import DiffsketchError, Params, __version__, batching, distributed, fingerprint
+from diffsketch.core import DiffsketchError, Params, ResultKey, __version__, batching, distributed, result_key
 from diffsketch.diffusion import (
     Capture,
     check_model_reachable,
     check_pool,
     load_model,
     load_prompts,
+    model_terms,
     plan_trajectories,
     prompt_token_lengths,
     sample,
     unet_layers,
     vae_layers,
 )
-from diffsketch.store import diskspace
+from diffsketch.store import diskspace, kept
 from diffsketch.store import zarr_store as store
 
 log = logging.getLogger(__name__)
@@ -51,14 +54,29 @@ def _halves(params: Params) -> list[str]:
 
 
 def _planned_batch_size(root, configured: int | str) -> int:
-    """The batch plan's block size: recorded in the store (stores from before the record: the
-    configured number, which the fingerprint guarantees unchanged)."""
+    """The batch size of this run: the configured one, or with ``auto`` the one the probe chose when the
+    store was created (recorded, so resumes keep the plan). The batch size is not part of the key:
+    trajectories sampled in other batch sizes agree up to float rounding (see docs/reruns.md)."""
+    if configured != "auto":
+        return int(configured)
     recorded = root.attrs.get("batch_size")
-    if recorded is not None:
-        return int(recorded)
-    if configured == "auto":
-        raise store.StoreError("the store records no batch size for sample.batch_size=auto; rerun with --overwrite")
-    return int(configured)
+    if recorded is None:
+        raise store.StoreError("the store records no batch size for sample.batch_size=auto; set a number")
+    return int(recorded)
+
+
+def sample_key(params: Params, plan) -> ResultKey:
+    """What the feature store's numbers depend on (:mod:`diffsketch.core.keys`): the model by content,
+    the sampling settings (not the batch size: every trajectory has its own seed) and the planned
+    trajectories (prompt, label and seed of each; the prompts by text, never by path)."""
+    model_settings, model_inputs = model_terms(params.model)
+    planned = hashlib.sha256(json.dumps([(t.prompt, t.label, t.seed) for t in plan]).encode()).hexdigest()[:16]
+    return result_key(
+        {"sample": params.sample},
+        resolved=model_settings,
+        drop=["sample.prompts", "sample.seed"],  # both enter through the plan
+        inputs={**model_inputs, "trajectories": planned},
+    )
 
 
 def run_sample(
@@ -96,10 +114,11 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
     check_model_reachable(params.model)
     unique_prompts = sorted({p.text for p in prompts})
     classes = sorted({p.label for p in prompts})
-    key = fingerprint(params.model.model_copy(update={"device": "any"}), cfg, extra=[(t.prompt, t.label) for t in plan])
+    key = sample_key(params, plan)
 
     # 2. Decide what happens to the store at `out`: `root` is the store to resume, or None when a
-    #    store is created (there is none, or --overwrite replaces one sampled with other settings).
+    #    store is created. A store of another key is set aside under its key (or deleted with
+    #    --overwrite); a store kept earlier under this key is taken back and resumed.
     root = None
     if store.is_group(out):
         try:
@@ -108,16 +127,16 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
             if not overwrite:
                 raise
             log.warning("replacing unusable store %s (%s)", out, err)
-        if root is not None and root.attrs.get("fingerprint") != key:
-            if not overwrite:
-                raise store.StoreError(
-                    f"{out} was sampled with other settings (model, sample params or prompts changed); "
-                    "pass --overwrite to replace it, or choose another --out"
-                )
-            log.warning("settings changed: replacing %s", out)
-            root = None
+        if root is not None and root.attrs.get("fingerprint") != key.digest:
+            root = kept.replace_other_key(root, out, key, overwrite, workers, "sampled")
     elif not overwrite and store.has_content(out):
         raise store.StoreError(f"{out} exists and is not a feature store; remove it or choose another --out")
+    workers.barrier()  # process 0 has set aside or taken back the store before anyone opens it
+    if root is None and not overwrite and workers.main and kept.take_back(out, key.digest):
+        log.info("%s: resuming the store kept for these settings", out)
+    workers.barrier()
+    if root is None and store.is_group(out) and not overwrite:
+        root = store.open_store(out, mode="r+")
 
     # 3. Load the model and check what needs it: prompt lengths, pooling, the store's layout, disk space.
     model = model if model is not None else load_model(params.model)
@@ -159,7 +178,8 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
             ),
         )  # fmt: skip
         attrs = dict(
-            fingerprint=key,
+            fingerprint=key.digest,
+            key_record=key.record,  # what the key is made of: a later change is named
             package_version=__version__,
             model=params.model.id,
             dtype=str(model.dtype).removeprefix("torch."),
@@ -188,9 +208,9 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
 
     # 5. Plan the batches still to do.
     done = store.complete_mask(root)
-    # Batches are fixed blocks of the plan, so a resumed run denoises exactly the batches an
-    # uninterrupted run would (bit-identical results), and writes only the missing trajectories.
-    # The block size is the one recorded at creation (with `auto`, whatever the probe chose then).
+    # Batches are fixed blocks of the plan, so a resumed run with the same batch size denoises exactly
+    # the batches an uninterrupted run would (bit-identical results), and writes only the missing
+    # trajectories. With `auto` the block size is the one the probe chose when the store was created.
     batch_size = _planned_batch_size(root, cfg.batch_size)
     batches = [plan[i : i + batch_size] for i in range(0, len(plan), batch_size)]
     # Each process takes a contiguous share of the unfinished batches and writes only those trajectories.
@@ -204,9 +224,10 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
     # 6. Denoise each batch and write its unfinished trajectories (a trajectory's completion flag
     #    is written after its arrays, so a killed run leaves nothing that looks finished).
     bar = tqdm(total=missing, desc="trajectories", unit="traj", disable=not progress)
+    halving = batching.Halving(batch_size, model.device, "sample")  # out of memory: the block is redone in halves
     with store.BatchWriter(root, background=model.device.type != "cpu") as writer:
-        for batch in todo:
-            result = sample(
+        for block in todo:
+            for batch, result in halving.chunks(block, lambda batch: sample(
                 model,
                 [t.prompt for t in batch],
                 [t.seed for t in batch],
@@ -217,17 +238,17 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
                 capture=capture,
                 decode=cfg.decode,
                 progress=progress,
-            )
-            keep = [b for b, t in enumerate(batch) if not done[t.index]]
-            writer.submit(
-                [batch[b].index for b in keep],
-                {name: x[keep].numpy() for name, x in result.unet.items()},
-                {name: x[keep].numpy() for name, x in result.vae.items()},
-                result.images_uint8()[keep].numpy(),
-                result.noise[keep].numpy(),
-                result.latents[keep].numpy(),
-            )
-            bar.update(len(keep))
+            )):  # fmt: skip
+                keep = [b for b, t in enumerate(batch) if not done[t.index]]
+                writer.submit(
+                    [batch[b].index for b in keep],
+                    {name: x[keep].numpy() for name, x in result.unet.items()},
+                    {name: x[keep].numpy() for name, x in result.vae.items()},
+                    result.images_uint8()[keep].numpy(),
+                    result.noise[keep].numpy(),
+                    result.latents[keep].numpy(),
+                )
+                bar.update(len(keep))
     bar.close()
     workers.barrier()  # every process has written its share before the store is consolidated
     if workers.main:

@@ -18,6 +18,7 @@ dvclive metric ``train/skipped_steps`` (a running count; its last value, the tot
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffsketch.core import DiffsketchError, DistillConfig, Params, __version__, fingerprint
+from diffsketch.core import DiffsketchError, DistillConfig, Params, ResultKey, __version__, batching, result_key
 from diffsketch.diffusion import model_device
 from diffsketch.store import zarr_store as store
 from diffsketch.student.network import Student, StudentConfig, save_student
@@ -38,8 +39,6 @@ from diffsketch.student.pairs import PairsError, open_pairs
 from diffsketch.training import (
     NonFiniteGuard,
     check_finite_weights,
-    checkpoint_meta,
-    latest_checkpoint,
     load_checkpoint,
     load_lpips,
     load_module,
@@ -47,6 +46,7 @@ from diffsketch.training import (
     module_tensors,
     open_live,
     optimizer_tensors,
+    resume_point,
     rng_tensor,
     save_checkpoint,
     trim_live,
@@ -130,13 +130,17 @@ NONFINITE_CAUSES = (
 )
 
 
-def _distill_key(params: Params, sampler: PairSampler) -> str:
-    """What the checkpoints depend on; iterations and logging/checkpoint intervals may change on resume."""
-    cfg = params.distill.model_copy(update={"iterations": 0, "eval_every": 0, "checkpoint_every": 0, "max_skips": 0})
-    extra = dict(model=params.model.id, lpips=params.losses.lpips_net, train=sampler.train.tolist(),
-                 holdout=sampler.holdout.tolist(), size=int(sampler.size),
-                 pairs=sampler.root.attrs.get("fingerprint"))  # the generator, prior and settings that made the pairs  # fmt: skip
-    return fingerprint(cfg, extra=extra)
+def distill_key(params: Params, sampler: PairSampler, lpips_backbone: str | None) -> ResultKey:
+    """What the student's numbers depend on (:mod:`diffsketch.core.keys`): the distillation settings,
+    the LPIPS network really loaded (``lpips_backbone``; None when ``distill.lpips`` is 0), and the
+    pairs by identity (the pairs store's own key, which covers the generator, prior and model) with
+    the train/held-out split drawn from them."""
+    split = hashlib.sha256(json.dumps([sampler.train.tolist(), sampler.holdout.tolist()]).encode()).hexdigest()[:16]
+    return result_key(
+        {"distill": params.distill},
+        resolved={"losses.lpips_net": lpips_backbone},
+        inputs={"pairs": str(sampler.root.attrs.get("fingerprint")), "pairs split": split, "pairs size": str(sampler.size)},
+    )
 
 
 @dataclass
@@ -152,28 +156,66 @@ class Distiller:
     cfg: DistillConfig
 
 
-def distill_step(d: Distiller, images, sketches, guard: NonFiniteGuard | None = None, iteration: int = 0):
+def _student_backward(d: Distiller, images, sketches, size: int):
+    """The student's weighted loss and terms over the batch, and its gradients, from micro-batches of at
+    most ``size`` items (each term's mean weighted by the micro-batch's share: every term is a mean over
+    items, the student and the discriminator normalise each image alone, so this is the full batch's
+    gradient up to float summation order). Returns (loss, terms, predictions)."""
+    cfg, n = d.cfg, len(images)
+    d.opt.zero_grad(set_to_none=True)
+    loss, terms, preds = torch.zeros((), device=images.device), {}, []
+    for part in batching.micro_batches(n, size):
+        share = (part.stop - part.start) / n
+        x, y = images[part], sketches[part]
+        pred = d.student(x)
+        these = {"l1": (pred - y).abs().mean()}
+        if d.lpips_net is not None:
+            these["lpips"] = d.lpips_net(pred.expand(-1, 3, -1, -1) * 2 - 1, y.expand(-1, 3, -1, -1) * 2 - 1).mean()
+        if d.disc is not None:
+            these["gan"] = ((d.disc(x, pred) - 1) ** 2).mean()
+        part_loss = cfg.l1 * these["l1"] + cfg.lpips * these.get("lpips", 0.0) + cfg.gan * these.get("gan", 0.0)
+        (part_loss if share == 1 else part_loss * share).backward()
+        if share == 1:  # one piece: the full batch's figures as they are
+            return part_loss, these, pred
+        loss = loss + share * part_loss.detach()
+        terms = {k: terms.get(k, 0.0) + share * v.detach() for k, v in these.items()}
+        preds.append(pred.detach())
+    return loss, terms, torch.cat(preds)
+
+
+def _discriminator_backward(d: Distiller, images, sketches, pred, size: int) -> torch.Tensor:
+    """The discriminator's least-squares loss and gradients, from micro-batches as in :func:`_student_backward`."""
+    n = len(images)
+    d.opt_d.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=images.device)
+    for part in batching.micro_batches(n, size):
+        share = (part.stop - part.start) / n
+        x = images[part]
+        d_loss = 0.5 * (((d.disc(x, sketches[part]) - 1) ** 2).mean() + (d.disc(x, pred[part].detach()) ** 2).mean())
+        (d_loss if share == 1 else d_loss * share).backward()
+        if share == 1:
+            return d_loss
+        total = total + share * d_loss.detach()
+    return total
+
+
+def distill_step(
+    d: Distiller, images, sketches, guard: NonFiniteGuard | None = None, iteration: int = 0, halving: batching.Halving | None = None
+):
     """One iteration: the student's loss (L1, LPIPS, least-squares PatchGAN) and step, then the discriminator's.
 
-    A non-finite loss or gradient skips that network's step (``guard``, counted there). Returns the
-    student's weighted loss and the terms (``l1``, ``lpips``, ``gan``, ``discriminator`` where present).
+    A non-finite loss or gradient skips that network's step (``guard``, counted there). With
+    ``halving`` (:class:`~diffsketch.core.batching.Halving`), a forward and backward pass that runs
+    out of memory is redone in micro-batches of half the size, gradients accumulated: the same step
+    up to float summation order. Returns the student's weighted loss and the terms (``l1``,
+    ``lpips``, ``gan``, ``discriminator`` where present).
     """
-    cfg = d.cfg
-    pred = d.student(images)
-    terms = {"l1": (pred - sketches).abs().mean()}
-    if d.lpips_net is not None:
-        terms["lpips"] = d.lpips_net(pred.expand(-1, 3, -1, -1) * 2 - 1, sketches.expand(-1, 3, -1, -1) * 2 - 1).mean()
-    if d.disc is not None:
-        terms["gan"] = ((d.disc(images, pred) - 1) ** 2).mean()
-    loss = cfg.l1 * terms["l1"] + cfg.lpips * terms.get("lpips", 0.0) + cfg.gan * terms.get("gan", 0.0)
-    d.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    run = halving.run if halving is not None else (lambda work: work(len(images)))
+    loss, terms, pred = run(lambda size: _student_backward(d, images, sketches, size))
     if guard is None or guard.ok(iteration, loss, d.student.parameters()):
         d.opt.step()
     if d.disc is not None:
-        d_loss = 0.5 * (((d.disc(images, sketches) - 1) ** 2).mean() + (d.disc(images, pred.detach()) ** 2).mean())
-        d.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
+        d_loss = run(lambda size: _discriminator_backward(d, images, sketches, pred, size))
         if guard is None or guard.ok(iteration, d_loss, d.disc.parameters()):
             d.opt_d.step()
         terms["discriminator"] = d_loss
@@ -192,7 +234,8 @@ def run_distill(
     """Train (or resume) the student on the pairs store; writes ``out`` (+ .json) and the dvclive folder.
 
     ``checkpoints``: folder of resumable checkpoints (default: ``distill-checkpoints`` next to ``out``).
-    ``overwrite``: checkpoints made with other settings are deleted instead of refused.
+    Checkpoints live in ``checkpoints/<key>`` (:func:`~diffsketch.training.resume_point`); ``overwrite``
+    deletes every checkpoint there (of any settings) and starts afresh.
     Returns the last held-out evaluation."""
 
     cfg = params.distill
@@ -200,23 +243,14 @@ def run_distill(
     folder = Path(checkpoints) if checkpoints is not None else out.parent / "distill-checkpoints"
     root = open_pairs(pairs_path)
     sampler = PairSampler(root, cfg.holdout, cfg.crop, cfg.seed)
-    key = _distill_key(params, sampler)
-    checkpoint = latest_checkpoint(folder)
-    if checkpoint is not None and checkpoint_meta(checkpoint).get("key") != key:
-        if not overwrite:
-            raise DistillError(
-                f"{folder} holds checkpoints of a distillation with other settings or pairs; pass --overwrite (the DVC "
-                "stage does) to start over, or restore the settings to resume"
-            )
-        log.info("settings changed: discarding the checkpoints in %s", folder)
-        shutil.rmtree(folder)
-        checkpoint = None
     device = model_device(params.model.device)
+    lpips_net = load_lpips(params.losses.lpips_net, device) if cfg.lpips > 0 else None
+    key = distill_key(params, sampler, getattr(lpips_net, "backbone", None))
+    folder, checkpoint = resume_point(folder, key, cfg.iterations, "distill", overwrite)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         student = Student(StudentConfig(cfg.width, cfg.downsamples, cfg.blocks)).to(device)
         disc = PatchDiscriminator().to(device) if cfg.gan > 0 else None
-    lpips_net = load_lpips(params.losses.lpips_net, device) if cfg.lpips > 0 else None
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999)) if disc is not None else None
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -252,13 +286,14 @@ def run_distill(
         if disc is not None:
             tensors.update(module_tensors("discriminator", disc), **optimizer_tensors("optimizer_d", opt_d))
         tensors.update({"rng.batches": rng_tensor(gen), "rng.torch": rng_tensor()})
-        meta = dict(key=key, first=json.dumps(first), result=json.dumps(result), guard=guard.state())
+        meta = dict(key=key.digest, record=key.record, first=json.dumps(first), result=json.dumps(result), guard=guard.state())
         save_checkpoint(folder, done, tensors, meta)
 
+    halving = batching.Halving(cfg.batch, device, "distill")  # out of memory: the step redone in micro-batches
     bar = tqdm(range(start, cfg.iterations), desc="distilling", initial=start, total=cfg.iterations, disable=not progress)
     for i in bar:
         images, sketches = (t.to(device) for t in sampler.batch(cfg.batch, gen))
-        loss, terms = distill_step(Distiller(student, opt, lpips_net, disc, opt_d, cfg), images, sketches, guard, i)
+        loss, terms = distill_step(Distiller(student, opt, lpips_net, disc, opt_d, cfg), images, sketches, guard, i, halving)
         live.log_metric("train/loss", float(loss.detach()))
         for name, value in terms.items():
             live.log_metric(f"train/{name}", float(value.detach()))
@@ -272,9 +307,12 @@ def run_distill(
         live.next_step()
         if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
             save(done)
+    if start >= cfg.iterations:  # resumed at the end: score the weights (the checkpoint's last score may be older)
+        result = evaluate(student, sampler, device)
+    live.summary["lpips_backbone"] = getattr(lpips_net, "backbone", None)  # a random fallback is visible in the metrics
     live.end()
     meta = dict(
-        model=params.model.id, pairs=int(root["complete"][:].sum()), resolution=int(sampler.size),
+        model=params.model.id, key=key.digest, lpips_backbone=getattr(lpips_net, "backbone", None), pairs=int(root["complete"][:].sum()), resolution=int(sampler.size),
         iterations=cfg.iterations, holdout=result, holdout_before=first, skipped_steps=guard.skipped, version=__version__,
     )  # fmt: skip
     check_finite_weights(student, "the distilled student")

@@ -4,7 +4,7 @@ As in the authors' inference script, every pair samples a fresh image from a ran
 condition drawn from the prior (no CDST mixing) and sketches it with the generator from that
 trajectory's features. Pair ``i`` uses seeds derived from ``pairs.seed`` and ``i``, and pairs are
 generated in fixed blocks of ``pairs.batch_size``, so a resumed store is bit-identical to an
-uninterrupted one.
+uninterrupted one with the same batch size (other batch sizes agree up to float rounding).
 
 Store (Zarr v3, ``data/pairs.zarr``)::
 
@@ -18,7 +18,7 @@ Dimension names (Zarr v3 ``dimension_names``, read by ``xarray.open_zarr``): ``p
 attribute) work as before.
 
 A rerun resumes: only incomplete pairs are generated. A store made from another generator,
-prior or settings is refused unless ``overwrite``. As for `sample`, the projected size is logged
+prior or settings is kept under its key (:mod:`diffsketch.store.kept`; deleted with ``overwrite``). As for `sample`, the projected size is logged
 and checked against the free disk space before the model loads, and a full disk stops the run
 cleanly (:mod:`diffsketch.store.diskspace`). The store may be a local path or an fsspec URL
 (``s3://bucket/pairs.zarr``; see :mod:`diffsketch.store.zarr_store`).
@@ -34,17 +34,18 @@ import torch
 import zarr
 from tqdm.auto import tqdm
 
-from diffsketch.core import DiffsketchError, Params, __version__, batching, distributed, file_hash, fingerprint
+from diffsketch.core import DiffsketchError, Params, ResultKey, __version__, batching, distributed, file_inputs, result_key
 from diffsketch.diffusion import (
     Capture,
     check_model_reachable,
     initial_noise,
     load_model,
+    model_terms,
     sample_conditions,
     unet_layers,
     vae_layers,
 )
-from diffsketch.store import PAIR, StoreError, compressors, diskspace
+from diffsketch.store import PAIR, StoreError, compressors, diskspace, replace_other_key, take_back
 from diffsketch.store import zarr_store as store
 from diffsketch.training import TextPrior, inputs_from_result, load_generator
 
@@ -105,14 +106,27 @@ def _create(path: str | Path, count: int, size: int, attrs: dict) -> zarr.Group:
 
 
 def _planned_batch_size(root: zarr.Group, configured: int | str) -> int:
-    """The block size of the store's plan: recorded at creation (stores from before the record:
-    the configured number, which the fingerprint guarantees unchanged)."""
+    """The block size of this run: the configured one, or with ``auto`` the one the probe chose when the
+    store was created (recorded, so resumes keep the plan). The batch size is not part of the key:
+    pairs made in other batch sizes agree up to float rounding (see docs/reruns.md)."""
+    if configured != "auto":
+        return int(configured)
     recorded = root.attrs.get("batch_size")
-    if recorded is not None:
-        return int(recorded)
-    if configured == "auto":
-        raise PairsError("the pairs store records no batch size for pairs.batch_size=auto; rerun with --overwrite")
-    return int(configured)
+    if recorded is None:
+        raise PairsError("the pairs store records no batch size for pairs.batch_size=auto; set a number")
+    return int(recorded)
+
+
+def pairs_key(params: Params, generator_path, prior_path) -> ResultKey:
+    """What the pairs' numbers depend on (:mod:`diffsketch.core.keys`): the model by content, the pairs
+    settings (not the batch size: every pair has its own seeds), and the generator and prior files by
+    content (the generator's own key covers the sampler settings it was trained with)."""
+    model_settings, model_inputs = model_terms(params.model)
+    return result_key(
+        {"pairs": params.pairs},
+        resolved=model_settings,
+        inputs={**model_inputs, **file_inputs({"generator": generator_path, "prior": prior_path})},
+    )
 
 
 def run_pairs(
@@ -159,22 +173,19 @@ def _run_pairs(
                 f"the {what} was made with model {found!r} but params say model.id={params.model.id!r}; rerun `dvc repro`"
             )
     _store_call(store.check_writable, out)
-    key = fingerprint(
-        params.model.model_copy(update={"device": "any"}), cfg,
-        extra=[file_hash(generator_path), file_hash(prior_path)],
-    )  # fmt: skip
+    key = pairs_key(params, generator_path, prior_path)
     size = int(meta["resolution"])
     root = None
     if _store_call(store.is_group, out):
         root = store.open_group(out, mode="r+")
-        if root.attrs.get("fingerprint") != key:
-            if not overwrite:
-                raise PairsError(
-                    f"{out} holds pairs made with another generator, prior or settings; pass --overwrite (the DVC "
-                    "stage does) to replace it"
-                )
-            log.info("settings changed: replacing %s", out)
-            root = None
+        if root.attrs.get("fingerprint") != key.digest:
+            root = replace_other_key(root, out, key, overwrite, workers, "generated")
+    workers.barrier()  # process 0 has set aside the store of other settings before anyone takes one back
+    if root is None and not overwrite and workers.main and take_back(out, key.digest):
+        log.info("%s: resuming the pairs kept for these settings", out)
+    workers.barrier()
+    if root is None and not overwrite and _store_call(store.is_group, out):
+        root = store.open_group(out, mode="r+")
     todo = list(range(cfg.count)) if root is None else [int(i) for i in np.flatnonzero(~store.complete_mask(root))]
     if not todo:
         log.info("%s: all %d pairs complete", out, cfg.count)
@@ -186,7 +197,8 @@ def _run_pairs(
     if model is None:
         check_model_reachable(params.model)
         model = load_model(params.model)
-    generator = generator.to(model.device).eval()
+    # in the model's dtype (fp16 on CUDA), under autocast: the fp16 features are read without a cast per forward
+    generator = generator.to(model.device, model.dtype).eval()
     if model.compiled:
         generator.forward = torch.compile(generator.forward, backend=model.cache.get("compile_backend", "inductor"))
     indices = list(meta["ddim_indices"])
@@ -215,7 +227,8 @@ def _run_pairs(
         )
         if probe:
             result.unet = {k: v.expand(-1, len(indices), *v.shape[2:]).contiguous() for k, v in result.unet.items()}
-        with torch.no_grad():
+        autocast = torch.autocast(model.device.type, dtype=model.dtype, enabled=model.dtype != torch.float32)
+        with torch.no_grad(), autocast:
             sketches = generator(inputs_from_result(result, model.device)).float()
         sketch_u8 = (sketches[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         return result.images_uint8().numpy(), sketch_u8
@@ -226,7 +239,7 @@ def _run_pairs(
             cfg.batch_size, model.device, lambda b: make_pairs(list(range(b)), probe=True), cap=cfg.count,
             what="pairs.batch_size",
         )  # fmt: skip
-        attrs = dict(fingerprint=key, model=params.model.id, count=cfg.count, resolution=size, seed=cfg.seed, version=__version__)
+        attrs = dict(fingerprint=key.digest, key_record=key.record, model=params.model.id, count=cfg.count, resolution=size, seed=cfg.seed, version=__version__)
         root = _create(out, cfg.count, size, attrs)
         root.attrs["batch_size"] = batch_size  # the blocks (resolved when pairs.batch_size is auto): a resume keeps them
     workers.barrier()  # the store exists
@@ -240,15 +253,16 @@ def _run_pairs(
     if workers.world > 1:
         log.info("worker %d of %d takes %d pairs", workers.rank, workers.world, len(mine))
     bar = tqdm(total=len(mine), desc="pairs", disable=not (progress and workers.main))
+    halving = batching.Halving(batch_size, model.device, "pairs")
     for block in blocks:
         batch = [i for i in range(block * batch_size, min((block + 1) * batch_size, cfg.count)) if i in pending]
-        images, sketch_u8 = make_pairs(batch)
-        with store.writing():
-            for j, i in enumerate(batch):
-                root["images"][i] = images[j]
-                root["sketches"][i] = sketch_u8[j]
-                root["complete"][i] = True  # last: a pair is complete only once both arrays are written
-        bar.update(len(batch))
+        for part, (images, sketch_u8) in halving.chunks(batch, make_pairs):  # out of memory: redone in halves
+            with store.writing():
+                for j, i in enumerate(part):
+                    root["images"][i] = images[j]
+                    root["sketches"][i] = sketch_u8[j]
+                    root["complete"][i] = True  # last: a pair is complete only once both arrays are written
+            bar.update(len(part))
     bar.close()
     workers.barrier()
     if workers.main:

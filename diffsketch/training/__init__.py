@@ -14,7 +14,7 @@ Public names (imported on first use, so importing the package costs nothing):
 - :mod:`~diffsketch.training.generator`: ``GeneratorInputs``, ``GeneratorLoadError``, ``SketchGenerator``, ``load_generator``, ``save_generator``
 - :mod:`~diffsketch.training.losses`: ``ALEXNET_FILE``, ``LossSetupError``, ``SketchLoss``, ``alexnet_cached``, ``load_clip``, ``load_lpips``
 - :mod:`~diffsketch.training.trainer`: ``TrainInputError``, ``TrainPaths``, ``TrainStep``, ``Trainer``, ``run_train``
-- :mod:`~diffsketch.training.checkpoint`: ``NonFiniteError``, ``NonFiniteGuard``, ``check_finite_weights``, ``checkpoint_meta``, ``latest_checkpoint``, ``load_checkpoint``, ``load_module``, ``load_optimizer``, ``module_tensors``, ``open_live``, ``optimizer_tensors``, ``rng_tensor``, ``save_checkpoint``, ``trim_live``
+- :mod:`~diffsketch.training.checkpoint`: ``NonFiniteError``, ``NonFiniteGuard``, ``check_finite_weights``, ``checkpoint_meta``, ``latest_checkpoint``, ``load_checkpoint``, ``load_module``, ``load_optimizer``, ``module_tensors``, ``open_live``, ``optimizer_tensors``, ``rng_tensor``, ``save_checkpoint``, ``trim_live``, ``resume_point``, ``kept_runs``, ``KeptRun``
 """
 
 from diffsketch.core import attach
@@ -30,6 +30,6 @@ __getattr__, __dir__, __all__ = attach(
         "generator": ["GeneratorInputs", "GeneratorLoadError", "SketchGenerator", "load_generator", "save_generator"],
         "losses": ["ALEXNET_FILE", "LossSetupError", "SketchLoss", "alexnet_cached", "load_clip", "load_lpips"],
         "trainer": ["TrainInputError", "TrainPaths", "TrainStep", "Trainer", "run_train"],
-        "checkpoint": ["NonFiniteError", "NonFiniteGuard", "check_finite_weights", "checkpoint_meta", "latest_checkpoint", "load_checkpoint", "load_module", "load_optimizer", "module_tensors", "open_live", "optimizer_tensors", "rng_tensor", "save_checkpoint", "trim_live"],
+        "checkpoint": ["NonFiniteError", "NonFiniteGuard", "check_finite_weights", "checkpoint_meta", "latest_checkpoint", "load_checkpoint", "load_module", "load_optimizer", "module_tensors", "open_live", "optimizer_tensors", "rng_tensor", "save_checkpoint", "trim_live", "resume_point", "kept_runs", "KeptRun"],
     },
 )

@@ -1,8 +1,12 @@
 """Resumable checkpoints and the non-finite guard, shared by `train` and `distill`.
 
-A checkpoint is one safetensors file, ``checkpoint-<iteration>.safetensors``: named tensors
-(module weights, optimiser moments, random-generator states) plus string metadata (the iteration,
-the settings key, anything JSON). It is written to ``<name>.tmp``, flushed to disk and renamed over
+A checkpoint is one safetensors file, ``<folder>/<key>/checkpoint-<iteration>.safetensors``: named
+tensors (module weights, optimiser moments, random-generator states) plus string metadata (the
+iteration, the settings key and its record, anything JSON). Checkpoints live under their key
+(:mod:`diffsketch.core.keys`), so a run with other settings starts its own subfolder and never
+deletes another's: setting a parameter back resumes the earlier run. A run resumes from the latest
+checkpoint at or below its requested iteration count, never from one past it, so lowering the
+count gives exactly a fresh run of that length. It is written to ``<name>.tmp``, flushed to disk and renamed over
 the final name, so a run killed at any moment (SIGKILL included) leaves either the previous
 checkpoint or the new one, never a torn file; stale ``.tmp`` files are ignored and removed by the
 next save. A checkpoint holding a NaN or inf is never written (:class:`NonFiniteError`).
@@ -17,12 +21,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
-from diffsketch.core import DiffsketchError, __version__
+from diffsketch.core import DiffsketchError, ResultKey, __version__
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +126,8 @@ def save_checkpoint(folder: Path, iteration: int, tensors: dict[str, torch.Tenso
         os.fsync(f.fileno())
     tmp.replace(path)  # atomic: an interrupted save never replaces a good checkpoint
     _fsync_dir(folder)
-    for old in sorted(folder.glob(PATTERN))[:-keep]:
+    # keep the last `keep` checkpoints up to this one; later ones (a longer run with the same key) stay
+    for old in [p for p in sorted(folder.glob(PATTERN)) if checkpoint_iteration(p) < iteration][: -(keep - 1) or None]:
         old.unlink()
     for stale in folder.glob(PATTERN + ".tmp"):
         stale.unlink(missing_ok=True)
@@ -140,10 +147,82 @@ def checkpoint_meta(path: Path) -> dict:
         return f.metadata() or {}
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
+def checkpoint_iteration(path: Path) -> int:
+    """The iteration in a checkpoint's file name.
+
+    >>> checkpoint_iteration(Path("checkpoint-000040.safetensors"))
+    40
+    """
+    return int(Path(path).name.removeprefix("checkpoint-").split(".")[0])
+
+
+def latest_checkpoint(folder: Path, at_most: int | None = None) -> Path | None:
+    """The checkpoint in ``folder`` with the highest iteration not above ``at_most`` (None: any)."""
     folder = Path(folder)
     found = sorted(folder.glob(PATTERN)) if folder.is_dir() else []
+    found = [p for p in found if at_most is None or checkpoint_iteration(p) <= at_most]
     return found[-1] if found else None
+
+
+def keyed_folder(folder: Path, key: str) -> Path:
+    """Where the checkpoints of the run with ``key`` live: ``folder/key``."""
+    return Path(folder) / key
+
+
+def other_keys(folder: Path, key: str) -> list[Path]:
+    """Checkpoint subfolders of ``folder`` made with other keys, the most recently written first."""
+    folder = Path(folder)
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name != key and any(p.glob(PATTERN))] if folder.is_dir() else []
+    return sorted(found, key=lambda p: max(c.stat().st_mtime for c in p.glob(PATTERN)), reverse=True)
+
+
+def resume_point(folder: Path, key: ResultKey, target: int, stage: str, overwrite: bool = False) -> tuple[Path, Path | None]:
+    """The folder for the checkpoints of ``key`` and the checkpoint to resume from (None: start afresh).
+
+    Resumes from the latest checkpoint of ``key`` at or below ``target`` iterations. When none exists
+    but checkpoints of other keys do, says once what changed (a setting, or an input file: that one at
+    WARNING) and that those are kept. ``overwrite`` deletes every checkpoint in ``folder`` first.
+    """
+    folder = Path(folder)
+    if overwrite and folder.exists():
+        log.info("%s: --overwrite: deleting every checkpoint in %s", stage, folder)
+        shutil.rmtree(folder)
+    own = keyed_folder(folder, key.digest)
+    checkpoint = latest_checkpoint(own, at_most=target)
+    beyond = latest_checkpoint(own)
+    if beyond is not None and beyond != checkpoint:
+        log.info("%s: %s is past the requested %d iterations; it is kept, and %s", stage, beyond.name, target,
+                 f"the run resumes from {checkpoint.name}" if checkpoint else "the run starts from the beginning")  # fmt: skip
+    others = other_keys(folder, key.digest)
+    if checkpoint is None and others:
+        what, files = key.change_summary(checkpoint_meta(latest_checkpoint(others[0])).get("record"))
+        log.log(
+            logging.WARNING if files else logging.INFO,
+            "%s: not resuming the checkpoints in %s: %s. They are kept (setting the parameters back resumes them; "
+            "`diffsketch checkpoints --remove` deletes unused ones)",
+            stage, others[0], what,
+        )  # fmt: skip
+    return own, checkpoint
+
+
+@dataclass(frozen=True)
+class KeptRun:
+    """One key's checkpoints in a checkpoint folder."""
+
+    folder: Path
+    iterations: int  # the latest checkpoint's iteration
+    bytes: int
+
+
+def kept_runs(folder: Path) -> list[KeptRun]:
+    """Every key's checkpoint subfolder in ``folder``, with its latest iteration and size on disk."""
+    folder = Path(folder)
+    runs = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []:
+        files = [p for p in sub.rglob("*") if p.is_file()]
+        latest = latest_checkpoint(sub)
+        runs.append(KeptRun(sub, checkpoint_iteration(latest) if latest else 0, sum(p.stat().st_size for p in files)))
+    return runs
 
 
 def trim_live(live_dir: Path, start: int) -> None:
@@ -178,14 +257,18 @@ class NonFiniteGuard:
             self.skipped, self.consecutive, self.last_bad = values["skipped"], values["consecutive"], values["last_bad"]
 
     def ok(self, iteration: int, loss: torch.Tensor, parameters: Iterable[torch.nn.Parameter]) -> bool:
-        """True if the step may be taken; otherwise counts and logs the skip (and raises after ``limit``)."""
-        bad = "loss" if not _finite(loss.detach()) else None
-        if bad is None:
-            grads = [p.grad for p in parameters if p.grad is not None]
-            if not all(bool(torch.isfinite(g).all()) for g in grads):
-                bad = "gradient"
-        if bad is None:
+        """True if the step may be taken; otherwise counts and logs the skip (and raises after ``limit``).
+
+        One host synchronisation per call: the loss and every gradient's largest absolute value
+        (``torch._foreach_norm`` with ``ord=inf``: NaN if the gradient holds a NaN, inf if it holds an
+        inf, never an overflow of a finite gradient) are checked together; the loss and gradients are
+        told apart only for the warning of a skipped step."""
+        loss = loss.detach().float().reshape(())
+        grads = [p.grad.detach() for p in parameters if p.grad is not None]
+        peaks = [n.float() for n in torch._foreach_norm(grads, ord=float("inf"))] if grads else []
+        if bool(torch.isfinite(torch.stack([loss, *peaks])).all()):
             return True
+        bad = "loss" if not bool(torch.isfinite(loss)) else "gradient"
         self.skipped += 1
         if iteration != self.last_bad:
             self.consecutive = self.consecutive + 1 if iteration == self.last_bad + 1 else 1

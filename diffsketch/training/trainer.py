@@ -25,13 +25,15 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from diffsketch.core import DiffsketchError, Params, __version__, file_hash, fingerprint
+from diffsketch.core import DiffsketchError, Params, ResultKey, __version__, batching, file_inputs, result_key
 from diffsketch.diffusion import (
     Capture,
+    SampleResult,
     SDModel,
     check_model_reachable,
     initial_noise,
     load_model,
+    model_terms,
     sample_conditions,
     unet_layers,
     vae_layers,
@@ -41,17 +43,17 @@ from diffsketch.training.checkpoint import (
     NonFiniteGuard,
     check_finite_weights,
     checkpoint_meta,
-    latest_checkpoint,
     load_module,
     load_optimizer,
     module_tensors,
     open_live,
     optimizer_tensors,
+    resume_point,
     save_checkpoint,
     trim_live,
 )
 from diffsketch.training.example import Example, build_example, check_example, inputs_from_result
-from diffsketch.training.generator import SketchGenerator, save_generator
+from diffsketch.training.generator import GeneratorInputs, SketchGenerator, save_generator
 from diffsketch.training.losses import SketchLoss, load_clip, load_lpips
 from diffsketch.training.prior import TextPrior
 
@@ -103,15 +105,32 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return name
 
 
-def _train_key(params: Params, indices: list[int], prior_path: Path) -> str:
-    """What the checkpoints depend on: settings and the contents of the input files (a drawing replaced under
-    the same name, or a refitted prior, must not resume); iterations and logging intervals may change on resume."""
-    train = params.train.model_copy(update={"iterations": 0, "checkpoint_every": 0, "sample_every": 0, "max_skips": 0})
-    model = params.model.model_copy(update={"device": "any"})
+def train_key(params: Params, indices: list[int], prior_path: Path, clip: str, lpips_backbone: str, precision: str) -> ResultKey:
+    """What the generator's numbers depend on (:mod:`diffsketch.core.keys`): the model by content, the
+    sampler settings training reuses, the example, the losses and training settings with their
+    ``auto`` choices resolved (``clip``, ``lpips_backbone``, ``precision``: what was really loaded), the
+    chosen timesteps, and the example's and prior's files by content (never their paths)."""
+    model_settings, model_inputs = model_terms(params.model)
     ex = params.example
-    files = {"prior": prior_path, "image": ex.image, "sketch": ex.sketch, "style_weights": ex.style_weights}
-    contents = {name: file_hash(path) for name, path in files.items() if path and Path(path).is_file()}
-    return fingerprint(model, params.sample, params.example, params.prior, params.losses, train, extra=[indices, contents])
+    files = {"prior": prior_path, "example.image": ex.image, "example.style_weights": ex.style_weights}
+    if Path(ex.sketch).is_file():  # a drawing; otherwise a style name, kept as a setting
+        files["example.sketch"] = ex.sketch
+    arch, _, weights = clip.partition(":")
+    if weights and Path(weights).is_file():  # a local CLIP checkpoint: by content
+        files["losses.clip_model"], clip = weights, f"{arch}:<file>"
+    sample = params.sample.model_dump(include={"steps", "guidance", "eta", "resolution", "capture", "decode"})
+    return result_key(
+        {"sample": sample, "example": ex, "losses": params.losses, "train": params.train},
+        resolved={
+            **model_settings,
+            "losses.clip_model": clip,
+            "losses.lpips_net": lpips_backbone,
+            "train.precision": precision,
+            "timesteps": indices,
+        },
+        drop=[f"example.{name.split('.')[-1]}" for name in files if name.startswith("example.")],
+        inputs={**model_inputs, **file_inputs(files)},
+    )
 
 
 @dataclass
@@ -151,6 +170,7 @@ class Trainer:
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         self.scaler = torch.amp.GradScaler(model.device.type, enabled=self.precision == "fp16")
         self.guard = NonFiniteGuard(params.train.max_skips, "train", NONFINITE_CAUSES)
+        self.halving = batching.Halving(params.train.batch, model.device, "train")  # out-of-memory recovery
 
     @property
     def cdst_horizon(self) -> int:
@@ -177,17 +197,48 @@ class Trainer:
         cond = cdst_condition(self.example.cond, cond_random.to(self.model.device), iteration, self.cdst_horizon)
         seeds = [_seed(p, iteration, 1 + b) for b in range(p.train.batch)]
         noise = initial_noise(self.model, seeds, p.sample.resolution)
-        return sample_conditions(
+        capture = Capture(unet=self.unet_specs, vae=self.vae_specs, halves="both", keep=self.indices, on_cpu=False)
+        parts = self.halving.chunks(range(p.train.batch), lambda items: sample_conditions(
             self.model,
-            cond.to(self.model.dtype),
-            noise,
+            cond[items].to(self.model.dtype),
+            noise[items],
             steps=p.sample.steps,
             guidance=p.sample.guidance,
             eta=p.sample.eta,
-            seeds=seeds,
-            capture=Capture(unet=self.unet_specs, vae=self.vae_specs, halves="both", keep=self.indices, on_cpu=False),
+            seeds=[seeds[b] for b in items],
+            capture=capture,
             decode=p.sample.decode,
-        )
+        ))  # fmt: skip  # out of memory: sampled in halves (each image has its own seeds)
+        return SampleResult.cat([result for _, result in parts])
+
+    def _backward(self, inputs: GeneratorInputs, size: int, sync):
+        """Generator forward, losses and backward over the batch in micro-batches of at most ``size``
+        images, gradients accumulated: the example's terms once, the batch terms (means over images)
+        weighted by each micro-batch's share, so the gradient is the full batch's up to float summation
+        order. Returns (loss, terms, example sketch, sketches, generator seconds)."""
+        n, example_terms = inputs.batch, ("l1", "lpips", "clip")  # the terms of the example alone
+        self.optimizer.zero_grad(set_to_none=True)
+        total, terms, sketches, seconds = 0.0, {}, [], 0.0
+        for j, part in enumerate(batching.micro_batches(n, size)):
+            share = (part.stop - part.start) / n
+            t = time.perf_counter()
+            with self._autocast():
+                if j == 0:
+                    pred_example = self.generator(self.example.inputs)
+                pred_new = self.generator(_rows(inputs, part))
+            sync()
+            seconds += time.perf_counter() - t
+            part_total, part_terms = self.loss(pred_example if j == 0 else pred_example.detach(), pred_new, inputs.rgb[part].float() / 2 + 0.5)
+            if share == 1:  # one piece: the full batch as it is
+                self.scaler.scale(part_total).backward()
+                return part_total, part_terms, pred_example, pred_new, seconds
+            example = sum(self.loss.weights[k] * v for k, v in part_terms.items() if k in example_terms)
+            objective = share * (part_total - example) + (example if j == 0 else 0.0)
+            self.scaler.scale(objective).backward()
+            total = total + objective.detach()
+            terms = {k: v.detach() if k in example_terms else terms.get(k, 0.0) + share * v.detach() for k, v in part_terms.items()}
+            sketches.append(pred_new.detach())
+        return total, terms, pred_example, torch.cat(sketches), seconds
 
     def step(self, iteration: int) -> TrainStep:
         """One training iteration: the loss terms, the CDST weight, the time of each part, and the sketches made."""
@@ -199,14 +250,9 @@ class Trainer:
         sync()
         t1 = time.perf_counter()
         self.generator.train()
-        with self._autocast():
-            pred_example = self.generator(self.example.inputs)
-            pred_new = self.generator(new_inputs)
-        sync()
-        t2 = time.perf_counter()
-        total, terms = self.loss(pred_example, pred_new, new_inputs.rgb.float() / 2 + 0.5)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        # out of memory: the forward and backward redone in micro-batches of half the size
+        total, terms, pred_example, pred_new, generator_s = self.halving.run(lambda size: self._backward(new_inputs, size, sync))
+        t2 = t1 + generator_s
         if self.scaler.is_enabled():  # fp16: the loss scaler skips inf/NaN steps itself and lowers its scale
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -222,9 +268,9 @@ class Trainer:
         return TrainStep(record, images=batch.images, sketches=pred_new.detach(), example_sketch=pred_example.detach())
 
     # --- checkpoints -------------------------------------------------------------------------
-    def save_checkpoint(self, folder: Path, iteration: int, key: str) -> Path:
+    def save_checkpoint(self, folder: Path, iteration: int, key: ResultKey) -> Path:
         tensors = {**module_tensors("generator", self.generator), **optimizer_tensors("optimizer", self.optimizer)}
-        meta = dict(key=key, scaler=json.dumps(self.scaler.state_dict()), guard=self.guard.state())
+        meta = dict(key=key.digest, record=key.record, scaler=json.dumps(self.scaler.state_dict()), guard=self.guard.state())
         return save_checkpoint(folder, iteration, tensors, meta)  # atomic; refuses non-finite weights
 
     def load_checkpoint(self, path: Path) -> int:
@@ -241,6 +287,13 @@ NONFINITE_CAUSES = (
     "a learning rate too high for these settings (lower train.lr), fp16 overflow (set train.precision to fp32 or bf16), "
     "or a broken example image/sketch (check data/example)"
 )
+
+
+def _rows(inputs: GeneratorInputs, rows: slice) -> GeneratorInputs:
+    """The generator inputs of the images ``rows``."""
+    return GeneratorInputs(
+        unet={k: v[rows] for k, v in inputs.unet.items()}, vae={k: v[rows] for k, v in inputs.vae.items()}, rgb=inputs.rgb[rows]
+    )
 
 
 def load_file_on(path: Path, device) -> dict:
@@ -291,27 +344,19 @@ def run_train(
 ) -> dict:
     """Train (or resume) the generator; returns the last iteration's record.
 
-    ``overwrite``: checkpoints made with other settings are deleted instead of refused.
+    Checkpoints live in ``paths.checkpoints/<key>`` (:func:`~diffsketch.training.checkpoint.resume_point`);
+    ``overwrite`` deletes every checkpoint there (of any settings) and starts afresh.
     ``on_iteration(i, record)`` is called after each iteration (tests use it to interrupt a run).
     """
     cfg = params.train
     indices, prior = check_train_inputs(params, paths)
-    key = _train_key(params, indices, paths.prior)
-    checkpoint = latest_checkpoint(paths.checkpoints)
-    if checkpoint is not None and checkpoint_meta(checkpoint).get("key") != key:
-        if not overwrite:
-            raise TrainInputError(
-                f"{paths.checkpoints} holds checkpoints of a run with other settings; pass --overwrite (the DVC stage "
-                "does) to start over, or restore the settings to resume"
-            )
-        log.info("settings changed: discarding the checkpoints in %s", paths.checkpoints)
-        shutil.rmtree(paths.checkpoints)
-        checkpoint = None
     if model is None:
         check_model_reachable(params.model)
         model = load_model(params.model)
     clip = load_clip(params.losses.clip_model, model.device)
     lpips_net = load_lpips(params.losses.lpips_net, model.device)
+    key = train_key(params, indices, paths.prior, clip.name, lpips_net.backbone, resolve_precision(cfg.precision, model.device))
+    folder, checkpoint = resume_point(paths.checkpoints, key, cfg.iterations, "train", overwrite)
 
     unet_specs = unet_layers(model.unet.config, params.sample.resolution, model.vae_scale_factor, params.sample.capture)
     vae_specs = vae_layers(model.vae.config, params.sample.resolution)
@@ -329,6 +374,8 @@ def run_train(
         trim_live(paths.live, start)
     live = open_live(paths.live, resume=start > 0)
     live.step = start
+    # the networks the CLIP and LPIPS losses really used, in the metrics file (a random fallback is visible there)
+    live.summary.update(clip=clip.name, lpips_backbone=lpips_net.backbone)
     if start == 0:
         live.log_params(dict(clip=clip.name, lpips_backbone=lpips_net.backbone, precision=trainer.precision, timesteps=indices))
         live.log_image("example/image.png", _uint8(example.image[0]))
@@ -349,7 +396,7 @@ def run_train(
             live.log_image(f"samples/iter_{done:06d}.png", grid)
         live.next_step()
         if done % cfg.checkpoint_every == 0 or done == cfg.iterations:
-            trainer.save_checkpoint(paths.checkpoints, done, key)
+            trainer.save_checkpoint(folder, done, key)
         if on_iteration is not None:
             on_iteration(i, record)
     live.end()
@@ -367,7 +414,7 @@ def run_train(
         precision=trainer.precision,
         clip=clip.name,
         lpips_backbone=lpips_net.backbone,
-        key=key,
+        key=key.digest,
         skipped_steps=trainer.guard.skipped,
         version=__version__,
     )

@@ -15,6 +15,8 @@ A page asks for a generated block with an HTML comment on a line of its own:
 - ``<!-- generated:ablation -->``: the ablation table from ``reports/ablation/table.md`` (written by
   ``diffsketch ablate``), or a note saying which command fills it.
 - ``<!-- generated:ablation-rows -->``: the ablation rows of ``presets/ablations.yaml``.
+- ``<!-- generated:reruns -->``: each parameter, the stages that rerun when it changes (from
+  ``dvc.yaml``) and what happens to finished work (from ``diffsketch.core.keys``).
 
 Anything that cannot be imported or read raises, so ``mkdocs build --strict`` fails instead of
 publishing an empty page. The example pair of ``data/example`` and, when present, the HTML
@@ -187,13 +189,15 @@ def _lookup(params: Any, dotted: str) -> tuple[bool, Any]:
     return True, node
 
 
-def _fields_table(model: type, prefix: str, presets: dict) -> tuple[str, list[tuple[str, type]]]:
+def _fields_table(model: type, prefix: str, presets: dict, only: str | None = None) -> tuple[str, list[tuple[str, type]]]:
     names = list(presets)
     head = ["key", "type", "default", *names, "description"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     nested = []
     for key, field in model.model_fields.items():
-        dotted = f"{prefix}.{key}"
+        if only is not None and key != only:
+            continue
+        dotted = f"{prefix}.{key}" if prefix else key
         type_text = _type_name(field.annotation)
         limits = _constraints(field.metadata)
         if limits:
@@ -225,7 +229,10 @@ def render_params(section: str | None, state: dict) -> str:
     if section not in params.model_fields:
         raise PluginError(f"generated:params: {section!r} is no section of Params ({', '.join(params.model_fields)})")
     state.setdefault("params", set()).add(section)
-    model = _models_in(params.model_fields[section].annotation)[0]
+    models = _models_in(params.model_fields[section].annotation)
+    if not models:  # a top-level setting (threads), not a section: its one row
+        return _fields_table(params, "", _presets(), only=section)[0]
+    model = models[0]
     presets = _presets()
     blocks = []
     doc = ISSUE_REF.sub("", inspect.getdoc(model) or "").strip()
@@ -416,6 +423,70 @@ def render_ablation_rows(_arg: str | None, state: dict) -> str:
     return "\n".join(lines)
 
 
+def _stage_params(spec: dict) -> list[str]:
+    names: list[str] = []
+    for item in spec.get("params", []) or []:
+        names += [item] if isinstance(item, str) else [n for values in item.values() for n in values]
+    return names
+
+
+def _schema_settings(model: type, prefix: str = "") -> list[str]:
+    """Every leaf setting of the params schema, dotted (``train.lr``)."""
+    out = []
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        inner = _models_in(field.annotation)
+        # sections are walked; inside a section, a list of models (evaluate.datasets) is one setting
+        out += _schema_settings(inner[0], f"{name}.") if inner and not prefix else [f"{prefix}{name}"]
+    return out
+
+
+def _downstream(stages: dict) -> dict[str, list[str]]:
+    """Each stage and the stages DVC reruns after it (their deps include its outputs), in dvc.yaml order."""
+    outs = {name: [next(iter(o)) if isinstance(o, dict) else o for o in spec.get("outs", []) or []] for name, spec in stages.items()}
+    after: dict[str, list[str]] = {}
+    for name in stages:
+        reached, frontier = {name}, [name]
+        while frontier:
+            current = frontier.pop()
+            for other, spec in stages.items():
+                deps = [str(d) for d in spec.get("deps", []) or []]
+                if other not in reached and any(d == o or d.startswith(o + "/") for d in deps for o in outs[current]):
+                    reached.add(other)
+                    frontier.append(other)
+        after[name] = [s for s in stages if s in reached]
+    return after
+
+
+def render_reruns(_arg: str | None, state: dict) -> str:
+    """Each parameter: the stages whose ``params:`` name it (and those DVC reruns after them), and what
+    happens to finished work, from ``dvc.yaml`` and :mod:`diffsketch.core.keys`."""
+    keys = _import("diffsketch.core.keys")
+    schema = _import("diffsketch.core.params").Params
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    after = _downstream(stages)
+    resumable = {"sample": "a new store; the old one is kept under its key", "pairs": "a new store; the old one is kept under its key",
+                 "train": "new checkpoints; the old ones are kept under their key", "distill": "new checkpoints; the old ones are kept under their key"}  # fmt: skip
+    lines = ["| parameter | stages that rerun | finished work |", "|---|---|---|"]
+    for name in _schema_settings(schema):
+        direct = [s for s, spec in stages.items() if any(name == p or name.startswith(p + ".") for p in _stage_params(spec))]
+        if name in keys.NEUTRAL:
+            if direct:
+                raise PluginError(f"generated:reruns: {name} cannot change a result but dvc.yaml lists it for {', '.join(direct)}")
+            lines.append(f"| {_code(name)} | none | carries over: {_cell(keys.NEUTRAL[name])} |")
+            continue
+        if not direct:
+            raise PluginError(f"generated:reruns: {name} is in no stage's params in dvc.yaml and not in keys.NEUTRAL")
+        rerun = [s for s in stages if any(s in after[d] for d in direct)]
+        if name in keys.PROGRESS:
+            work = f"carries over: {keys.PROGRESS[name]}"
+        else:
+            work = "; ".join(f"{s}: {resumable[s]}" for s in direct if s in resumable) or "recomputed"
+        lines.append(f"| {_code(name)} | {', '.join(_code(s) for s in rerun)} | {_cell(work)} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 
 RENDERERS = {
@@ -424,6 +495,7 @@ RENDERERS = {
     "results": render_results,
     "ablation": render_ablation,
     "ablation-rows": render_ablation_rows,
+    "reruns": render_reruns,
 }
 
 
