@@ -149,34 +149,92 @@ def test_analyze_refuses_a_deleted_unet_chunk_file(tmp_path):
     assert not (tmp_path / "t.json").exists()
 
 
-@pytest.mark.parametrize("array", ["labels", "timesteps"])
-def test_analyze_refuses_a_deleted_whole_store_array(tmp_path, array):
-    from test_analysis import synthetic_store
-
-    features = synthetic_store(tmp_path / "s.zarr", trajectories=6)
-    (features / array / "c" / "0").unlink()
-    result = _analyze(tmp_path, features)
-    assert result.exit_code == 1 and f"array `{array}` has no chunk file {array}/c/0" in result.output, result.output
-
-
 def test_readers_refuse_absent_chunks(tmp_path):
-    from diffsketch.analysis.feature_maps import final_image, stored_prompt
+    from diffsketch.analysis.feature_maps import final_image
     from diffsketch.student.distill import PairSampler
     from test_analysis import synthetic_store
 
     features = synthetic_store(tmp_path / "s.zarr", trajectories=4)
     root = store.open_store(features)
-    root.attrs  # opened before the damage, as a long-running reader would be
+    assert root.attrs["fingerprint"]  # opened before the damage, as a long-running reader would be
     (features / "images" / "c" / "2" / "0" / "0" / "0").unlink()
     with pytest.raises(store.CorruptStoreError, match="trajectory 2 of `images` has no chunk file images/c/2/0/0/0"):
         final_image(root, 2, 8)
     assert final_image(root, 1, 8).shape == (8, 8, 3)  # the others read
-    (features / "prompt_ids" / "c" / "0").unlink()
-    with pytest.raises(store.CorruptStoreError, match="trajectory 0 of `prompt_ids` has no chunk file prompt_ids/c/0"):
-        stored_prompt(root, 0)  # checked before the prompt table is looked up
+    (features / "noise" / "c" / "3" / "0" / "0" / "0").unlink()
+    with pytest.raises(store.CorruptStoreError, match="trajectory 3 of `noise` has no chunk file noise/c/3/0/0/0"):
+        store.read(root["noise"], 3)
 
     pairs = _pairs(tmp_path, count=3)
     (pairs / "sketches" / "c" / "1" / "0" / "0").unlink()
     sampler = PairSampler(store.open_group(pairs), holdout=0.0, crop=None, seed=0)
     with pytest.raises(store.CorruptStoreError, match=rf"{pairs}: pair 1 of `sketches` has no chunk file sketches/c/1/0/0"):
         sampler.load([0, 1])
+
+
+@pytest.fixture(scope="module")
+def sampled(tiny, tmp_path_factory):
+    """A finished tiny store (2 trajectories, 2 steps) and its params, sampled once for the module."""
+    folder = tmp_path_factory.mktemp("sampled")
+    prompts = folder / "prompts"
+    prompts.mkdir()
+    (prompts / "a.txt").write_text("a red bicycle\na cat on a sofa\n")
+    params = small_params(prompts, trajectories=2, steps=2, batch_size=1)
+    return params, run_sample(params, folder / "features.zarr", progress=False, model=tiny)
+
+
+def _copy(sampled, tmp_path):
+    params, untouched = sampled
+    damaged = tmp_path / "features.zarr"
+    shutil.copytree(untouched, damaged)
+    return params, untouched, damaged
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "deleted"])
+def test_repair_removes_a_damaged_shard_so_that_sample_rewrites_it(sampled, tiny, tmp_path, damage):
+    params, untouched, damaged = _copy(sampled, tmp_path)
+    shard = damaged / "unet" / "up3_res2" / "c" / "1" / "0" / "0" / "0" / "0" / "0"
+    if damage == "garbage":
+        shard.write_bytes(b"garbage")  # 7 bytes
+    elif damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[:-100])
+    else:
+        shard.unlink()
+    result = runner.invoke(app, ["inspect", "--repair", "--no-progress", str(damaged)])
+    assert result.exit_code == 0 and "completion flag cleared for trajectories [1]" in result.output, result.output
+    assert not shard.exists()  # a rerun reads nothing of the damaged trajectory
+    run_sample(params, damaged, progress=False, model=tiny)
+    assert runner.invoke(app, ["inspect", "--verify", "--no-progress", str(damaged)]).exit_code == 0
+    assert_same_stores(untouched, damaged)
+
+
+@pytest.mark.parametrize("document", ["unet/up3_res2/zarr.json", "zarr.json"])
+def test_truncated_metadata_is_found_named_and_rebuilt(sampled, tiny, tmp_path, document):
+    params, untouched, damaged = _copy(sampled, tmp_path)
+    target = damaged / document
+    target.write_bytes(target.read_bytes()[:200])
+
+    result = runner.invoke(app, ["inspect", "--verify", "--no-progress", str(damaged)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"  metadata         {document}" in result.output and "not valid" in result.output
+    assert f"diffsketch inspect --repair {damaged}" in result.output
+    if document == "zarr.json":  # every stage opening it: one line naming the repair
+        with pytest.raises(store.StoreError, match=rf"{damaged}: the store's metadata .* is damaged .*inspect --repair"):
+            store.open_store(damaged)
+
+    result = runner.invoke(app, ["inspect", "--repair", "--no-progress", str(damaged)])
+    assert result.exit_code == 0 and f"metadata rebuilt from the store's copies: {document}" in result.output, result.output
+    run_sample(params, damaged, progress=False, model=tiny)
+    assert runner.invoke(app, ["inspect", "--verify", "--no-progress", str(damaged)]).exit_code == 0
+    assert_same_stores(untouched, damaged)
+    assert store.open_store(damaged).attrs.asdict() | {} == store.open_store(untouched).attrs.asdict() | {}
+
+
+def test_metadata_without_a_copy_names_the_command_that_recreates_the_store(sampled, tmp_path):
+    _, _, damaged = _copy(sampled, tmp_path)
+    for document in ("zarr.json", "complete/zarr.json"):  # the root and the copy of its attributes
+        (damaged / document).write_text("{")
+    result = runner.invoke(app, ["inspect", "--repair", "--no-progress", str(damaged)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "no copy is kept to rebuild complete/zarr.json, zarr.json from" in result.output
+    assert "make the store again (`diffsketch sample --overwrite`)" in result.output

@@ -24,11 +24,20 @@ def _verify_store(path: Path, repair: bool, progress: bool) -> None:
     width = max((len(p.array) for p in result.problems), default=0)
     for p in result.problems:
         where = "whole store" if p.entry is None else f"{result.kind} {p.entry}"
+        where = "metadata" if p.kind == "metadata" else where
         typer.echo(f"  {where:<16} {p.array:<{width}}  {p.kind}: {p.detail}")
+    if result.rebuilt:
+        typer.echo(f"repaired     metadata rebuilt from the store's copies: {', '.join(result.rebuilt)}")
     if cleared:
         typer.echo(f"repaired     completion flag cleared for {result.kinds} {cleared}: rerun `{result.rerun}` with the "
                    "same settings (or `dvc repro`) to redo exactly them")  # fmt: skip
     errors = []
+    if result.metadata and not repair:
+        errors.append(f"the metadata is damaged ({', '.join(p.array for p in result.metadata)}): run `diffsketch "
+                      f"inspect --repair {result.path}` to rebuild it")  # fmt: skip
+    if repair and result.unrebuilt:
+        errors.append(f"no copy is kept to rebuild {', '.join(p.array for p in result.unrebuilt)} from: make the store "
+                      f"again (`{result.rerun} --overwrite`)")  # fmt: skip
     if result.damaged and not repair:
         errors.append(f"{len(result.damaged)} damaged {result.kinds} {result.damaged}: run `diffsketch inspect --repair "
                       f"{result.path}`, then `{result.rerun}` with the same settings redoes exactly them")  # fmt: skip

@@ -161,9 +161,6 @@ def entry_name(array: zarr.Array) -> str:
     return names[0] if names and names[0] in (TRAJECTORY, PAIR) else "entry"
 
 
-WHOLE_READ_CHECK = 256  # a whole-array read checks its chunk files when it has at most this many
-
-
 def chunk_keys(array: zarr.Array, entry: int | None = None) -> list[str]:
     """The store keys of the chunk (or shard) files holding row ``entry`` of ``array`` (None: every
     file of the array), in the array's own key encoding.
@@ -191,23 +188,20 @@ def _damage(array: zarr.Array, where: str, what: str) -> CorruptStoreError:
 
 
 def _absent(array: zarr.Array, selection) -> str | None:
-    """The first chunk file that ``array[selection]`` needs and the store lacks (None: all there).
+    """The first chunk file of the entry ``array[selection]`` reads that the store lacks (None: all there,
+    or not a read of one entry).
 
-    Every chunk of a written row is stored (:data:`WRITE_CONFIG`), so an absent one is damage that zarr
-    would read as the fill value. The completion flags are left out: an absent flag is an entry not done.
-    One ``exists`` per chunk file of a row (one per trajectory and layer: a ``stat`` on a local store);
-    a whole-array read checks arrays of at most :data:`WHOLE_READ_CHECK` files."""
-    if array.basename == "complete" or array.ndim == 0:
-        return None
+    The arrays written entry by entry (one entry per chunk or shard along axis 0) store every chunk of a
+    written entry, zeros too (:data:`WRITE_CONFIG`), so an absent one is damage that zarr would read as
+    the fill value. One ``exists`` per chunk file of the entry: a ``stat`` per trajectory and layer on a
+    local store. The completion flags are left out: an absent flag is an entry not done."""
     first = selection[0] if isinstance(selection, tuple) and selection else selection
-    if isinstance(first, (int, np.integer)):
-        keys = chunk_keys(array, int(first) % array.shape[0])
-    elif first in (slice(None), Ellipsis) and array.nchunks <= WHOLE_READ_CHECK:
-        keys = chunk_keys(array)
-    else:
+    if not isinstance(first, (int, np.integer)) or array.basename == "complete":
         return None
+    if (array.shards or array.chunks)[0] != 1:
+        return None  # written once for the whole store (seeds, labels, ...)
     backend = array.store
-    return next((key for key in keys if not sync(backend.exists(key))), None)
+    return next((key for key in chunk_keys(array, int(first) % array.shape[0]) if not sync(backend.exists(key))), None)
 
 
 def read(array: zarr.Array, selection=slice(None)) -> np.ndarray:
@@ -461,14 +455,12 @@ def create(path: str | Path, layout: StoreLayout, attrs: dict, overwrite: bool =
             raise StoreError(f"{path} already exists; pass --overwrite to replace it")
         remove(path)
     root = open_group(path, mode="w")
-    with writing():  # every chunk of the whole-store arrays stored, zeros too: an absent one is damage
-        _create_arrays(root, layout)
-        for name in ("seeds", "labels", "prompt_ids"):
-            root[name][:] = np.zeros(layout.trajectories, dtype=np.int64)
+    _create_arrays(root, layout)
     root.attrs.update({k: v for k, v in attrs.items() if k != "fingerprint"})
     root.attrs["format_version"] = FORMAT_VERSION
     root.attrs["halves"] = layout.halves
     root.attrs["fingerprint"] = attrs["fingerprint"]
+    protect_metadata(root)
     return root
 
 
@@ -533,8 +525,21 @@ def _coordinate(group: zarr.Group, name: str, values: np.ndarray, dtype=None) ->
     array[:] = values
 
 
+def metadata_error(path: str | Path, err: BaseException) -> StoreError:
+    """The one-line error of a store whose metadata (a ``zarr.json``) cannot be read, with the fix."""
+    detail = str(err).splitlines()[0] if str(err) else ""
+    return StoreError(
+        f"{path}: the store's metadata (a zarr.json) is damaged ({type(err).__name__}: {detail}). Run "
+        f"`diffsketch inspect --verify {path}` to name it and `diffsketch inspect --repair {path}` to rebuild it"
+    )
+
+
 def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
-    """Open the feature store at a local path or fsspec URL (``s3://bucket/features.zarr``)."""
+    """Open the feature store at a local path or fsspec URL (``s3://bucket/features.zarr``).
+
+    Raises:
+        StoreError: there is no store, or its metadata is damaged (the message names the repair command).
+    """
     path = location(path)
     if not is_group(path):
         where = " (check the bucket, the URL and AWS_ENDPOINT_URL)" if isinstance(path, str) else ""
@@ -543,11 +548,24 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
         )
     try:
         root = open_group(path, mode=mode)
-    except Exception as err:  # corrupt metadata
-        raise StoreError(f"{path} could not be opened as a Zarr store ({err}); delete it and sample again") from err
+        if root.metadata.consolidated_metadata is None:
+            all_arrays(root)  # read every array's metadata now: damage is one clear line, not a later traceback
+    except Exception as err:  # noqa: BLE001 - corrupt metadata fails in json, zarr or the codecs
+        raise metadata_error(path, err) from None
     if "fingerprint" not in root.attrs:
         raise StoreError(f"{path} was not finished being created (no fingerprint); delete it and sample again")
     return root
+
+
+BACKUP = "store_attrs"  # the attribute of `complete` that holds a copy of the root's attributes
+
+
+def protect_metadata(root: zarr.Group) -> None:
+    """Keep the copies that a damaged ``zarr.json`` is rebuilt from (``diffsketch inspect --repair``):
+    the root's attributes in the ``complete`` array's (attribute :data:`BACKUP`), and every array's
+    metadata consolidated into the root's. Called when a store is created and when a run finishes."""
+    root["complete"].attrs[BACKUP] = dict(root.attrs)
+    zarr.consolidate_metadata(root.store)
 
 
 def finalize(root: zarr.Group, path: str | Path, what: str = "trajectories") -> None:
@@ -558,13 +576,16 @@ def finalize(root: zarr.Group, path: str | Path, what: str = "trajectories") -> 
     Raises:
         StoreError: items are missing (a worker failed); rerunning the same command resumes.
     """
-    missing = np.flatnonzero(~root["complete"][:])
+    missing = np.flatnonzero(~complete_mask(root))
     if missing.size:
         raise StoreError(
             f"{path}: {missing.size} {what} are still incomplete (e.g. {missing[:5].tolist()}); a worker failed or was "
             "stopped; rerun the same command to finish them"
         )
-    zarr.consolidate_metadata(root.store)
+    try:
+        protect_metadata(root)
+    except Exception as err:  # noqa: BLE001 - consolidation reads every zarr.json: a damaged one fails in json or zarr
+        raise metadata_error(location(path), err) from None
 
 
 def complete_mask(root: zarr.Group) -> np.ndarray:
