@@ -238,3 +238,23 @@ def test_metadata_without_a_copy_names_the_command_that_recreates_the_store(samp
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     assert "no copy is kept to rebuild complete/zarr.json, zarr.json from" in result.output
     assert "make the store again (`diffsketch sample --overwrite`)" in result.output
+
+
+def test_pairs_store_metadata_rebuilt_and_named_by_the_readers(tmp_path):
+    from diffsketch.student.pairs import PairsError, open_pairs
+
+    pairs = _pairs(tmp_path, count=2)
+    (pairs / "sketches" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "array", "shape": [')
+    result = verify.verify(pairs)
+    assert [(p.array, p.kind) for p in result.problems] == [("sketches/zarr.json", "metadata")]
+    assert result.problems[0].detail.startswith("not valid (JSONDecodeError")
+    assert verify.repair(result) == [] and result.rebuilt == ["sketches/zarr.json"]
+    assert verify.verify(pairs).ok and open_pairs(pairs)["sketches"].shape == (2, 32, 32)
+
+    (pairs / "zarr.json").write_text("{")  # the root: stages answer with one line naming the repair
+    with pytest.raises(PairsError, match=rf"pairs store {pairs} is damaged \(JSONDecodeError: .*inspect --repair"):
+        open_pairs(pairs)
+    result = verify.verify(pairs)
+    assert result.kind == "pair" and [p.array for p in result.problems] == ["zarr.json"]
+    verify.repair(result)
+    assert verify.verify(pairs).ok and open_pairs(pairs).attrs["seed"] == 0

@@ -534,6 +534,18 @@ def metadata_error(path: str | Path, err: BaseException) -> StoreError:
     )
 
 
+def open_checked(path: str | Path, mode: str = "r") -> zarr.Group:
+    """:func:`open_group` of a feature or pairs store whose metadata is read in full now, so that a
+    damaged ``zarr.json`` is one :func:`metadata_error` line here instead of a traceback later."""
+    try:
+        root = open_group(path, mode=mode)
+        if root.metadata.consolidated_metadata is None:
+            all_arrays(root)  # every array's metadata (consolidated stores hold it all in the root's)
+    except Exception as err:  # noqa: BLE001 - corrupt metadata fails in json, zarr or the codecs
+        raise metadata_error(location(path), err) from None
+    return root
+
+
 def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
     """Open the feature store at a local path or fsspec URL (``s3://bucket/features.zarr``).
 
@@ -546,12 +558,7 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
         raise StoreError(
             f"{path} is not a diffsketch feature store (no zarr.json){where}; run `diffsketch sample` first"
         )
-    try:
-        root = open_group(path, mode=mode)
-        if root.metadata.consolidated_metadata is None:
-            all_arrays(root)  # read every array's metadata now: damage is one clear line, not a later traceback
-    except Exception as err:  # noqa: BLE001 - corrupt metadata fails in json, zarr or the codecs
-        raise metadata_error(path, err) from None
+    root = open_checked(path, mode)
     if "fingerprint" not in root.attrs:
         raise StoreError(f"{path} was not finished being created (no fingerprint); delete it and sample again")
     return root

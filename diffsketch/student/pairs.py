@@ -80,7 +80,10 @@ def open_pairs(path: str | Path) -> zarr.Group:
         for name in ("images", "sketches", "complete"):
             root[name]
     except Exception as err:  # noqa: BLE001 - any failure to open means a damaged store
-        raise PairsError(f"pairs store {path} is damaged ({err}); delete it and rerun the pairs stage") from None
+        raise PairsError(
+            f"pairs store {path} is damaged ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); run "
+            f"`diffsketch inspect --repair {path}`, then rerun the pairs stage"
+        ) from None
     return root
 
 
@@ -102,6 +105,7 @@ def _create(path: str | Path, count: int, size: int, attrs: dict) -> zarr.Group:
     root["seeds"][:] = np.array([pair_seeds(attrs["seed"], i)[1] for i in range(count)], dtype=np.int64)
     root.attrs.update(attrs)
     root.attrs["format_version"] = store.FORMAT_VERSION
+    store.protect_metadata(root)  # the copies a damaged zarr.json is rebuilt from
     return root
 
 
@@ -177,7 +181,7 @@ def _run_pairs(
     size = int(meta["resolution"])
     root = None
     if _store_call(store.is_group, out):
-        root = store.open_group(out, mode="r+")
+        root = _store_call(store.open_checked, out, "r+")  # damaged metadata: one line
         if root.attrs.get("fingerprint") != key.digest:
             root = replace_other_key(root, out, key, overwrite, workers, "generated")
     workers.barrier()  # process 0 has set aside the store of other settings before anyone takes one back
@@ -185,7 +189,7 @@ def _run_pairs(
         log.info("%s: resuming the pairs kept for these settings", out)
     workers.barrier()
     if root is None and not overwrite and _store_call(store.is_group, out):
-        root = store.open_group(out, mode="r+")
+        root = _store_call(store.open_checked, out, "r+")  # damaged metadata: one line
     todo = list(range(cfg.count)) if root is None else [int(i) for i in np.flatnonzero(~store.complete_mask(root))]
     if not todo:
         log.info("%s: all %d pairs complete", out, cfg.count)
@@ -240,11 +244,11 @@ def _run_pairs(
             what="pairs.batch_size",
         )  # fmt: skip
         attrs = dict(fingerprint=key.digest, key_record=key.record, model=params.model.id, count=cfg.count, resolution=size, seed=cfg.seed, version=__version__)
+        attrs["batch_size"] = batch_size  # the blocks (resolved when pairs.batch_size is auto): a resume keeps them
         root = _create(out, cfg.count, size, attrs)
-        root.attrs["batch_size"] = batch_size  # the blocks (resolved when pairs.batch_size is auto): a resume keeps them
     workers.barrier()  # the store exists
     if root is None:
-        root = store.open_group(out, mode="r+")
+        root = _store_call(store.open_checked, out, "r+")  # damaged metadata: one line
     batch_size = _planned_batch_size(root, cfg.batch_size)
 
     pending = set(todo)
