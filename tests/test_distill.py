@@ -36,8 +36,18 @@ def test_pairs_resume_and_batch_independence(tiny, teacher, tmp_path, monkeypatc
     assert b["complete"][:].all()
     assert np.array_equal(a["images"][:], b["images"][:]) and np.array_equal(a["sketches"][:], b["sketches"][:])
 
-    with pytest.raises(PairsError, match="--overwrite"):
-        run_pairs(params(seed=1), gen_path, prior_path, tmp_path / "a.zarr", progress=False, model=tiny)
+    # other settings: the store is kept under its key, and setting them back takes it up again
+    run_pairs(params(seed=1), gen_path, prior_path, tmp_path / "a.zarr", progress=False, model=tiny)
+    assert len(list((tmp_path / "a.zarr.kept").iterdir())) == 1
+    calls = []
+    monkeypatch.setattr(pairs_module, "sample_conditions", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run_pairs(params(), gen_path, prior_path, tmp_path / "a.zarr", progress=False, model=tiny)
+    assert calls == [] and not (tmp_path / "a.zarr.kept" / open_pairs(tmp_path / "a.zarr").attrs["fingerprint"]).exists()
+    assert np.array_equal(a["sketches"][:], open_pairs(tmp_path / "a.zarr")["sketches"][:])
+
+    # a lower batch size: every pair is already done (the batch size is not part of the key)
+    run_pairs(params(batch_size=1), gen_path, prior_path, tmp_path / "a.zarr", progress=False, model=tiny)
+    assert calls == []
 
 
 def test_pairs_bad_inputs(teacher, tmp_path):
@@ -68,3 +78,29 @@ def test_student_learns_its_teacher(tiny, teacher, tmp_path):
     assert len(rows) == 3  # header + evaluations at 20 and 40
     with torch.no_grad():
         assert student(torch.rand(1, 3, 45, 70)).shape == (1, 1, 45, 70)
+
+
+def test_lowering_distill_iterations_gives_a_fresh_run_of_that_length(tmp_path):
+    """8 iterations, then 5: equal, tensor for tensor, to a fresh 5-iteration run that checkpoints and scores at
+    other intervals, in another folder (settings left out of the key change nothing)."""
+    from test_resilience import DISTILL, SETTINGS, make_pairs
+
+    from diffsketch.student.distill import run_distill
+    from diffsketch.student.network import load_student
+
+    pairs = make_pairs(tmp_path / "pairs.zarr")
+    long = tmp_path / "long"
+    run = lambda folder, **distill: run_distill(  # noqa: E731
+        parse_params({**SETTINGS, "distill": {**DISTILL, **distill}}), pairs, folder / "student.safetensors",
+        folder / "live", progress=False, checkpoints=folder / "ckpt",
+    )  # fmt: skip
+    run(long)
+    lowered_result = run(long, iterations=5)
+    lowered, meta = load_student(long / "student.safetensors")
+    fresh_result = run(tmp_path / "fresh", iterations=5, checkpoint_every=1, eval_every=2, max_skips=5)
+    fresh, fresh_meta = load_student(tmp_path / "fresh" / "student.safetensors")
+    assert meta["iterations"] == 5 and meta["key"] == fresh_meta["key"]
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, lowered.state_dict()[name]), name
+    assert lowered_result == fresh_result  # the held-out score is of the 5-iteration weights
+    assert list(long.rglob("checkpoint-000008.safetensors"))  # the longer run stays resumable

@@ -110,16 +110,28 @@ def test_killed_process_resumes(prompts_dir, tmp_path):
     assert_same_stores(tmp_path / "clean.zarr", tmp_path / "killed.zarr")
 
 
-def test_changed_settings_are_refused_without_overwrite(prompts_dir, tmp_path):
+def test_changed_settings_keep_the_store_under_its_key(prompts_dir, tmp_path, caplog):
+    """Other settings set the store aside (never delete it), setting them back resumes it, and a lower
+    batch size (not part of the key) finds every trajectory done."""
     out = tmp_path / "f.zarr"
     run_sample(small_params(prompts_dir, trajectories=2), out, progress=False)
     before = store_arrays(out)
-    with pytest.raises(store.StoreError, match="other settings.*--overwrite"):
+    with caplog.at_level("INFO", logger="diffsketch"):
         run_sample(small_params(prompts_dir, trajectories=2, steps=3), out, progress=False)
-    assert_same_stores(out, out)  # still readable
+    assert "sample.steps 4 -> 3" in caplog.text
+    assert store.open_store(out)["timesteps"].shape == (3,)
+    (kept,) = (tmp_path / "f.zarr.kept").iterdir()
+    assert kept.name == store.open_store(kept).attrs["fingerprint"]
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="diffsketch"):
+        run_sample(small_params(prompts_dir, trajectories=2, batch_size=1), out, progress=False)  # set back
+    assert "is complete (2 trajectories); nothing to do" in caplog.text
     after = store_arrays(out)
     for key in before:
         np.testing.assert_array_equal(before[key], after[key])
+    assert len(list((tmp_path / "f.zarr.kept").iterdir())) == 1  # the steps=3 store, kept in turn
+
     run_sample(small_params(prompts_dir, trajectories=2, steps=3), out, overwrite=True, progress=False)
     assert store.open_store(out)["timesteps"].shape == (3,)
 
