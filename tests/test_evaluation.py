@@ -12,12 +12,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffsketch.evaluation import baselines
 from diffsketch.cli.main import app
 from diffsketch.core.params import ParamsError, parse_params
-from diffsketch.evaluation.report import BEGIN, END, run_evaluate, update_readme
+from diffsketch.evaluation import baselines
 from diffsketch.evaluation.data import PHOTOS, EvalDataError, run_eval_data
 from diffsketch.evaluation.protocol import EvalError
+from diffsketch.evaluation.report import BEGIN, END, run_evaluate, update_readme
 from diffsketch.student.network import StudentLoadError
 
 runner = CliRunner()
@@ -112,7 +112,9 @@ def test_evaluate_scores_student_and_baselines(eval_dir, student, tmp_path):
         if method == "images":
             continue
         for metric, value in means.items():
-            assert value == pytest.approx(np.mean([float(r[metric]) for r in rows if r["method"] == method]))
+            # chamfer and F-score: over the sketches with line pixels only (None when there are none)
+            mine = [float(r[metric]) for r in rows if r["method"] == method and (metric not in ("chamfer", "f_score") or r["lines"] == "1")]
+            assert value == (pytest.approx(np.mean(mine)) if mine else None), (method, metric)
     assert json.loads((out / "comparison.json").read_text())[0]["method"] == "student"
     assert result.summary["datasets"] == {"eval": {"images": 3, "means": result.means}}
 
@@ -133,8 +135,8 @@ def test_evaluate_scores_student_and_baselines(eval_dir, student, tmp_path):
 
 def test_scores_match_a_direct_computation(eval_dir, tmp_path):
     from diffsketch.evaluation import metrics
-    from diffsketch.training import styles
     from diffsketch.extractor.batch import prepare_image
+    from diffsketch.training import styles
 
     params = _params(eval_dir, methods=["canny"], datasets=[{"path": str(eval_dir), "limit": 1}])
     result = run_evaluate(params, None, tmp_path / "eval", progress=False)
@@ -142,6 +144,50 @@ def test_scores_match_a_direct_computation(eval_dir, tmp_path):
     truth, pred = styles.dog(image)[0].numpy(), styles.canny(image)[0].numpy()
     assert result.rows[0]["image"] == "eval/camera.png"
     assert result.means["canny"] == pytest.approx(metrics.score(truth, pred))
+
+
+def test_a_sketch_without_line_pixels_is_no_lines_never_averaged_in_or_ranked(eval_dir, tmp_path, monkeypatch):
+    from diffsketch.evaluation import baselines as base
+    from diffsketch.evaluation.report import means_table_html, results_markdown
+
+    blank = lambda image: torch.ones(1, *image.shape[-2:])
+    real = base.baseline
+    monkeypatch.setattr(base, "baseline", lambda name, weights: blank if name == "sobel" else real(name, weights))
+    result = run_evaluate(_params(eval_dir, methods=["canny", "sobel"]), None, tmp_path / "eval", progress=False)
+    sobel = [r for r in result.rows if r["method"] == "sobel"]
+    assert all(r["lines"] == 0 and r["f_score"] == 0.0 and r["chamfer"] == pytest.approx(np.hypot(48, 48), rel=0.3) for r in sobel)  # sentinels
+    assert result.means["sobel"]["chamfer"] is None and result.means["sobel"]["f_score"] is None
+    assert result.means["sobel"]["ssim"] == pytest.approx(np.mean([r["ssim"] for r in sobel]))  # other metrics still averaged
+    table = means_table_html(result.means, result.summary["seconds_per_image"])
+    sobel_row = next(line for line in table.splitlines() if line.startswith("<tr><td>sobel"))
+    assert sobel_row.count("<td>no lines</td>") == 2  # never bold, never a number
+    assert "| sobel |" in results_markdown(result.summary, result.metrics_json()) and "no lines" in results_markdown(result.summary, result.metrics_json())
+
+
+def test_the_generator_is_scored_directly_as_the_training_example_path_sketches_a_photo(teacher, tmp_path, tiny):
+    from diffsketch.core.params import parse_params as parse
+    from diffsketch.diffusion.features import unet_layers, vae_layers
+    from diffsketch.training import build_example, load_generator
+
+    generator_path, _ = teacher  # random weights, resolution 64, 4 steps, timesteps [0, 2]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photos / "square.png")  # the generator's size: no resizing
+    params = parse({"model": {"id": "tiny", "device": "cpu"}, "sample": {"resolution": 64, "steps": 4, "decode": "latent"},
+                    "example": {"sketch": "dog", "image": str(photos / "square.png"), "prompt": "a photo"},
+                    "evaluate": {"datasets": [str(photos)], "ground_truth": "dog", "size": 64, "grid": 1, "methods": ["canny"]}})  # fmt: skip
+    result = run_evaluate(params, None, tmp_path / "eval", progress=False, generator_path=generator_path)
+    assert list(result.means) == ["generator", "canny"] and result.summary["methods"] == ["generator", "canny"]
+    assert (tmp_path / "eval" / "grid" / "00-square" / "generator.png").is_file()
+    # the second route: the photo through the training's example path (DDIM inversion with the prompt, regeneration)
+    generator, meta = load_generator(generator_path)
+    example = build_example(tiny, params, unet_layers(tiny.unet.config, 64, 8), vae_layers(tiny.vae.config, 64), meta["ddim_indices"], progress=False)
+    with torch.no_grad():
+        expected = generator.eval()(example.inputs)[0, 0].numpy()
+    got = np.asarray(Image.open(tmp_path / "eval" / "grid" / "00-square" / "generator.png"), dtype=np.float64) / 255
+    assert got.shape == expected.shape == (64, 64)
+    assert np.abs(got - expected).max() <= 1 / 255 + 1e-3  # the grid's PNG: uint8 rounding
 
 
 def test_bad_inputs_fail_before_any_image_is_read(eval_dir, student, tmp_path, monkeypatch):
@@ -220,7 +266,7 @@ def test_cli_evaluate_and_readme_results(eval_dir, student, tmp_path):
 
 
 def test_lpips_column_when_its_weights_are_there(eval_dir, tmp_path, monkeypatch):
-    import diffsketch.training.losses as losses
+    from diffsketch.training import losses
 
     random_backbone = losses.load_lpips("random")  # stands in for the cached AlexNet, which is not available offline
     monkeypatch.setattr(losses, "alexnet_cached", lambda: tmp_path / "alexnet.pth")

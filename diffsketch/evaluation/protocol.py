@@ -4,7 +4,13 @@ The paper's protocol (``method.md`` section 7): the ground truth of each test ph
 style's own extractor run on it (``evaluate.ground_truth``; with ``xdog``, the authors' XDoG), and
 every method is scored against it. Methods are the student and the baselines of
 :mod:`diffsketch.evaluation.baselines`; the ground truth's own extractor is left out (it would score
-perfectly). Metrics are those of :mod:`diffsketch.evaluation.metrics`, per image and averaged.
+perfectly). Given the trained generator too (``--generator``), it is scored directly as the method
+``generator``: each photo inverted into the diffusion model and regenerated, its features through
+the generator (two denoising loops per photo; the ablations compare it with the student). Metrics
+are those of :mod:`diffsketch.evaluation.metrics`, per image and averaged. Chamfer and F-score are
+undefined for a sketch without line pixels (their values are sentinels): each per-image row says
+whether the sketch had any (``lines``), and the means of those two leave such sketches out (None
+when a method drew no lines at all: "no lines" in the report, never ranked).
 
 Everything that can be wrong with the inputs (a missing folder, no images, missing weights, a
 missing student, LPIPS required without its weights) is checked by :func:`plan` before any image
@@ -14,7 +20,7 @@ Outputs (``out_dir``, replaced as a whole when the run succeeds):
 
 - ``metrics.json``: mean of each metric per method, plus the image count (``dvc metrics``);
 - ``comparison.json``: one row per method, for the ``dvc plots`` bar charts;
-- ``per_image.csv``: every (image, method) score;
+- ``per_image.csv``: every (image, method) score, and ``lines`` (1 when the sketch has line pixels);
 - ``summary.json``: the settings, notes and timings the report and the README's results use;
 - ``grid/NN-IMAGE/{photo,truth,METHOD}.png``: the report's side-by-side grid as files;
 - ``index.html``: the self-contained report, rendered by :mod:`diffsketch.evaluation.report`, which imports
@@ -27,9 +33,9 @@ import csv
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -128,6 +134,54 @@ def _student_method(student_path: str | Path, device: torch.device):
     return run, extractor.meta, extractor.min_side
 
 
+GENERATOR_PROMPT = "a photo"  # the prompt a test photo is inverted and regenerated with, for the generator
+
+
+def _generator_method(generator_path: str | Path, params: Params, device: torch.device):
+    """The trained generator scored directly: the photo, squared to the generator's resolution, DDIM-inverted with
+    :data:`GENERATOR_PROMPT` at guidance 1 and regenerated (as the example photo is in training), its features through
+    the generator, the sketch resized back to the photo's shape. Costs two denoising loops per photo."""
+    import torch.nn.functional as F
+
+    from diffsketch.diffusion import (
+        Capture,
+        check_model_reachable,
+        encode_image,
+        encode_prompts,
+        invert,
+        load_model,
+        sample_conditions,
+        unet_layers,
+        vae_layers,
+    )
+    from diffsketch.training import inputs_from_result, load_generator
+
+    generator, meta = load_generator(Path(generator_path))
+    if meta.get("model") != params.model.id:
+        raise EvalError(f"the generator {generator_path} was trained with model {meta.get('model')!r} but params say model.id="
+                        f"{params.model.id!r}; rerun `dvc repro` or drop --generator")  # fmt: skip
+    check_model_reachable(params.model)
+    model = load_model(params.model.model_copy(update={"device": device.type if params.model.device == "auto" else params.model.device}))
+    generator = generator.to(model.device).eval()
+    size, steps, indices = int(meta["resolution"]), int(meta["steps"]), [int(i) for i in meta["ddim_indices"]]
+    unet_specs = unet_layers(model.unet.config, size, model.vae_scale_factor, meta.get("capture", "residual"))
+    vae_specs = vae_layers(model.vae.config, size)
+    cond = encode_prompts(model, [GENERATOR_PROMPT])
+
+    @torch.no_grad()
+    def run(image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        square = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+        noise = invert(model, encode_image(model, square), [GENERATOR_PROMPT], steps=steps, guidance=1.0, progress=False)
+        capture = Capture(unet=unet_specs, vae=vae_specs, halves="both", keep=indices, on_cpu=False)
+        result = sample_conditions(model, cond, noise, steps=steps, guidance=1.0, eta=0.0, capture=capture,
+                                   decode=meta.get("decode", "latent"), progress=False)  # fmt: skip
+        sketch = generator(inputs_from_result(result, model.device)).float().cpu()
+        return F.interpolate(sketch, size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0].clamp(0, 1)
+
+    return run
+
+
 def _lpips(setting: str, notes: list[str]) -> torch.nn.Module | None:
     from diffsketch.training import ALEXNET_FILE, alexnet_cached, load_lpips
 
@@ -146,8 +200,10 @@ def _lpips(setting: str, notes: list[str]) -> torch.nn.Module | None:
     return load_lpips("alex")
 
 
-def plan(params: Params, student_path: str | Path | None) -> Plan:
+def plan(params: Params, student_path: str | Path | None, generator_path: str | Path | None = None) -> Plan:
     """Check every input of the evaluation and set up its methods, before any image is processed.
+
+    With ``generator_path``, the trained generator is scored too, as the method ``generator`` (first).
 
     Raises:
         EvalError, StudentLoadError, ImageError: with a message naming the problem and the fix.
@@ -167,6 +223,8 @@ def plan(params: Params, student_path: str | Path | None) -> Plan:
             _check_weights(name, path)
 
     notes, methods, min_side, meta = [], {}, MIN_SIDE, {}
+    if generator_path is not None:
+        methods["generator"] = _generator_method(generator_path, params, model_device(params.model.device))
     for name in cfg.methods:
         if name == style:
             notes.append(f"{name} left out: it is the ground truth's own extractor.")
@@ -213,21 +271,26 @@ class EvalResult:
         return [{"method": method, **values} for method, values in self.means.items()]
 
 
-def _means(rows: list[dict], methods: list[str]) -> dict[str, dict[str, float]]:
+EDGE_METRICS = ("chamfer", "f_score")  # undefined for a sketch without line pixels
+
+
+def _means(rows: list[dict], methods: list[str]) -> dict[str, dict[str, float | None]]:
+    """Each method's mean per metric; chamfer and F-score over the sketches with line pixels only (None when it drew none)."""
     out = {}
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
         keys = [k for k in metrics.HIGHER_IS_BETTER if mine and k in mine[0]]
-        out[method] = {k: float(np.mean([r[k] for r in mine])) for k in keys}
+        values = {k: [r[k] for r in mine if k not in EDGE_METRICS or r.get("lines", 1)] for k in keys}
+        out[method] = {k: float(np.mean(v)) if v else None for k, v in values.items()}
     return out
 
 
-def evaluate(params: Params, student_path: str | Path | None, progress: bool = True) -> EvalResult:
-    """Score every method on every test image (see the module docstring)."""
+def evaluate(params: Params, student_path: str | Path | None, progress: bool = True, generator_path: str | Path | None = None) -> EvalResult:
+    """Score every method on every test image (see the module docstring); with ``generator_path``, the generator too."""
     from tqdm.auto import tqdm
 
     cfg = params.evaluate
-    p = plan(params, student_path)
+    p = plan(params, student_path, generator_path)
     rows, grid, skipped = [], [], []
     seconds = {name: 0.0 for name in p.methods}
     for image_ref in tqdm(p.images, desc="evaluate", unit="image", disable=not progress):
@@ -244,7 +307,8 @@ def evaluate(params: Params, student_path: str | Path | None, progress: bool = T
             outputs[name] = fn(image)[0].cpu().numpy()
             seconds[name] += time.perf_counter() - start
             scores = metrics.score(truth, outputs[name], threshold=cfg.line_threshold, tolerance=cfg.tolerance, lpips_net=p.lpips_net)
-            rows.append(dict(dataset=image_ref.dataset, image=image_ref.name, method=name, **scores))
+            lines = int(metrics.line_mask(outputs[name], cfg.line_threshold).any())  # 0: chamfer and F-score are sentinels
+            rows.append(dict(dataset=image_ref.dataset, image=image_ref.name, method=name, **scores, lines=lines))
         if len(grid) < cfg.grid:
             photo = image.permute(1, 2, 0).cpu().numpy()
             grid.append(dict(image=image_ref.name, photo=_thumbnail(photo), truth=_thumbnail(truth),
@@ -277,9 +341,9 @@ def write_outputs(result: EvalResult, out_dir: str | Path, pages: dict[str, str]
         (staging / "metrics.json").write_text(json.dumps(result.metrics_json(), indent=2) + "\n")
         (staging / "comparison.json").write_text(json.dumps(result.comparison(), indent=2) + "\n")
         (staging / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
-        columns = ["dataset", "image", "method", *[k for k in metrics.HIGHER_IS_BETTER if k in result.rows[0]]]
+        columns = ["dataset", "image", "method", *[k for k in metrics.HIGHER_IS_BETTER if k in result.rows[0]], "lines"]
         with open(staging / "per_image.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(result.rows)
         write_grid(result.grid, staging / GRID_DIR)

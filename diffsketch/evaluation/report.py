@@ -1,9 +1,12 @@
 """The evaluation report: one self-contained HTML page, and the README's "Results" table.
 
-``render_html(result)`` gives the page written to ``reports/eval/index.html``: the settings, a
-table of mean scores per method (the best value of each metric in bold), the notes (methods left
-out, metrics skipped, images skipped), a side-by-side grid (photo, ground truth, each method) and
-the per-image scores. Every image is an inlined PNG data URI; nothing is fetched.
+``render_html(result)`` gives the page written to ``reports/eval/index.html``: with the tiny
+random model, first a note that the figures check the pipeline, not the method; the settings, a
+table of mean scores per method (the best value of each metric in bold, none for a tie; "no lines"
+for a chamfer or F-score of a method that drew no line pixels, never ranked), the notes (methods
+left out, metrics skipped, images skipped), a side-by-side grid (photo, ground truth, each method)
+and the per-image scores. Wide tables scroll inside their box. Every image is an inlined PNG data
+URI; nothing is fetched.
 
 ``write_report(result, out_dir)`` writes the stage's data files (:func:`diffsketch.evaluation.protocol.write_outputs`)
 and this page; ``run_evaluate`` evaluates, then writes both. The dependency goes one way: this
@@ -25,8 +28,13 @@ import numpy as np
 
 from diffsketch.core import Params, escape, page_start, table_html
 from diffsketch.evaluation.metrics import HIGHER_IS_BETTER, UNITS
-from diffsketch.evaluation.protocol import EvalError, EvalResult, evaluate, write_outputs
+from diffsketch.evaluation.protocol import EDGE_METRICS, EvalError, EvalResult, evaluate, write_outputs
 
+CSS = """
+#grid img { border: 1px solid #ddd; } th.name { background: #fafafa; font-weight: normal; }
+.wide { overflow-x: auto; max-width: 100%; }
+.smoke { background: #fff4d6; border: 1px solid #e0b84c; padding: 0.6em 0.9em; }
+"""
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 ARROWS = {True: "↑", False: "↓"}
 
@@ -49,12 +57,33 @@ def _header(key: str) -> str:
     return f"{key}{unit} {ARROWS[HIGHER_IS_BETTER[key]]}"
 
 
-def _best(means: dict[str, dict[str, float]], key: str) -> float:
-    values = [m[key] for m in means.values()]
-    return max(values) if HIGHER_IS_BETTER[key] else min(values)
+NO_LINES = "no lines"  # a chamfer or F-score mean of a method that drew no line pixels (None in metrics.json)
+SMOKE_NOTE = (
+    "The tiny random model (model.id: tiny) made these figures: they check that the pipeline runs end to end, not the "
+    "method. Its sketches carry no learned style; set a real Stable Diffusion model (diffsketch preset paper) for results."
+)
 
 
-def means_table_html(means: dict[str, dict[str, float]], seconds: dict[str, float]) -> str:
+def _best(means: dict[str, dict[str, float | None]], key: str) -> float | None:
+    """The best value of a column; a single method, or one equalled by another, is not marked best (None): no bold ties."""
+    values = [m[key] for m in means.values() if m.get(key) is not None]
+    if len(values) < 2:
+        return None
+    best = max(values) if HIGHER_IS_BETTER[key] else min(values)
+    return best if values.count(best) == 1 else None
+
+
+def _value(value: float | None) -> str:
+    """A mean as the report writes it: 4 decimals, or ``no lines``.
+
+    Example:
+        >>> _value(0.123456), _value(None)
+        ('0.1235', 'no lines')
+    """
+    return NO_LINES if value is None else f"{value:.4f}"
+
+
+def means_table_html(means: dict[str, dict[str, float | None]], seconds: dict[str, float]) -> str:
     columns = _columns(means)
     best = {k: _best(means, k) for k in columns}
     head = "".join(f"<th>{escape(h)}</th>" for h in ["method", *map(_header, columns), "seconds / image"])
@@ -62,11 +91,11 @@ def means_table_html(means: dict[str, dict[str, float]], seconds: dict[str, floa
     for method, values in means.items():
         cells = [f"<td>{escape(method)}</td>"]
         for k in columns:
-            text = escape(f"{values[k]:.4f}")
-            cells.append(f"<td><strong>{text}</strong></td>" if values[k] == best[k] else f"<td>{text}</td>")
+            text = escape(_value(values.get(k)))
+            cells.append(f"<td><strong>{text}</strong></td>" if values.get(k) is not None and values[k] == best[k] else f"<td>{text}</td>")
         cells.append(f"<td>{seconds.get(method, float('nan')):.3f}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table id="means">\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(rows) + "\n</tbody>\n</table>"
+    return f'<div class="wide"><table id="means">\n<thead><tr>{head}</tr></thead>\n<tbody>\n' + "\n".join(rows) + "\n</tbody>\n</table></div>"
 
 
 def grid_html(grid: list[dict], methods: list[str], truth: str) -> str:
@@ -102,24 +131,29 @@ def render_html(result) -> str:
     summary = result.summary
     notes = [*summary["notes"], *(f"Skipped image: {s}" for s in summary["skipped"])]
     columns = ["dataset", "image", "method", *_columns(result.means)]
-    per_image = [[r["dataset"], r["image"], r["method"], *(f"{r[k]:.4f}" for k in columns[3:])] for r in result.rows]
+    per_image = [[r["dataset"], r["image"], r["method"],
+                  *(NO_LINES if k in EDGE_METRICS and not r.get("lines", 1) else f"{r[k]:.4f}" for k in columns[3:])]
+                 for r in result.rows]  # fmt: skip
     parts = [
-        *page_start("diffsketch evaluation", "\n#grid img { border: 1px solid #ddd; } th.name { background: #fafafa; font-weight: normal; }"),
+        *page_start("diffsketch evaluation", CSS),
         f"<h1>diffsketch evaluation: ground truth {escape(summary['ground_truth'])}</h1>",
+        *([f'<p class="smoke" id="smoke-note"><strong>Pipeline check, not a result.</strong> {escape(SMOKE_NOTE)}</p>']
+          if summary.get("model") == "tiny" else []),
         "<h2>Settings</h2>",
         table_html("settings", ["setting", "value"], _settings(summary)),
         "<h2>Mean scores</h2>",
-        "<p>↑ higher is better, ↓ lower is better; the best value of each column is in bold.</p>",
+        ("<p>↑ higher is better, ↓ lower is better; the best value of each column is in bold (none where two methods tie). "
+         "Chamfer and F-score average only the sketches with line pixels; <em>no lines</em>: the method drew none (not ranked).</p>"),
         means_table_html(result.means, summary["seconds_per_image"]),
     ]
     if notes:
         parts += ["<h2>Notes</h2>", "<ul id=\"notes\">", *(f"<li>{escape(n)}</li>" for n in notes), "</ul>"]
     parts += [
         "<h2>Side by side</h2>",
-        grid_html(result.grid, summary["methods"], summary["ground_truth"]),
+        f'<div class="wide">{grid_html(result.grid, summary["methods"], summary["ground_truth"])}</div>',
         "<h2>Per image</h2>",
         "<details><summary>every (image, method) score</summary>",
-        table_html("per-image", columns, per_image),
+        f'<div class="wide">{table_html("per-image", columns, per_image)}</div>',
         "</details>",
         "</body>",
         "</html>",
@@ -141,10 +175,12 @@ def results_markdown(summary: dict, metrics: dict) -> str:
         "|---|" + "---|" * len(columns),
     ]
     for method, values in means.items():
-        cells = [f"**{values[k]:.4f}**" if values[k] == best[k] else f"{values[k]:.4f}" for k in columns]
+        cells = [f"**{_value(values.get(k))}**" if values.get(k) is not None and values[k] == best[k] else _value(values.get(k)) for k in columns]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     if summary["notes"]:
         lines += ["", *(f"- {n}" for n in summary["notes"])]
+    if summary.get("model") == "tiny":
+        lines = [f"> {SMOKE_NOTE}", "", *lines]
     return "\n".join(lines)
 
 
@@ -177,9 +213,10 @@ def write_report(result: EvalResult, out_dir: str | Path) -> Path:
     return write_outputs(result, out_dir, {"index.html": render_html(result)})
 
 
-def run_evaluate(params: Params, student_path: str | Path | None, out_dir: str | Path, progress: bool = True) -> EvalResult:
-    """:func:`diffsketch.evaluation.protocol.evaluate`, then :func:`write_report` into ``out_dir``."""
-    result = evaluate(params, student_path, progress=progress)
+def run_evaluate(params: Params, student_path: str | Path | None, out_dir: str | Path, progress: bool = True,
+                 generator_path: str | Path | None = None) -> EvalResult:  # fmt: skip
+    """:func:`diffsketch.evaluation.protocol.evaluate` (with the generator too, given ``generator_path``), then :func:`write_report` into ``out_dir``."""
+    result = evaluate(params, student_path, progress=progress, generator_path=generator_path)
     write_report(result, out_dir)
     return result
 
