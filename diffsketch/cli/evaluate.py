@@ -14,6 +14,7 @@ from diffsketch.core import load_params
 def evaluate(
     params: ParamsOption = Path("params.yaml"),
     student: Annotated[Path, typer.Option(help="student from the distill stage")] = Path("models/student.safetensors"),
+    generator: Annotated[Path | None, typer.Option(help="also score this trained generator directly (the method 'generator')")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the report, metrics and plots data")] = Path("reports/eval"),
     set_: SetOption = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
@@ -22,10 +23,10 @@ def evaluate(
     from diffsketch.evaluation import run_evaluate
 
     with clean_errors():
-        result = run_evaluate(load_params(params, set_), student, out, progress=progress)
+        result = run_evaluate(load_params(params, set_), student, out, progress=progress, generator_path=generator)
     width = max(len(m) for m in result.means)
     for method, values in result.means.items():
-        typer.echo(f"{method:<{width}}  " + "  ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        typer.echo(f"{method:<{width}}  " + "  ".join(f"{k} {'no lines' if v is None else f'{v:.4f}'}" for k, v in values.items()))
     typer.echo(f"{result.summary['images']} images, ground truth {result.summary['ground_truth']} -> {out / 'index.html'}")
 
 
