@@ -115,10 +115,15 @@ def one_thread():
     """One intra-op thread: the tiny student is fast on one, and much slower with threads fighting over busy cores."""
     import torch
 
-    threads = torch.get_num_threads()
+    threads, variable = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # so that a command's threads: auto keeps one thread too
     yield
     torch.set_num_threads(threads)
+    if variable is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = variable
 
 
 @pytest.fixture(scope="module")

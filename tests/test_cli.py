@@ -68,3 +68,32 @@ def test_analyze_then_report_regenerates_without_recomputing(tmp_path, monkeypat
     assert "pca-timestep" in (tmp_path / "rep" / "index.html").read_text()
     result = runner.invoke(app, ["report", "--results", str(tmp_path / "nothing")])
     assert result.exit_code == 1 and "no saved analysis" in result.output
+
+
+COMPUTING = ("sample", "analyze", "prior", "train", "pairs", "distill", "evaluate", "extract", "export", "serve")
+
+
+def test_boolean_options_read_as_switches_in_every_help():
+    """Every on/off option has both names (--x / --no-x) and the help shows them so, with no ``<bool>`` value."""
+    import typer
+
+    group = typer.main.get_command(app)
+    commands = {"": group, **group.commands}
+    assert len(commands) > 15
+    for name, command in commands.items():
+        result = runner.invoke(app, [name, "--help"] if name else ["--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (name, result.output)
+        assert "<bool>" not in result.output, name
+        flags = [p for p in command.params if p.param_type_name == "option" and getattr(p, "is_bool_flag", False)]
+        for flag in flags:
+            assert flag.secondary_opts, f"{name}: {flag.opts[0]} has no --no- form"
+            long = next(o for o in flag.opts if o.startswith("--"))
+            assert f"{long} / {flag.secondary_opts[0]}" in result.output, (name, long)
+    assert "--progress / --no-progress" in runner.invoke(app, ["sample", "--help"]).output
+    assert [p.name for p in group.commands["sample"].params if getattr(p, "is_bool_flag", False)] == ["overwrite", "progress", "force"]
+
+
+def test_every_computing_command_takes_threads():
+    for name in COMPUTING:
+        result = runner.invoke(app, [name, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0 and "--threads auto|N" in result.output, name

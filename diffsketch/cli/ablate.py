@@ -14,8 +14,8 @@ def ablate(
     rows: Annotated[Path, typer.Option(help="the ablation rows: name -> description and params changes")] = Path("presets/ablations.yaml"),
     only: Annotated[list[str] | None, typer.Option("--only", help="run just these rows (repeatable, or comma-separated)")] = None,
     seeds: Annotated[int | None, typer.Option("--seeds", min=1, help="training seeds per row (default: 1 with the tiny model, else 3)")] = None,
-    report_only: Annotated[bool, typer.Option("--report", help="write the report from the finished rows; run nothing")] = False,
-    show: Annotated[bool, typer.Option("--show", help="print the finished rows' key scores (100 columns); run nothing")] = False,
+    report_only: Annotated[bool, typer.Option("--report/--no-report", help="write the report from the finished rows; run nothing")] = False,
+    show: Annotated[bool, typer.Option("--show/--no-show", help="print the finished rows' key scores (100 columns); run nothing")] = False,
     out: Annotated[Path, typer.Option(help="folder of the ablation report")] = Path("reports/ablation"),
     params: ParamsOption = Path("params.yaml"),
 ) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from diffsketch.cli.common import ParamsOption, SetOption, clean_errors
+from diffsketch.cli.common import ParamsOption, SetOption, ThreadsOption, clean_errors, use_threads
 from diffsketch.core import load_params
 
 
@@ -18,7 +18,8 @@ def analyze(
     timesteps: Annotated[Path, typer.Option(help="the chosen timesteps, read by training")] = Path("data/timesteps.json"),
     reports: Annotated[Path, typer.Option(help="folder for the HTML report, metrics and plots")] = Path("reports/analysis"),
     set_: SetOption = None,
-    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")] = True,
+    threads: ThreadsOption = None,
 ) -> None:
     """Choose the representative timesteps (PCA + k-means) and write the feature-analysis report."""
     from diffsketch.analysis import analyze as run_analysis
@@ -26,6 +27,7 @@ def analyze(
 
     with clean_errors():
         cfg = load_params(params, set_)
+        use_threads(threads, cfg)
         result = run_analysis(store, cfg.analyze, model_id=cfg.model.id, progress=progress, model=cfg.model)
         write_outputs(result, results, timesteps, reports)
         page = write_report(result, reports)

@@ -3,6 +3,14 @@
 Expected failures (any :class:`~diffsketch.core.errors.DiffsketchError`: bad params, missing
 files, unreachable models) print one clear message and exit with code 1, without a traceback.
 Nothing here imports torch: ``diffsketch --help`` answers at once.
+
+Importing this module makes idle OpenMP threads sleep rather than spin
+(:func:`~diffsketch.core.threads.sleep_when_idle`), since the OpenMP runtime reads that once, when
+torch loads: the command line and the stage scripts import it before anything imports torch.
+Every command that computes takes ``--threads`` (:data:`ThreadsOption`, applied by
+:func:`use_threads`), which overrides the ``threads`` setting of ``params.yaml``.
+Boolean options are declared as ``--flag/--no-flag`` and the help is plain text
+(:data:`HELP_STYLE`), so ``--help`` shows them as switches, not as values to type.
 """
 
 from __future__ import annotations
@@ -15,17 +23,30 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from diffsketch.core import DiffsketchError
+from diffsketch.core import DiffsketchError, Params, resolve_threads, sleep_when_idle
+
+sleep_when_idle()  # before any command imports torch (see the module docstring)
 
 HELP = "Learn a sketch style from one example with Stable Diffusion features."
+HELP_STYLE: dict = {"rich_markup_mode": None}  # click's plain help: a flag reads --overwrite / --no-overwrite, with no <bool>
 QUIET_LOGGERS = ("botocore", "aiobotocore", "s3fs", "fsspec")  # "Found credentials in environment variables", ...
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params file")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", "-S", help="override a param: section.key=value (repeatable)")]
 ForceOption = Annotated[
-    bool, typer.Option("--force", help="start even when the projected store is larger than the free disk space")
+    bool, typer.Option("--force/--no-force", help="start even when the projected store is larger than the free disk space")
 ]
-VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
+VerboseOption = Annotated[bool, typer.Option("--verbose/--no-verbose", "-v", help="debug logging")]
+ThreadsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--threads",
+        metavar="auto|N",
+        help="CPU threads for PyTorch and the BLAS libraries: auto (the cores this process may use) or a number "
+        "[default: the threads param of a command that reads params, else auto]",
+        show_default=False,
+    ),
+]
 
 
 def fail(message: str) -> NoReturn:
@@ -43,6 +64,21 @@ def clean_errors() -> Iterator[None]:
         fail(str(err))
 
 
+def use_threads(option: str | None, params: Params | None = None) -> int:
+    """Size the CPU thread pools for ``--threads`` (or, without it, the params' ``threads``; else ``auto``).
+
+    Returns the thread count (see :mod:`diffsketch.core.threads`); a bad ``--threads`` fails with one line.
+    """
+    from diffsketch.core import apply_threads
+
+    setting = option if option is not None else params.threads if params is not None else "auto"
+    try:
+        resolve_threads(setting)
+    except ValueError:
+        fail(f"--threads {option!r} is not a thread count; use auto or a whole number of at least 1, e.g. --threads 2")
+    return apply_threads(setting)
+
+
 def setup_logging(verbose: VerboseOption = False) -> None:
     """Log INFO (DEBUG with ``--verbose``) as ``LEVEL name: message``; third-party chatter only at WARNING."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -57,7 +93,7 @@ def run_stage(command: Callable[..., None], args: Sequence[str]) -> None:
     Only that command's module is imported (not the whole command line), so the stage's ``deps:``
     in ``dvc.yaml`` name exactly the code it runs.
     """
-    app = typer.Typer(add_completion=False, help=HELP)
+    app = typer.Typer(add_completion=False, help=HELP, **HELP_STYLE)
     app.callback()(setup_logging)
     app.command(args[0])(command)
     app(list(args))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from diffsketch.cli.common import ParamsOption, SetOption, clean_errors
+from diffsketch.cli.common import ParamsOption, SetOption, ThreadsOption, clean_errors, use_threads
 from diffsketch.core import load_params
 
 
@@ -17,13 +17,16 @@ def evaluate(
     generator: Annotated[Path | None, typer.Option(help="also score this trained generator directly (the method 'generator')")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the report, metrics and plots data")] = Path("reports/eval"),
     set_: SetOption = None,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
+    threads: ThreadsOption = None,
 ) -> None:
     """Score the student and the baselines against the ground-truth style on real photos; write the report."""
     from diffsketch.evaluation import run_evaluate
 
     with clean_errors():
-        result = run_evaluate(load_params(params, set_), student, out, progress=progress, generator_path=generator)
+        cfg = load_params(params, set_)
+        use_threads(threads, cfg)
+        result = run_evaluate(cfg, student, out, progress=progress, generator_path=generator)
     width = max(len(m) for m in result.means)
     for method, values in result.means.items():
         typer.echo(f"{method:<{width}}  " + "  ".join(f"{k} {'no lines' if v is None else f'{v:.4f}'}" for k, v in values.items()))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from diffsketch.cli.common import ParamsOption, clean_errors, fail
+from diffsketch.cli.common import ParamsOption, ThreadsOption, clean_errors, fail, use_threads
 
 
 def extract(
@@ -23,12 +23,13 @@ def extract(
     backend: Annotated[str, typer.Option(help="auto, torch or onnx (ONNX Runtime); auto: torch, or onnx for an ONNX-only model")] = "auto",
     precision: Annotated[str, typer.Option(help="auto, fp32 or bf16 (torch only); auto: bf16 on CPUs with AMX / AVX-512 BF16, else fp32")] = "auto",
     format_: Annotated[str, typer.Option("--format", help="png, or svg: the lines traced into vector paths (vtracer)")] = "png",
-    transparent: Annotated[bool, typer.Option(help="RGBA PNG: black ink, alpha = 1 - sketch (transparent paper)")] = False,
+    transparent: Annotated[bool, typer.Option("--transparent/--no-transparent", help="RGBA PNG: black ink, alpha = 1 - sketch (transparent paper)")] = False,
     threshold: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="binarise: values below it become ink, the rest paper (svg: the tracing threshold, default 0.5)")] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace existing outputs (default: skip them)")] = False,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="also look in the subfolders of folder inputs")] = False,
-    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
-    temporal: Annotated[bool, typer.Option(help="videos: steady lines where the scene is still, following motion (--no-temporal: each frame alone)")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="replace existing outputs (default: skip them)")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", "-r", help="also look in the subfolders of folder inputs")] = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
+    temporal: Annotated[bool, typer.Option("--temporal/--no-temporal", help="videos: steady lines where the scene is still, following motion (--no-temporal: each frame alone)")] = True,
+    threads: ThreadsOption = None,
 ) -> None:
     """Sketch images with the distilled student: one PNG (or SVG) per image, the size of the input.
 
@@ -39,6 +40,7 @@ def extract(
     """
     from diffsketch.extractor import run_extract, split_videos
 
+    use_threads(threads)
     videos, inputs = split_videos(inputs)
     videos_ok = True
     if videos:
@@ -105,12 +107,14 @@ def export(
     check: Annotated[
         bool | None, typer.Option("--check/--no-check", help="compare ONNX Runtime with PyTorch (default: on when onnxruntime is installed)")
     ] = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Export the student to ONNX (dynamic batch, height and width) and check it, or write a style folder (--style)."""
     from diffsketch.evaluation import results_or_reason
     from diffsketch.extractor import export_style
     from diffsketch.student import TOLERANCE, export_onnx, onnxruntime_available, verify_onnx
 
+    use_threads(threads)
     if check is None:
         check = onnxruntime_available()
         if not check:
@@ -140,6 +144,7 @@ def serve(
     backend: Annotated[str, typer.Option(help="auto, torch or onnx")] = "auto",
     max_upload_mb: Annotated[float, typer.Option(min=0.1, help="largest accepted upload, in MB")] = 25.0,
     max_megapixels: Annotated[float, typer.Option(min=0.01, help="largest accepted image, in megapixels (checked from the header)")] = 40.0,
+    threads: ThreadsOption = None,
 ) -> None:
     """A local web page: drop photos, pick a style, download the sketches as PNG, SVG or ZIP."""
     from diffsketch.extractor import BACKENDS, ExtractError, extractor_device
@@ -153,6 +158,7 @@ def serve(
             raise ExtractError(f"--styles {styles} is not a folder; write a style with `diffsketch export --style {styles}/NAME`")
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.secho(f"warning: listening on {host}: other computers on the network can use this page", err=True, fg=typer.colors.YELLOW)
+    use_threads(threads)
     typer.echo(f"diffsketch page on http://{host}:{port}/ (styles from {styles}); Ctrl-C to stop")
     run_server(styles, host=host, port=port, device=device, backend=backend, max_upload_mb=max_upload_mb,
                max_pixels=int(max_megapixels * 1e6))  # fmt: skip

@@ -13,7 +13,7 @@ from diffsketch.cli.common import clean_errors
 def preset(
     name: Annotated[str | None, typer.Argument(help="preset to write: smoke, paper, ... (omit to list them)")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="params file to write")] = Path("params.yaml"),
-    force: Annotated[bool, typer.Option(help="replace a params file with your own edits (kept as .bak)")] = False,
+    force: Annotated[bool, typer.Option("--force/--no-force", help="replace a params file with your own edits (kept as .bak)")] = False,
     presets: Annotated[Path, typer.Option(help="folder of preset files")] = Path("presets"),
 ) -> None:
     """Write a whole parameter profile (every key) to params.yaml, e.g. `diffsketch preset paper`."""

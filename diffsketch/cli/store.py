@@ -51,12 +51,12 @@ def _verify_store(path: Path, repair: bool, progress: bool) -> None:
 def inspect(
     store: Annotated[Path, typer.Argument(help="feature or pairs store (.zarr folder or fsspec URL)")],
     verify: Annotated[
-        bool, typer.Option("--verify", help="read and decode every chunk of every completed entry and list what is missing or corrupt (exit status 1 if anything is)")
+        bool, typer.Option("--verify/--no-verify", help="read and decode every chunk of every completed entry and list what is missing or corrupt (exit status 1 if anything is)")
     ] = False,
     repair: Annotated[
-        bool, typer.Option("--repair", help="verify, then clear the completion flag of the damaged entries, so that the next `sample` / `pairs` run redoes exactly them")
+        bool, typer.Option("--repair/--no-repair", help="verify, then clear the completion flag of the damaged entries, so that the next `sample` / `pairs` run redoes exactly them")
     ] = False,
-    progress: Annotated[bool, typer.Option(help="show a progress bar while verifying")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar while verifying")] = True,
 ) -> None:
     """Summarise a store: arrays, shapes, dtypes, completed entries, size on disk (--verify: check every chunk)."""
     from diffsketch.store import summary

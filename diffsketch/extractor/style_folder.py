@@ -4,11 +4,16 @@
 ``diffsketch extract --model`` and the web page (``diffsketch serve``) load. The model card's
 evaluation section is passed in as Markdown (``diffsketch export --style`` reads it from the
 evaluation's saved results), so this module does not depend on the evaluation stage.
+
+The ONNX graph needs the optional ``onnx`` and ``onnxscript`` packages (the onnx extra). Without
+them the folder is written complete without ``student.onnx`` (it loads with the PyTorch backend),
+and one warning says which extra adds the graph.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -16,10 +21,13 @@ import numpy as np
 import torch
 
 from diffsketch.core import ImageError, load_params, read_rgb, replaced_folder
-from diffsketch.student import DEFAULT_OPSET, ExportError, export_onnx, load_student
+from diffsketch.student import DEFAULT_OPSET, ONNX_EXTRA, ExportError, export_onnx, load_student, onnx_export_available
 from diffsketch.training import apply_style, is_style
 
+log = logging.getLogger(__name__)
+
 STYLE_MANIFEST = "style.json"
+ONNX_FILE = "student.onnx"
 EXAMPLE_PHOTO, EXAMPLE_SKETCH = "example.png", "example_sketch.png"
 THUMBNAIL = 256  # long side (px) of the example thumbnails
 NO_LICENCE = "not specified (ask the author before redistributing)"
@@ -93,7 +101,9 @@ def _model_card(name: str, params, meta: dict, evaluation: str, licence: str, no
         "",
         f"or `diffsketch extract photos/ --model {name} --out sketches/`, or `diffsketch serve --styles <folder holding {name}>`.",
         "",
-        "Files: " + ", ".join(f"`{f}`" for f in files) + ". Weights are safetensors and an ONNX graph only (no pickle).",
+        "Files: " + ", ".join(f"`{f}`" for f in files) + ". Weights are safetensors"
+        + (" and an ONNX graph only (no pickle)." if ONNX_FILE in files else
+           f" only (no pickle); no ONNX graph was exported (add it with `{ONNX_EXTRA}` and export again)."),
         "",
         "## The example",
         "",
@@ -137,11 +147,14 @@ def export_style(
     licence: str | None = None,
     opset: int = DEFAULT_OPSET,
     check: bool | None = None,
+    onnx: bool | None = None,
 ) -> Path:
     """Write a shareable style folder: the student, its config, its ONNX graph, example thumbnails, a model card.
 
     Files: ``student.safetensors`` + ``student.json`` (copied), ``student.onnx`` (:func:`export_onnx`,
-    checked with ONNX Runtime when installed), ``example.png`` / ``example_sketch.png``, ``README.md``
+    checked with ONNX Runtime when installed; ``onnx``: True = required, False = left out, None =
+    when the onnx extra is installed, else left out with a warning naming the extra),
+    ``example.png`` / ``example_sketch.png``, ``README.md``
     (teacher model, example, training and distillation settings, ``evaluation``: the Markdown
     of the evaluation's results, or why there are none, the licence) and ``style.json`` (name, licence, files). The folder is
     written beside its target and swapped in whole; an existing folder is replaced only if it is a
@@ -156,6 +169,13 @@ def export_style(
     if not folder.name or folder.name.startswith("."):
         raise ExportError(f"{folder}: a style folder's name must not be empty or start with a dot")
     model, meta = load_student(model_path, "cpu")
+    if onnx is None:
+        onnx = onnx_export_available()
+        if not onnx:
+            log.warning(
+                "ONNX export needs the onnx extra (%s): the style folder %s is written without %s; it loads with "
+                "the PyTorch backend", ONNX_EXTRA, folder, ONNX_FILE,
+            )  # fmt: skip
     if not Path(params_path).is_file():
         raise ExportError(f"{params_path} not found: the model card needs the params the style was trained with (--params)")
     params = load_params(params_path)
@@ -165,14 +185,15 @@ def export_style(
     with replaced_folder(folder) as staging:
         shutil.copyfile(model_path, staging / "student.safetensors")
         shutil.copyfile(model_path.with_suffix(".json"), staging / "student.json")
-        export_onnx(staging / "student.safetensors", staging / "student.onnx", opset=opset, check=check)
+        if onnx:
+            export_onnx(staging / "student.safetensors", staging / ONNX_FILE, opset=opset, check=check)
         notes = _example_thumbnails(params, staging)
         files = sorted(p.name for p in staging.iterdir()) + [STYLE_MANIFEST, "README.md"]
         files = sorted(set(files))
         card = _model_card(folder.name, params, meta, evaluation, licence, notes, files, model.config)
         (staging / "README.md").write_text(card, encoding="utf-8")
-        manifest = dict(name=folder.name, licence=licence, teacher=params.model.id, example_prompt=params.example.prompt,
-                        student=dict(width=model.config.width, downsamples=model.config.downsamples, blocks=model.config.blocks),
-                        files=files, version=meta.get("version"))  # fmt: skip
+        student = {"width": model.config.width, "downsamples": model.config.downsamples, "blocks": model.config.blocks}
+        manifest = {"name": folder.name, "licence": licence, "teacher": params.model.id, "example_prompt": params.example.prompt,
+                    "student": student, "files": files, "version": meta.get("version")}  # fmt: skip
         (staging / STYLE_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return folder

@@ -9,7 +9,7 @@ Public names (imported on first use, so importing the package costs nothing):
 - :mod:`~diffsketch.student.pairs`: ``PairsError``, ``open_pairs``, ``run_pairs``
 - :mod:`~diffsketch.student.distill`: ``DistillError``, ``run_distill``
 - :mod:`~diffsketch.student.network`: ``Student``, ``StudentConfig``, ``StudentLoadError``, ``load_student``, ``save_student``, ``smallest_side``
-- :mod:`~diffsketch.student.onnx`: ``DEFAULT_OPSET``, ``ExportError``, ``TOLERANCE``, ``export_onnx``, ``onnxruntime_available``, ``verify_onnx``
+- :mod:`~diffsketch.student.onnx`: ``DEFAULT_OPSET``, ``ExportError``, ``ONNX_EXTRA``, ``TOLERANCE``, ``export_onnx``, ``onnx_export_available``, ``onnxruntime_available``, ``verify_onnx``
 """
 
 from diffsketch.core import attach
@@ -21,6 +21,6 @@ __getattr__, __dir__, __all__ = attach(
         "pairs": ["PairsError", "open_pairs", "run_pairs"],
         "distill": ["DistillError", "run_distill"],
         "network": ["Student", "StudentConfig", "StudentLoadError", "load_student", "save_student", "smallest_side"],
-        "onnx": ["DEFAULT_OPSET", "ExportError", "TOLERANCE", "export_onnx", "onnxruntime_available", "verify_onnx"],
+        "onnx": ["DEFAULT_OPSET", "ExportError", "ONNX_EXTRA", "TOLERANCE", "export_onnx", "onnx_export_available", "onnxruntime_available", "verify_onnx"],
     },
 )

@@ -37,6 +37,7 @@ from diffsketch.student.network import Student, load_student, smallest_side
 
 log = logging.getLogger(__name__)
 
+ONNX_EXTRA = 'pip install -e ".[onnx]"'  # the install line of the optional ONNX packages (pyproject's onnx extra)
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the dynamo exporter's lowest: its translations start at opset 18
 TOLERANCE = 1e-4  # largest accepted |ONNX Runtime - PyTorch| on a sketch value in [0, 1]
@@ -52,11 +53,24 @@ def onnxruntime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
+def onnx_export_available() -> bool:
+    """True when the packages :func:`export_onnx` needs (``onnx``, ``onnxscript``) import; they come with the onnx extra."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _require(module: str, packages: str, purpose: str) -> None:
     try:
         __import__(module)
     except ImportError as err:
-        raise ExportError(f"{purpose} needs the {module} package ({err}); install it with `pip install {packages}`") from None
+        raise ExportError(
+            f"{purpose} needs the {module} package ({err}); install the onnx extra with `{ONNX_EXTRA}` "
+            f"(or `pip install {packages}`)"
+        ) from None
 
 
 def _example_input(model: Student) -> torch.Tensor:
