@@ -57,11 +57,11 @@ def test_projection_refusal_force_and_measured_compression(tiny, prompts, refere
     assert per_trajectory > 10_000  # images alone are 64 * 64 * 3
 
     out = tmp_path / "features.zarr"
-    _short_disk(monkeypatch, free=per_trajectory * n - 1)  # one byte short of the uncompressed store
+    _short_disk(monkeypatch, free=per_trajectory * n - 1)  # one byte short of the uncompressed chunks alone
     with pytest.raises(diskspace.DiskSpaceError) as refused:
         run_sample(params, out, progress=False, model=tiny)
     message = str(refused.value)
-    assert str(out) in message and diskspace.human_bytes(per_trajectory * n) in message, message
+    assert str(out) in message and f"{n} trajectories still to write need about" in message, message
     for fix in ("sample.pool", "sample.trajectories", "another disk", "bucket", "--force"):
         assert fix in message, fix
     assert not out.exists()  # refused before anything was written
@@ -71,19 +71,51 @@ def test_projection_refusal_force_and_measured_compression(tiny, prompts, refere
     with caplog.at_level(logging.INFO, logger="diffsketch.store.diskspace"), pytest.raises(KeyboardInterrupt):
         run_sample(params, out, progress=False, model=tiny, force=True)
     assert "--force: starting anyway" in caplog.text
-    assert f"projected size {diskspace.human_bytes(per_trajectory * n)} ({n} trajectories" in caplog.text, caplog.text
+    assert f"projected size on disk" in caplog.text and f"({n} trajectories x" in caplog.text, caplog.text
+    assert "chunks counted uncompressed" in caplog.text and "compression" not in caplog.text
     monkeypatch.undo()
 
-    # resuming: projected at the compression measured on the 2 written trajectories, which predicts the
-    # finished store's chunk bytes (within the spread between trajectories)
+    # resuming: projected from the chunk files of the 2 written trajectories, which predicts what the
+    # finished store takes on disk (`du`, within the spread between trajectories)
     root = store.open_store(out)
     assert store.complete_mask(root).tolist() == [True, True, False, False]
     resumed = diskspace.projected_size(out, root, done=2)
-    assert resumed.entry_bytes == per_trajectory and resumed.ratio is not None
-    assert resumed.ratio == pytest.approx(_file_bytes(out) / (2 * per_trajectory))
+    assert resumed.entry_bytes == per_trajectory and resumed.measured == 2 and 0.5 < resumed.ratio < 1.5
     run_sample(params, out, progress=False, model=tiny)
-    assert resumed.total_bytes == pytest.approx(_file_bytes(out), rel=0.15)
+    assert resumed.total_bytes == pytest.approx(_du(out), rel=0.15)
     assert_same_stores(reference, out)
+
+
+def _du(path) -> int:
+    """What the store takes on disk, as `du` counts it (allocated blocks of its files and folders)."""
+    return int(subprocess.run(["du", "-s", "--block-size=1", str(path)], capture_output=True, text=True, check=True).stdout.split()[0])
+
+
+def test_projected_bytes_of_a_finished_store_match_du(reference):
+    """The projection a finished sample records holds on this filesystem: ``du`` within 15 %."""
+    projected = store.open_store(reference).attrs["projected_bytes"]
+    assert projected == pytest.approx(_du(reference), rel=0.15)
+
+
+def test_projection_counts_blocks_and_folders(tmp_path):
+    """A pairs store of 3 pairs of 64 px, uncompressed, on a filesystem of 4096-byte blocks and folders,
+    counted by hand: each pair writes an image (12288 bytes: 3 blocks), a sketch (4096 bytes: 1 block)
+    and its flag (1 block) in 5 folders of its own (images/c/i, images/c/i/0, images/c/i/0/0,
+    sketches/c/i, sketches/c/i/0)."""
+    from diffsketch.student.pairs import _create_arrays
+
+    layout = store.scratch_group()
+    _create_arrays(layout, 3, 64)
+    fs = diskspace.Filesystem(block=4096, folder=4096)
+    projection = diskspace.projected_size(tmp_path / "pairs.zarr", layout, 0, fs=fs)
+    assert (projection.entry_files, projection.entry_folders) == (3, 5)
+    assert projection.stored_entry_bytes == (3 + 1 + 1 + 5) * 4096
+    assert projection.ratio is None and projection.remaining_bytes == projection.total_bytes
+    # once: the store, 4 array folders and their 4 c/ folders; seeds (one block); 4 arrays' metadata (one
+    # block each, at METADATA_BYTES = 1500) and the root's, which holds all 4 consolidated (7500 bytes: 2 blocks)
+    assert projection.fixed_bytes == (1 + 4 + 4) * 4096 + 4096 + 4 * 4096 + 2 * 4096
+    assert projection.total_bytes == projection.fixed_bytes + 3 * 10 * 4096
+    assert diskspace.Filesystem(block=1, folder=0) == diskspace.Filesystem.of("memory://x.zarr")  # remote: bytes alone
 
 
 def test_pairs_refuse_before_loading_the_model(teacher, tmp_path, monkeypatch):
@@ -93,8 +125,13 @@ def test_pairs_refuse_before_loading_the_model(teacher, tmp_path, monkeypatch):
     params = parse_params({"model": {"id": "tiny", "device": "cpu"}, "pairs": {"count": 3, "batch_size": 1}})
     monkeypatch.setattr(pairs, "load_model", lambda *a: pytest.fail("the space check must come before the model"))
     _short_disk(monkeypatch, free=1000)
-    with pytest.raises(diskspace.DiskSpaceError, match=r"3 pairs still to write need about 49\.2 kB .*pairs\.count.*--force"):
-        pairs.run_pairs(params, *teacher, tmp_path / "pairs.zarr", progress=False)  # 3 x (64*64*3 + 64*64 + 8 + 1) bytes
+    with pytest.raises(diskspace.DiskSpaceError, match=r"3 pairs still to write need about .*pairs\.count.*--force"):
+        pairs.run_pairs(params, *teacher, tmp_path / "pairs.zarr", progress=False)
+    monkeypatch.undo()
+
+    # with the space: the finished store records a projection that `du` confirms
+    out = pairs.run_pairs(params, *teacher, tmp_path / "pairs.zarr", progress=False)
+    assert store.open_group(out).attrs["projected_bytes"] == pytest.approx(_du(out), rel=0.15)
 
 
 def test_force_option_reaches_sample_and_pairs(monkeypatch, tmp_path):

@@ -252,6 +252,7 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
     bar.close()
     workers.barrier()  # every process has written its share before the store is consolidated
     if workers.main:
+        diskspace.record_projection(root, out, "trajectories")  # measured on the store's own chunks
         store.finalize(root, out)
     return out
 

@@ -270,5 +270,6 @@ def _run_pairs(
     bar.close()
     workers.barrier()
     if workers.main:
+        diskspace.record_projection(root, out, "pairs")  # measured on the store's own chunks
         store.finalize(root, out, "pairs")
     return out
