@@ -18,7 +18,6 @@ FIGURES = [
     "explained-variance",
     "elbow",
     "silhouette",
-    "timeline",
     "cluster-histograms",
     "selection-distance-plot",
 ]
@@ -149,8 +148,32 @@ def test_every_figure_is_an_inline_png(report):
 def test_figures_have_captions(report):
     _, path = report
     text = path.read_text(encoding="utf-8")
-    assert text.count("<figcaption>") == len(FIGURES)
+    assert text.count("<figcaption>") == len(FIGURES) + 1  # and the timeline's (inline SVG)
     assert "side-by-side" in text  # the two PCA scatters are placed next to each other
+
+
+def test_the_timeline_labels_every_chosen_timestep_in_lanes_that_do_not_overlap(report):
+    from diffsketch.analysis.report import LABEL_CHAR_WIDTH, TIMELINE_MARGIN, TIMELINE_WIDTH, timeline_svg
+
+    result = make_result(steps=50)  # timesteps 4901 ... 1 over 50 steps; chosen: four neighbours and one far away
+    result.timesteps = np.arange(50)[::-1] * 20 + 1  # 981, 961, ..., 1
+    result.selected = np.array([0, 1, 2, 3, 40])
+    svg = timeline_svg(result)
+    labels = re.findall(r'<text class="t-label" x="([\d.]+)" y="([\d.]+)"[^>]*data-t="(\d+)">t=(\d+)</text>', svg)
+    assert [int(t) for *_, t in labels] == [981, 961, 941, 921, 181] and all(a == b for *_, a, b in labels)
+    # positions: t = 1000 at the left margin, t = 0 at the right (hand-computed for t = 981 and 181)
+    inner = TIMELINE_WIDTH - 2 * TIMELINE_MARGIN
+    assert float(labels[0][0]) == pytest.approx(TIMELINE_MARGIN + 19 / 1000 * inner, abs=0.05)
+    assert float(labels[4][0]) == pytest.approx(TIMELINE_MARGIN + 819 / 1000 * inner, abs=0.05)
+    # neighbours 20 of 1000 apart (18.4 units) with labels 5 x 8.06 = 40.3 units wide: the first three in lanes 0, 1, 2;
+    # the fourth is 55.2 units from the first, 14.9 clear of it (gap 8): lane 0 again, as is the far one. 3 lanes of 18:
+    # lane 0's baseline at 10 + 3 * 18 = 64
+    assert [float(y) for _, y, *_ in labels] == [64, 46, 28, 64, 64]
+    boxes = [(float(x) - len(f"t={t}") * LABEL_CHAR_WIDTH / 2, float(x) + len(f"t={t}") * LABEL_CHAR_WIDTH / 2, float(y))
+             for x, y, t, _ in labels]  # fmt: skip
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert a[2] != b[2] or a[1] <= b[0] or b[1] <= a[0]  # one lane: side by side
 
 
 def test_tables_list_the_chosen_timesteps(report):
@@ -191,7 +214,7 @@ def test_page_is_offline(report):
     assert "http://" not in text and "https://" not in text
     assert not re.search(r"""(src|href)\s*=\s*["']?(?!data:)[a-z]+:""", text)  # no external source of any kind
     for src in parse(path).figures.values():
-        assert b"http" not in decode_png(src[0])  # no URL in the PNG metadata either
+        assert not src or b"http" not in decode_png(src[0])  # no URL in the PNG metadata either
 
 
 def test_no_3d_figure_with_two_pca_dims(tmp_path):

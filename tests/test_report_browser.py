@@ -202,3 +202,88 @@ def test_feature_map_grids_are_drawn(open_report, tmp_path):
     section.screenshot(path=str(ARTIFACTS / "feature-maps.png"))
     assert not errors, errors
     assert not outside, outside
+
+
+# --- layout at 1280 x 800 (measured positions, not only screenshots) ----------------------------------
+
+OVERLAPS = """els => {
+  const boxes = els.map(e => e.getBoundingClientRect());
+  const hits = [];
+  boxes.forEach((a, i) => boxes.slice(i + 1).forEach((b, j) => {
+    if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) hits.push([i, i + 1 + j]);
+  }));
+  return hits;
+}"""
+
+
+def _layout_page(browser, path):
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.goto(path.resolve().as_uri())
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return context, page
+
+
+def test_analysis_page_opens_with_the_explorer_and_its_timeline_labels_do_not_overlap(browser, tmp_path):
+    result = previewed_result()
+    result.meta["model"] = "tiny"
+    result.timesteps = np.arange(10)[::-1] * 20 + 801  # 981, 961, ... 801: every chosen label crowds its neighbours
+    context, page = _layout_page(browser, write_report(result, tmp_path))
+    page.wait_for_selector(POINTS_2D, state="attached", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "layout-analysis-top.png"))
+    explorer = page.locator("#explorer").bounding_box()
+    plot = page.locator("#explorer-2d").bounding_box()
+    assert explorer["y"] < 400 and plot["y"] < 800, (explorer, plot)  # the explorer, then its plot, on the first screen
+    note = page.locator("#smoke-note").bounding_box()
+    assert note["y"] < explorer["y"] and "check that the pipeline runs end to end" in page.inner_text("#smoke-note")
+    assert page.locator("#summary").bounding_box()["y"] > explorer["y"] + explorer["height"]  # the tables come after it
+    labels = page.locator("#timeline text.t-label")
+    assert labels.count() == len(result.selected)
+    assert labels.evaluate_all(OVERLAPS) == []  # the rendered text boxes, font metrics and all
+    boxes = [labels.nth(i).bounding_box() for i in range(labels.count())]
+    assert all(b["width"] > 10 and b["x"] >= 0 and b["x"] + b["width"] <= 1280 for b in boxes), boxes
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280  # nothing overflows the page
+    page.locator("#timeline").screenshot(path=str(ARTIFACTS / "layout-timeline.png"))
+    context.close()
+
+
+def _wide_evaluation():
+    """An evaluation of 12 methods on 2 photos: its grid (14 pictures a row) is far wider than the page."""
+    from diffsketch.evaluation.protocol import EvalResult
+
+    methods = [f"method_{i:02d}" for i in range(12)]
+    rng = np.random.default_rng(0)
+    picture = lambda: rng.integers(0, 255, (120, 160), dtype=np.uint8)  # noqa: E731
+    rows = [dict(dataset="eval", image=f"eval/{n}.png", method=m, ssim=0.5, psnr=10.0, chamfer=3.0, f_score=0.4, lines=1)
+            for n in ("a", "b") for m in methods]  # fmt: skip
+    means = {m: dict(ssim=0.5 + i / 100, psnr=10.0, chamfer=None if i == 3 else 3.0 - i / 10, f_score=None if i == 3 else 0.4) for i, m in enumerate(methods)}
+    grid = [dict(image=f"eval/{n}.png", photo=np.stack([picture()] * 3, -1), truth=picture(), outputs={m: picture() for m in methods})
+            for n in ("a", "b")]  # fmt: skip
+    summary = dict(images=2, ground_truth="dog", size=160, line_threshold=0.5, tolerance=0.0075, lpips=False, methods=methods,
+                   notes=[], skipped=[], datasets={"eval": {"images": 2, "means": means}}, model="tiny",
+                   seconds_per_image=dict.fromkeys(methods, 0.01))  # fmt: skip
+    return EvalResult(rows, means, summary, grid)
+
+
+def test_evaluation_page_scrolls_wide_tables_in_their_box(browser, tmp_path):
+    from diffsketch.evaluation.report import render_html
+
+    path = tmp_path / "index.html"
+    path.write_text(render_html(_wide_evaluation()), encoding="utf-8")
+    context, page = _layout_page(browser, path)
+    page.locator("details").evaluate("d => d.open = true")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280  # the page itself never scrolls sideways
+    body = page.locator("body").bounding_box()
+    for box in page.locator(".wide").all():
+        outer = box.bounding_box()
+        assert outer["x"] >= body["x"] - 1 and outer["x"] + outer["width"] <= body["x"] + body["width"] + 1, outer
+    grid_box = page.locator(".wide:has(#grid)")
+    inner, outer = page.locator("#grid").bounding_box(), grid_box.bounding_box()
+    assert inner["width"] > 1280 > outer["width"]  # the table is wider than the page, its box is not
+    assert grid_box.evaluate("b => b.scrollWidth > b.clientWidth && getComputedStyle(b).overflowX === 'auto'")
+    grid_box.evaluate("b => b.scrollLeft = b.scrollWidth")  # it scrolls inside its box
+    assert grid_box.evaluate("b => b.scrollLeft") > 0
+    assert page.locator("#smoke-note").bounding_box()["y"] < page.locator("#means").bounding_box()["y"]
+    assert page.locator("#means td", has_text="no lines").count() == 2
+    page.screenshot(path=str(ARTIFACTS / "layout-evaluation.png"))
+    context.close()

@@ -3,7 +3,8 @@
 ``write_report(result, out_dir)`` writes ``out_dir/index.html``. The page needs nothing else to
 be read offline and makes no network request: no external CSS, scripts or fonts.
 
-It opens with the interactive PCA explorer (``explorer_html``): Plotly figures built here with
+With the tiny random model, a note at the top says the figures check the pipeline, not the method.
+The page opens with the interactive PCA explorer (``explorer_html``): Plotly figures built here with
 ``plotly.graph_objects`` (2-D, and 3-D with 3+ components; one trace per class, so the legend
 toggles classes, plus a trace of open circles on the chosen timesteps), Plotly's JavaScript inlined
 once (``plotly.offline.get_plotlyjs``), the data as escaped JSON, and a small script for what Plotly
@@ -11,7 +12,7 @@ does not do itself: the hover card with the trajectory's thumbnail, and the DDIM
 (it restyles the traces from the full data). Above ``MAX_INTERACTIVE_POINTS`` points it draws the
 first points of a seeded permutation, and says so on the page.
 
-Then the static figures, for print: each a matplotlib PNG inlined as a ``data:image/png;base64,``
+The static figures come last, for print: each a matplotlib PNG inlined as a ``data:image/png;base64,``
 URI, in a ``<figure id="...">`` whose ``<figcaption>`` says how to read it:
 
 - ``pca-class`` / ``pca-timestep``: PC1 vs PC2 of every (trajectory, timestep) point, coloured by
@@ -19,15 +20,16 @@ URI, in a ``<figure id="...">`` whose ``<figcaption>`` says how to read it:
 - ``pca-3d``: PC1-3 coloured by timestep (only when the analysis kept at least 3 components);
 - ``explained-variance``: variance ratio of each principal component and the cumulative total;
 - ``elbow`` / ``silhouette``: the k-means sweep, with the chosen k, the elbow and the best-silhouette k;
-- ``timeline``: the chosen timesteps on the whole denoising trajectory;
 - ``cluster-histograms``: for each cluster, how many of its points come from each timestep;
 - ``selection-distance-plot``: the selection distance (:func:`~diffsketch.analysis.timesteps.selection_distance`)
   of the representative, uniform and random selections against k, random with a band of one
   standard deviation, beside the ``selection-distance`` table of the three at the chosen k. Both are
   left out for an analysis saved without selection distances.
 
-Two tables follow: ``summary`` (model, store, sizes, parameters, scores) and ``timesteps``
-(one row per chosen timestep). All text put into the page is HTML-escaped.
+After the explorer, the summary: the ``timeline`` figure (:func:`timeline_svg`: the chosen
+timesteps on the whole denoising trajectory, inline SVG whose labels are stacked so that none
+overlaps another) and two tables, ``summary`` (model, store, sizes, parameters, scores) and
+``timesteps`` (one row per chosen timestep). All text put into the page is HTML-escaped.
 
 When the analysis carries feature maps (``analyze.feature_maps``, :mod:`diffsketch.analysis.feature_maps`),
 ``feature_maps_html`` draws, after the explorer, one ``<figure class="feature-map">`` per shown
@@ -64,7 +66,16 @@ FINAL_IMAGE_SIDE = 128  # px: the trajectory's final image beside its feature ma
 CHOSEN_COLOR = "tab:orange"
 BAR_COLOR = "tab:blue"
 
+SMOKE_NOTE = (
+    "The tiny random model (model.id: tiny) made this analysis: its figures check that the pipeline runs end to end, not "
+    "the method (random weights have no denoising phases to find). Set a real Stable Diffusion model (diffsketch preset "
+    "paper) for results."
+)
+
 STYLE = """
+.smoke { background: #fff4d6; border: 1px solid #e0b84c; padding: 0.6em 0.9em; }
+.wide { overflow-x: auto; max-width: 100%; }
+#timeline svg { display: block; max-width: 100%; height: auto; }
 .explorer { border: 1px solid #ddd; border-radius: 6px; padding: 0.8em 1em; margin: 1em 0; background: #fcfcfc; }
 .explorer .plot { width: 100%; height: 560px; }
 .explorer .controls { display: flex; flex-wrap: wrap; align-items: center; gap: 0.6em 1.2em; margin: 0.4em 0 0.8em; }
@@ -271,31 +282,72 @@ def fig_silhouette(result: AnalysisResult) -> str:
     return _sweep_plot(result, result.silhouette, "silhouette score", k_auto, "best silhouette")
 
 
-def fig_timeline(result: AnalysisResult) -> str:
+TIMELINE_WIDTH, TIMELINE_MARGIN, TIMELINE_FONT = 1000, 40, 13  # SVG user units (the figure scales to the page width)
+LABEL_CHAR_WIDTH = 0.62 * TIMELINE_FONT  # an upper bound of a digit's or '=' width in a sans-serif font, per character
+LABEL_GAP = 8
+LANE_HEIGHT = 18
+
+
+def label_lanes(xs: list[float], widths: list[float], gap: float = LABEL_GAP) -> list[int]:
+    """A lane (0 = nearest the axis) per label centred at ``xs`` with ``widths``, so no two labels of a lane overlap.
+
+    Labels are placed left to right, each in the lowest lane whose last label ends ``gap`` before it starts.
+
+    Example:
+        >>> label_lanes([10, 30, 50, 200], [40, 40, 40, 40])  # the first three overlap their neighbours
+        [0, 1, 2, 0]
+        >>> label_lanes([10, 60, 110], [40, 40, 40])  # 10 apart: one lane
+        [0, 0, 0]
+    """
+    ends: list[float] = []
+    lanes = [0] * len(xs)
+    for i in sorted(range(len(xs)), key=lambda j: xs[j]):
+        left = xs[i] - widths[i] / 2
+        lane = next((n for n, end in enumerate(ends) if end + gap <= left), len(ends))
+        if lane == len(ends):
+            ends.append(0.0)
+        ends[lane] = xs[i] + widths[i] / 2
+        lanes[i] = lane
+    return lanes
+
+
+def timeline_svg(result: AnalysisResult) -> str:
+    """The chosen timesteps on the whole denoising trajectory as inline SVG: ticks for every sampled timestep, a dot and a
+    label ``t=…`` per chosen one, labels stacked in lanes (:func:`label_lanes`) so that none overlaps another."""
     timesteps = np.asarray(result.timesteps)
-    chosen = timesteps[result.selected]
-    fig, ax = plt.subplots(figsize=(11, 2.4))
-    ax.axhline(0, color="#999", linewidth=1, zorder=0)
-    ax.plot(timesteps, np.zeros(len(timesteps)), linestyle="none", marker="|", markersize=10, color="#555")
-    ax.plot(chosen, np.zeros(len(chosen)), linestyle="none", marker="o", markersize=11, color=CHOSEN_COLOR, zorder=3)
-    # Chosen timesteps from left (high t) to right; alternate label heights so close ones stay legible.
-    for i, t in enumerate(sorted(chosen, reverse=True)):
-        height = 0.45 if i % 2 == 0 else 0.85
-        ax.annotate(
-            f"t={int(t)}",
-            xy=(t, 0),
-            xytext=(t, height),
-            ha="center",
-            fontsize=9,
-            arrowprops=dict(arrowstyle="-", color="#aaa", linewidth=0.8),
-        )
-    ax.set_xlim(max(T_START, float(timesteps.max())) + 10, min(0, float(timesteps.min())) - 10)
-    ax.set_ylim(-0.6, 1.2)
-    ax.set_yticks([])
-    for side in ("left", "right", "top"):
-        ax.spines[side].set_visible(False)
-    ax.set_xlabel("timestep t  (denoising runs left to right: noise → image)")
-    return _png(fig)
+    chosen = sorted((int(t) for t in timesteps[result.selected]), reverse=True)
+    span = max(T_START, float(timesteps.max()))
+    inner = TIMELINE_WIDTH - 2 * TIMELINE_MARGIN
+
+    def x(t: float) -> float:
+        return TIMELINE_MARGIN + (span - t) / span * inner
+
+    texts = [f"t={t}" for t in chosen]
+    lanes = label_lanes([x(t) for t in chosen], [len(text) * LABEL_CHAR_WIDTH for text in texts])
+    top = 10 + (max(lanes, default=0) + 1) * LANE_HEIGHT
+    axis = top + 14
+    height = axis + 44
+    parts = [(f'<svg class="timeline" viewBox="0 0 {TIMELINE_WIDTH} {height}" width="100%" role="img" '
+              f'aria-label="chosen timesteps on the denoising timeline" font-family="sans-serif" font-size="{TIMELINE_FONT}">'),
+             f'<line x1="{TIMELINE_MARGIN}" y1="{axis}" x2="{TIMELINE_WIDTH - TIMELINE_MARGIN}" y2="{axis}" stroke="#999"/>']  # fmt: skip
+    parts += [f'<line x1="{x(t):.1f}" y1="{axis - 5}" x2="{x(t):.1f}" y2="{axis + 5}" stroke="#555"/>' for t in timesteps]
+    for t, text, lane in zip(chosen, texts, lanes):
+        y = top - lane * LANE_HEIGHT
+        parts += [f'<line x1="{x(t):.1f}" y1="{y + 3}" x2="{x(t):.1f}" y2="{axis}" stroke="#bbb"/>',
+                  f'<circle cx="{x(t):.1f}" cy="{axis}" r="6" fill="#ff7f0e"/>',
+                  f'<text class="t-label" x="{x(t):.1f}" y="{y}" text-anchor="middle" data-t="{t}">{escape(text)}</text>']  # fmt: skip
+    parts += [f'<text x="{TIMELINE_MARGIN}" y="{axis + 22}" text-anchor="middle" fill="#555">{int(span)}</text>',
+              f'<text x="{TIMELINE_WIDTH - TIMELINE_MARGIN}" y="{axis + 22}" text-anchor="middle" fill="#555">0</text>',
+              (f'<text x="{TIMELINE_WIDTH / 2}" y="{axis + 38}" text-anchor="middle" fill="#333">timestep t '
+               "(denoising runs left to right: noise → image)</text>"), "</svg>"]  # fmt: skip
+    return "".join(parts)
+
+
+def timeline_html(result: AnalysisResult) -> str:
+    """The ``timeline`` figure: :func:`timeline_svg` with its caption."""
+    return (f'<figure id="timeline">\n{timeline_svg(result)}\n<figcaption>The whole denoising trajectory from t = {T_START} '
+            f"(pure noise, left) to t = 0 (the image, right). Small ticks are the {len(result.timesteps)} sampled timesteps; "
+            f"the orange dots, labelled with t, are the {len(result.selected)} chosen ones.</figcaption>\n</figure>")  # fmt: skip
 
 
 def fig_cluster_histograms(result: AnalysisResult) -> str:
@@ -439,7 +491,6 @@ def timesteps_table(result: AnalysisResult) -> str:
 def _figures(result: AnalysisResult) -> str:
     rows = _scatter_rows(result)
     note = _subsample_note(result, rows)
-    n_steps = len(result.timesteps)
     parts = [
         "<h2>PCA of the features</h2>",
         '<div class="side-by-side">',
@@ -500,14 +551,6 @@ def _figures(result: AnalysisResult) -> str:
         ),
         "</div>",
         "<h2>The chosen timesteps</h2>",
-        _figure_html(
-            "timeline",
-            fig_timeline(result),
-            "chosen timesteps on the denoising timeline",
-            f"The whole denoising trajectory from t = {T_START} (pure noise, left) to t = 0 (the image, right). "
-            f"Small ticks are the {n_steps} sampled timesteps; the large orange dots, labelled with t, are the "
-            f"{len(result.selected)} chosen ones.",
-        ),
         _figure_html(
             "cluster-histograms",
             fig_cluster_histograms(result),
@@ -772,12 +815,17 @@ def render_html(result: AnalysisResult, max_points: int | None = None) -> str:
         [
             *page_start(f"diffsketch analysis: {model}", STYLE),
             f"<h1>diffsketch analysis: {escape(model)}</h1>",
+            *([f'<p class="smoke" id="smoke-note"><strong>Pipeline check, not a result.</strong> {escape(SMOKE_NOTE)}</p>']
+              if model == "tiny" else []),
             f"<p>Chosen timesteps (k = {escape(result.k)}, strategy {escape(result.meta.get('strategy', '—'))}): "
             f"<strong>{escape(chosen)}</strong></p>",
-            "<h2>Summary</h2>",
-            summary_table(result),
-            timesteps_table(result),
             explorer_html(result, max_points),
+            "<h2>Summary</h2>",
+            timeline_html(result),
+            '<div class="wide">',
+            summary_table(result),
+            "</div>",
+            timesteps_table(result),
             feature_maps_html(result),
             "<h2>Static figures (for print)</h2>",
             _figures(result),
