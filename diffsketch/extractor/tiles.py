@@ -16,9 +16,9 @@ whole image and the convolutions from the tiles:
   pixels see exactly the neighbourhood the whole-image pass sees; tile corners and halos are
   multiples of the network's total stride (``2 ** downsamples``), so the strided grids line up;
 - between passes, the activation at the input of a top-level layer is kept for the whole image
-  when it fits in ``keep_bytes`` (the deep, low-resolution ones do), and later passes start from
-  it instead of from the photo: at 24 MP with the default student the photo is run through the
-  encoder four times and the rest about twice.
+  when it takes at most half of ``keep_bytes`` (the deep, low-resolution ones do), and later
+  passes start from it instead of from the photo: at 24 MP with the default student (384 MB at
+  1/8 of the resolution) the photo is run through the encoder four times and the rest about twice.
 
 The result equals the whole-image pass up to float rounding (1e-5), while memory holds one tile's
 activations, the photo (as 8-bit when it was), the sketch, and at most ``keep_bytes`` of kept
@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-DEFAULT_TILE = 1024  # tile side in pixels (its own pixels; the halo comes on top)
-KEEP_BYTES = 800 * 2**20  # whole-image activations kept between passes, at most
+DEFAULT_TILE = 768  # tile side in pixels (its own pixels; the halo comes on top)
+KEEP_BYTES = 768 * 2**20  # whole-image activations kept between passes, at most (one is at most half of it)
 
 
 class _Stop(Exception):
@@ -152,14 +153,6 @@ def halo_for(downsamples: int, blocks: int) -> int:
     return math.ceil(receptive_radius(downsamples, blocks) / multiple) * multiple
 
 
-def _padded_index(n: int, size: int, mode: str) -> np.ndarray:
-    """Row (or column) indices 0..n-1 into an axis of ``size``, past its end reflected (or replicated) as ``F.pad`` does."""
-    index = np.arange(n)
-    if mode == "reflect":
-        return np.where(index < size, index, 2 * (size - 1) - index)
-    return np.minimum(index, size - 1)
-
-
 @dataclass
 class _Kept:
     """A whole-image activation at the input of top-level layer ``start`` (None: the photo itself)."""
@@ -233,8 +226,6 @@ class TiledStudent:
         m = self.multiple
         pad_h, pad_w = -height % m, -width % m
         mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-        rows = torch.from_numpy(_padded_index(height + pad_h, height, mode))
-        cols = torch.from_numpy(_padded_index(width + pad_w, width, mode))
         full = (height + pad_h, width + pad_w)
         tile = max(m, math.ceil(tile / m) * m)
         grid = [(y, x) for y in range(0, full[0], tile) for x in range(0, full[1], tile)]
@@ -244,9 +235,12 @@ class TiledStudent:
         out = np.empty((height, width), dtype=np.float32)
 
         def photo(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-            crop = image[:, rows[y0:y1]][:, :, cols[x0:x1]]
+            crop = image[None, :, y0 : min(y1, height), x0 : min(x1, width)].to(self.device)
             values = crop.float() / 255.0 if crop.dtype == torch.uint8 else crop.float()
-            return (values * 2 - 1)[None].to(self.device)
+            values = values * 2 - 1
+            if y1 > height or x1 > width:  # the bottom / right padding, as Student.forward pads the whole image
+                values = F.pad(values, (0, max(0, x1 - width), 0, max(0, y1 - height)), mode=mode)
+            return values
 
         source = _Kept(0)
         for k in range(len(self.norms) + 1):
@@ -257,7 +251,7 @@ class TiledStudent:
             if not final and self.owner[k] > source.start:
                 channels, scale = shapes[self.owner[k]]
                 need = channels * (full[0] // scale) * (full[1] // scale) * 4
-                if need + source.nbytes <= self.keep_bytes:
+                if 2 * need <= self.keep_bytes and need + source.nbytes <= self.keep_bytes:
                     record = _Kept(self.owner[k], torch.empty(1, channels, full[0] // scale, full[1] // scale, device=self.device), scale)
             for y, x in grid:
                 ty, tx = min(tile, full[0] - y), min(tile, full[1] - x)
