@@ -152,7 +152,7 @@ def test_a_24_megapixel_photo_stays_under_2_gb(narrow_student, tmp_path):
         print("peak", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
         sys.exit(result.exit_code)
     """)
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     peak_gb = int(done.stdout.split("peak")[-1]) / 2**20
     assert 0.1 < peak_gb < 2.0, done.stdout
