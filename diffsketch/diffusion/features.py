@@ -79,49 +79,44 @@ def pool_features(x: torch.Tensor, grid: int) -> torch.Tensor:
 
 
 class Taps:
-    """Persistent forward hooks on every layer a capture may read, installed once per model.
+    """Persistent forward hooks on every layer a capture may read, fixed when the model is wrapped.
 
-    Each tap pools its layer's output to the grid its capture asked for (``grids[path]``; ``None``:
-    no capture) and leaves it in ``latest[path]``. The taps never change after installation and do
-    nothing but pool and store, so a ``torch.compile``d forward traces them into its graph (they
-    are installed before compilation; dynamo replays the dict writes) without graph breaks or
-    recompiling per batch. What to keep from each call (step selection, CFG halves, the copy to
-    the host) is decided outside the forward, by :class:`FeatureCapture`.
+    Each tap keeps its layer's output (detached) in its slot, ``slots[path]``, and does nothing
+    else: it reads no Python state, so a ``torch.compile``d forward traces it into its graph with
+    no guard on what a capture asks for. The slots are allocated once, at installation (before
+    compilation), and only their values change. Which outputs are kept, how they are pooled, the
+    step selection, the CFG halves and the copy to the host are decided outside the forward, by
+    :class:`FeatureCapture`: a change of capture settings does not recompile a compiled forward.
     """
 
     def __init__(self, root: torch.nn.Module):
         self.root = root
-        self.grids: dict[str, tuple[int, ...]] = {}  # path -> the grids active captures want
-        self.latest: dict[tuple[str, int], torch.Tensor] = {}  # (path, grid) -> the last call's pooled output
-        self._requests: dict[str, list[int]] = defaultdict(list)
+        self.slots: dict[str, torch.Tensor | None] = {}  # path -> the last call's output (None: emptied)
+        self.active = 0  # captures open on this model; the last one to close empties the slots
         self.frozen = False  # set when the model is compiled: no new taps after that
 
     def install(self, paths) -> None:
+        """Tap every module path in ``paths`` not tapped yet (refused once the model is compiled)."""
         for path in paths:
-            if path in self.grids:
+            if path in self.slots:
                 continue
             if self.frozen:
                 raise RuntimeError(
                     f"layer {path} has no feature tap and the model is compiled; taps must be installed before "
                     "torch.compile (diffsketch.diffusion.models.load_model installs every capturable layer's tap)"
                 )
-            self.grids[path] = ()
-            self.root.get_submodule(path).register_forward_hook(self._hook(path))
+            self.slots[path] = None
+            self.root.get_submodule(path).register_forward_hook(self._hook(self.slots, path))
 
-    def request(self, path: str, grid: int, add: bool = True) -> None:
-        """Start (or, with ``add=False``, stop) pooling ``path`` to ``grid``."""
-        requests = self._requests[path]
-        requests.append(grid) if add else requests.remove(grid)
-        self.grids[path] = tuple(sorted(set(requests)))
-        # The slot exists before the forward and is never removed (only emptied), so the dict's
-        # keys do not change between calls: a compiled forward is not recompiled for them.
-        if add or grid not in requests:
-            self.latest[(path, grid)] = None
+    def clear(self) -> None:
+        """Empty every slot (the outputs are freed; the slots stay)."""
+        for path in self.slots:
+            self.slots[path] = None
 
-    def _hook(self, path: str):
+    @staticmethod
+    def _hook(slots: dict, path: str):
         def hook(module, inputs, output):
-            for grid in self.grids[path]:
-                self.latest[(path, grid)] = pool_features(output.detach(), grid).to(torch.float16)
+            slots[path] = output.detach()
 
         return hook
 
@@ -149,10 +144,10 @@ def _collector(root: torch.nn.Module, specs: list[LayerSpec]) -> torch.nn.Module
 class FeatureCapture:
     """Pooled features of each listed layer (as float16), one entry per forward call of the model.
 
-    Used as a context manager. The layers' :class:`Taps` pool inside the forward (so a compiled
-    forward keeps them in its graph); an eager hook after each forward call of the module that
-    runs them keeps the calls listed in ``keep`` (0-based: the denoising step indices; default
-    all), splits the classifier-free guidance halves named by ``halves`` when the batch is
+    Used as a context manager. The layers' :class:`Taps` keep their outputs inside the forward (a
+    compiled forward keeps them in its graph, whatever is captured); an eager hook after each
+    forward call of the module that runs them keeps the calls listed in ``keep`` (0-based: the
+    denoising step indices; default all), pools them to ``pool``, splits the classifier-free guidance halves named by ``halves`` when the batch is
     ``[uncond; cond]`` (``"single"``: a batch without CFG; ``None``: no halves axis) and, with
     ``to_cpu``, copies them to the host without waiting (``non_blocking`` into pinned memory on
     CUDA; :meth:`stacked` waits once). After a run, ``stacked()`` gives ``{name: (B, calls, halves,
@@ -182,11 +177,11 @@ class FeatureCapture:
     def _collect(self, module, inputs, output) -> None:
         call = self.calls
         self.calls += 1
-        latest = self._taps.latest
         if not self.enabled or (self.keep is not None and call not in self.keep):
             return
+        slots = self._taps.slots
         for spec in self.specs:
-            x = latest[(spec.module, spec.grid(self.pool))]
+            x = pool_features(slots[spec.module], spec.grid(self.pool)).to(torch.float16)
             if self.halves is not None:
                 parts = x.chunk(2) if self.halves != "single" else (x,)
                 x = torch.stack([parts[h] for h in HALVES[self.halves]], dim=1)
@@ -200,10 +195,8 @@ class FeatureCapture:
     def __enter__(self) -> FeatureCapture:
         if not self.specs:
             return self
-        tap = self._taps
-        tap.install([s.module for s in self.specs])
-        for spec in self.specs:
-            tap.request(spec.module, spec.grid(self.pool))
+        self._taps.install([s.module for s in self.specs])
+        self._taps.active += 1
         self._handles.append(_collector(self.root, self.specs).register_forward_hook(self._collect))
         self._entered = True
         return self
@@ -212,8 +205,10 @@ class FeatureCapture:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for spec in self.specs if self._entered else []:
-            self._taps.request(spec.module, spec.grid(self.pool), add=False)
+        if self._entered:
+            self._taps.active -= 1
+            if not self._taps.active:
+                self._taps.clear()  # the last capture frees the layers' outputs
         self._entered = False
 
     def stacked(self) -> dict[str, torch.Tensor]:

@@ -37,6 +37,20 @@ class SampleResult:
     unet: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, T, halves, C, g, g) fp16
     vae: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, C, g, g) fp16, from decoding `images`
 
+    @classmethod
+    def cat(cls, parts: list[SampleResult]) -> SampleResult:
+        """One result from the results of consecutive parts of a batch (in order), as if sampled together."""
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            images=torch.cat([p.images for p in parts]),
+            latents=torch.cat([p.latents for p in parts]),
+            noise=torch.cat([p.noise for p in parts]),
+            timesteps=parts[0].timesteps,
+            unet={k: torch.cat([p.unet[k] for p in parts]) for k in parts[0].unet},
+            vae={k: torch.cat([p.vae[k] for p in parts]) for k in parts[0].vae},
+        )
+
     def images_uint8(self) -> torch.Tensor:
         """(B, H, W, 3) uint8, rounded as diffusers' ``numpy_to_pil`` does."""
         return (self.images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu()
