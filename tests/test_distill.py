@@ -81,7 +81,7 @@ def test_student_learns_its_teacher(tiny, teacher, tmp_path):
 
 
 def test_lowering_distill_iterations_gives_a_fresh_run_of_that_length(tmp_path):
-    """8 iterations, then 5: equal, tensor for tensor, to a fresh 5-iteration run that checkpoints and scores at
+    """8 iterations, then 5 (resumed from the checkpoint at 5, not the one at 8): equal, tensor for tensor, to a fresh 5-iteration run that checkpoints and scores at
     other intervals, in another folder (settings left out of the key change nothing)."""
     from test_resilience import DISTILL, SETTINGS, make_pairs
 
@@ -94,8 +94,8 @@ def test_lowering_distill_iterations_gives_a_fresh_run_of_that_length(tmp_path):
         parse_params({**SETTINGS, "distill": {**DISTILL, **distill}}), pairs, folder / "student.safetensors",
         folder / "live", progress=False, checkpoints=folder / "ckpt",
     )  # fmt: skip
-    run(long)
-    lowered_result = run(long, iterations=5)
+    run(long, checkpoint_every=5)  # checkpoints at 5 and 8; the score at 5 is from iteration 3 (eval_every 3)
+    lowered_result = run(long, iterations=5)  # resumed at 5, nothing left to train
     lowered, meta = load_student(long / "student.safetensors")
     fresh_result = run(tmp_path / "fresh", iterations=5, checkpoint_every=1, eval_every=2, max_skips=5)
     fresh, fresh_meta = load_student(tmp_path / "fresh" / "student.safetensors")

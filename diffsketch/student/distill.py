@@ -312,7 +312,8 @@ def run_distill(
     live.summary["lpips_backbone"] = getattr(lpips_net, "backbone", None)  # a random fallback is visible in the metrics
     live.end()
     meta = dict(
-        model=params.model.id, key=key.digest, lpips_backbone=getattr(lpips_net, "backbone", None), pairs=int(root["complete"][:].sum()), resolution=int(sampler.size),
+        model=params.model.id, key=key.digest, lpips_backbone=getattr(lpips_net, "backbone", None),
+        networks={**(root.attrs.get("networks") or {}), "distill_lpips": getattr(lpips_net, "backbone", None)}, pairs=int(root["complete"][:].sum()), resolution=int(sampler.size),
         iterations=cfg.iterations, holdout=result, holdout_before=first, skipped_steps=guard.skipped, version=__version__,
     )  # fmt: skip
     check_finite_weights(student, "the distilled student")

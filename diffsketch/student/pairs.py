@@ -121,6 +121,15 @@ def _planned_batch_size(root: zarr.Group, configured: int | str) -> int:
     return int(recorded)
 
 
+def loss_networks(generator_meta: dict) -> dict:
+    """The CLIP and LPIPS networks the generator was trained with, as its ``.json`` records them.
+
+    >>> loss_networks({"clip": "tiny", "lpips_backbone": "random"})
+    {'train_clip': 'tiny', 'train_lpips': 'random'}
+    """
+    return {"train_clip": generator_meta.get("clip"), "train_lpips": generator_meta.get("lpips_backbone")}
+
+
 def pairs_key(params: Params, generator_path, prior_path) -> ResultKey:
     """What the pairs' numbers depend on (:mod:`diffsketch.core.keys`): the model by content, the pairs
     settings (not the batch size: every pair has its own seeds), and the generator and prior files by
@@ -243,7 +252,9 @@ def _run_pairs(
             cfg.batch_size, model.device, lambda b: make_pairs(list(range(b)), probe=True), cap=cfg.count,
             what="pairs.batch_size",
         )  # fmt: skip
-        attrs = dict(fingerprint=key.digest, key_record=key.record, model=params.model.id, count=cfg.count, resolution=size, seed=cfg.seed, version=__version__)
+        attrs = dict(fingerprint=key.digest, key_record=key.record, model=params.model.id, count=cfg.count, resolution=size,
+                     seed=cfg.seed, version=__version__,
+                     networks=loss_networks(meta))  # the generator's CLIP and LPIPS (a random fallback is shown in reports)  # fmt: skip
         attrs["batch_size"] = batch_size  # the blocks (resolved when pairs.batch_size is auto): a resume keeps them
         root = _create(out, cfg.count, size, attrs)
     workers.barrier()  # the store exists
