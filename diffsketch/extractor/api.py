@@ -56,10 +56,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from diffsketch.core import DiffsketchError, ImageError, devices, pil_to_tensor
+from diffsketch.core import DiffsketchError, ImageError, apply_threads, devices, pil_to_tensor
 from diffsketch.core import images as core_images
 from diffsketch.extractor.lines import LineStyle, LineStyleError, apply_lines, hex_colour, render
-from diffsketch.extractor.tiles import DEFAULT_TILE, TiledStudent
+from diffsketch.extractor.tiles import DEFAULT_TILE, TiledStudent, unit_float
 from diffsketch.student import Student, StudentConfig, StudentLoadError, load_student, smallest_side
 
 WEIGHTS_FILE = "student.safetensors"
@@ -399,7 +399,7 @@ def resize_to(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """
     if tuple(image.shape[-2:]) == tuple(shape):
         return image
-    values = image.float() / 255.0 if image.dtype == torch.uint8 else image
+    values = unit_float(image)
     out = F.interpolate(values[None], size=tuple(shape), mode="bilinear", antialias=True, align_corners=False)[0]
     return out.clamp(0, 1)
 
@@ -529,7 +529,7 @@ class SketchExtractor:
         backend: str = "auto",
         *,
         precision: str = "auto",
-        threads: int | None = None,
+        threads: int | str | None = None,
         batch_size: int = 8,
         tile: int = DEFAULT_TILE,
         max_megapixels: float | None = MAX_MEGAPIXELS,
@@ -541,8 +541,9 @@ class SketchExtractor:
             device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
             backend: ``auto``, ``torch`` or ``onnx`` (see the module docstring for what ``auto`` picks).
             precision: ``auto``, ``fp32`` or ``bf16`` (PyTorch only).
-            threads: intra-op threads for ONNX Runtime (None: as many as PyTorch uses); PyTorch's
-                own setting (``torch.set_num_threads``) is left to the caller.
+            threads: ``auto`` or a number: sizes this process's CPU thread pools (PyTorch, the BLAS
+                libraries, ONNX Runtime) as :func:`~diffsketch.core.threads.apply_threads` does; None
+                leaves them as they are (ONNX Runtime then uses as many threads as PyTorch).
             batch_size: at most this many same-size images go through one forward pass.
             tile: photos with a side over this many pixels are sketched by tiles (0: never); tiles
                 need the student's safetensors weights.
@@ -558,6 +559,7 @@ class SketchExtractor:
         if max_megapixels is not None and not max_megapixels > 0:
             raise ExtractError(f"--max-megapixels {max_megapixels} must be a positive number")
         torch_device = extractor_device(device)
+        threads = None if threads is None else apply_threads(threads)
         files = locate(path)
         backend, precision = choose(backend, precision, torch_device, files)
         meta: dict = {}
@@ -627,7 +629,7 @@ class SketchExtractor:
                    and not self.needs_tiles(images[end], tile)):  # fmt: skip
                 end += 1
             batch = torch.stack(list(images[start:end]))
-            out += list(self._runner(batch.float() / 255.0 if batch.dtype == torch.uint8 else batch))
+            out += list(self._runner(unit_float(batch)))
             start = end
         return out
 

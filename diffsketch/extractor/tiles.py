@@ -114,6 +114,18 @@ class TileNorm(nn.Module):
         self.gather = None
 
 
+def unit_float(image: torch.Tensor) -> torch.Tensor:
+    """A uint8 image as float32 in [0, 1] (divided in float64, so each value is the float32 nearest
+    to ``v / 255``, as NumPy's float32 division of the decoded file gives); a float image as float32.
+
+    >>> unit_float(torch.tensor([0, 51, 255], dtype=torch.uint8)).tolist()
+    [0.0, 0.20000000298023224, 1.0]
+    """
+    if image.dtype == torch.uint8:
+        return (image.double() / 255.0).float()
+    return image.float()
+
+
 def is_instance_norm(module: nn.Module) -> bool:
     """True for the per-channel normalisations the student uses (``InstanceNorm2d`` or its group-norm form)."""
     return isinstance(module, nn.InstanceNorm2d) or type(module).__name__ == "_GroupInstanceNorm"
@@ -236,7 +248,7 @@ class TiledStudent:
 
         def photo(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
             crop = image[None, :, y0 : min(y1, height), x0 : min(x1, width)].to(self.device)
-            values = crop.float() / 255.0 if crop.dtype == torch.uint8 else crop.float()
+            values = unit_float(crop)
             values = values * 2 - 1
             if y1 > height or x1 > width:  # the bottom / right padding, as Student.forward pads the whole image
                 values = F.pad(values, (0, max(0, x1 - width), 0, max(0, y1 - height)), mode=mode)

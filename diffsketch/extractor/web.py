@@ -6,19 +6,26 @@ API, which calls :class:`~diffsketch.extractor.api.SketchExtractor` exactly as P
 
 - ``GET /api/styles``: the styles (sub-folders of the styles folder that hold a student; the folder
   itself when it is one style folder).
-- ``POST /api/sketch?style=NAME&threshold=T&size=S&name=FILE``: the photo's bytes as the body;
-  answers ``{id, name, width, height, png, svg}`` (``png`` / ``svg``: download URLs), or
-  ``{error}`` with status 400 (not an image, a truncated file, too small), 404 (no such style)
-  or 413 (over the upload or pixel limit).
-- ``GET /api/result/ID.png`` / ``.svg``; ``POST /api/zip`` with ``{"ids": [...]}``: every sketch
-  as PNG and SVG in one ZIP.
+- ``POST /api/sketch?style=NAME&size=S&name=FILE&LINES``: the photo's bytes as the body;
+  answers ``{id, name, width, height, png, svg}`` (``png`` / ``svg``: download URLs with the
+  line controls given), or ``{error}`` with status 400 (not an image, a truncated file, too
+  small, a bad control), 404 (no such style) or 413 (over the upload or pixel limit).
+- ``GET /api/result/ID.png?LINES`` / ``.svg?LINES``: the kept sketch drawn with the line
+  controls (the network does not run again: the page's sliders preview live);
+  ``POST /api/zip`` with ``{"ids": [...], "lines": {...}}``: every sketch as PNG and SVG in one ZIP.
+
+``LINES`` are the line controls of :mod:`diffsketch.extractor.lines` as query parameters:
+``threshold``, ``binarize=LOW,HIGH``, ``line_width``, ``min_speck``, ``line_color`` and
+``background`` (a colour or ``transparent``).
 
 Downloads are named after the uploaded file, in any script: the ``Content-Disposition`` header
 carries an ASCII fallback and the UTF-8 name (RFC 6266 / RFC 5987, :func:`content_disposition`).
 
 Safe defaults: bound to 127.0.0.1; uploads over ``max_upload_mb`` are refused while they are read
-(before decoding); images over ``max_pixels`` are refused from their header (PIL reads the size
-without decoding the pixels); style names are looked up among the folders found, never joined
+(before decoding); images over ``max_pixels`` (the extractor's megapixel cap,
+:data:`~diffsketch.extractor.api.MAX_MEGAPIXELS`, by default) are refused from their header (PIL
+reads the size without decoding the pixels), and a photo is decoded at a reduced size when the
+output size is smaller (:meth:`~diffsketch.extractor.api.SketchExtractor.prepare`); style names are looked up among the folders found, never joined
 into a path; each style's model is loaded once and shared by all requests; inference runs in a
 worker thread, one image at a time per style, so the server keeps answering.
 """
@@ -38,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -48,8 +55,10 @@ from starlette.staticfiles import StaticFiles
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_MB = 25
-MAX_PIXELS = 40_000_000  # 40 megapixels
+MAX_PIXELS = 40_000_000  # the extractor's MAX_MEGAPIXELS (40), in pixels
 MAX_RESULTS = 512  # sketches kept for download, oldest dropped first
+MAX_RESULT_BYTES = 1 << 30  # ... and at most this much of them (the newest is always kept)
+RENDERS_KEPT = 4  # drawings of one sketch (line settings) kept for repeated downloads
 SIZES = (256, 512, 768, 1024, 2048)
 
 
@@ -62,10 +71,31 @@ class UploadError(Exception):
 @dataclass
 class _Result:
     name: str
-    png: bytes
-    sketch: np.ndarray  # float16 (H, W), for SVG tracing on demand
-    threshold: float | None
-    svg: str | None = None
+    sketch: np.ndarray  # float32 (H, W): the network's output, drawn with the line controls on demand
+    renders: OrderedDict = field(default_factory=OrderedDict)  # (kind, LineStyle) -> bytes or str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def drawn(self, kind: str, style) -> bytes | str:
+        """The sketch as PNG bytes or an SVG document in ``style``, kept for the next request."""
+        from diffsketch.extractor.api import sketch_to_png, sketch_to_svg
+
+        key = (kind, style)
+        with self.lock:
+            if key in self.renders:
+                self.renders.move_to_end(key)
+                return self.renders[key]
+        values = self.sketch
+        if kind == "png":
+            buffer = io.BytesIO()
+            sketch_to_png(values, style=style).save(buffer, format="PNG")
+            out: bytes | str = buffer.getvalue()
+        else:
+            out = sketch_to_svg(values, style=style)
+        with self.lock:
+            self.renders[key] = out
+            while len(self.renders) > RENDERS_KEPT:
+                self.renders.popitem(last=False)
+        return out
 
 
 @dataclass
@@ -104,8 +134,8 @@ class _State:
         if name not in folders:
             raise UploadError(404, f"there is no style named {name!r}; choose one of: {', '.join(folders) or '(none)'}")
         with self.load_lock:
-            if name not in self.extractors:
-                self.extractors[name] = SketchExtractor.load(folders[name], self.device, self.backend)
+            if name not in self.extractors:  # the page checks the pixel count itself (max_pixels)
+                self.extractors[name] = SketchExtractor.load(folders[name], self.device, self.backend, max_megapixels=None)
                 self.locks[name] = threading.Lock()
         return self.extractors[name], self.locks[name]
 
@@ -113,8 +143,9 @@ class _State:
         key = uuid.uuid4().hex
         with self.results_lock:
             self.results[key] = result
-            while len(self.results) > MAX_RESULTS:
-                self.results.popitem(last=False)
+            held = sum(r.sketch.nbytes for r in self.results.values())
+            while len(self.results) > 1 and (len(self.results) > MAX_RESULTS or held > MAX_RESULT_BYTES):
+                held -= self.results.popitem(last=False)[1].sketch.nbytes
         return key
 
     def result(self, key: str) -> _Result:
@@ -133,7 +164,7 @@ def _is_style(folder: Path) -> bool:
 
 
 def _style_info(name: str, folder: Path) -> dict:
-    info = dict(name=name, licence=None, teacher=None, example=None, example_sketch=None)
+    info = {"name": name, "licence": None, "teacher": None, "example": None, "example_sketch": None}
     manifest = folder / "style.json"
     if manifest.is_file():
         try:
@@ -162,8 +193,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Open the upload, check its size from the header, then decode it; clear errors for bad files."""
+def _check_upload(data: bytes, name: str, max_pixels: int) -> None:
+    """Check the upload is an image within ``max_pixels``, from its header only; clear errors for bad files."""
     if not data:
         raise UploadError(400, f"{name}: the file is empty")
     try:
@@ -177,15 +208,6 @@ def _decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise UploadError(400, f"{name}: not an image file (PNG, JPEG, WebP, BMP, TIFF...) that can be read") from None
     if width * height > max_pixels:
         raise UploadError(413, f"{name}: the image is {width} × {height} px ({width * height / 1e6:.0f} megapixels); the limit is {max_pixels / 1e6:.0f} megapixels")
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        image = ImageOps.exif_transpose(image)  # upright, as the browser shows the photo
-    except Image.DecompressionBombError:
-        raise UploadError(413, f"{name}: the image is over the limit of {max_pixels / 1e6:.0f} megapixels") from None
-    except Exception as err:  # noqa: BLE001 - truncated or corrupt data
-        raise UploadError(400, f"{name}: the image data is damaged or truncated ({err}); re-save the file and try again") from None
-    return image
 
 
 def _number(request: Request, key: str, kind, low, high):
@@ -199,6 +221,26 @@ def _number(request: Request, key: str, kind, low, high):
     if not low <= value <= high:
         raise UploadError(400, f"{key}={raw} must be between {low:g} and {high:g}")
     return value
+
+
+LINE_KEYS = ("threshold", "binarize", "line_width", "min_speck", "line_color", "background")
+
+
+def _line_style(values) -> object:
+    """The :class:`~diffsketch.extractor.lines.LineStyle` of query parameters (or a JSON object); 400 for a bad one."""
+    from diffsketch.extractor.api import ExtractError, line_style
+
+    given = {key: values.get(key) for key in LINE_KEYS if values.get(key) not in (None, "", "none", "null")}
+    try:
+        threshold = float(given["threshold"]) if "threshold" in given else None
+        width = float(given.get("line_width", 1.0))
+        speck = int(float(given.get("min_speck", 0)))
+    except (TypeError, ValueError):
+        raise UploadError(400, "threshold, line_width and min_speck must be numbers") from None
+    try:
+        return line_style(threshold, False, width, given.get("binarize"), speck, given.get("line_color", "black"), given.get("background"))
+    except ExtractError as err:
+        raise UploadError(400, str(err)) from None
 
 
 def _safe_name(name: str) -> str:
@@ -248,8 +290,8 @@ def create_app(
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
     async def list_styles(request: Request) -> Response:
-        return JSONResponse(dict(styles=[_style_info(n, f) for n, f in state.styles().items()], folder=str(state.styles_dir),
-                                 max_upload_mb=max_upload_mb, max_pixels=max_pixels, sizes=list(SIZES)))  # fmt: skip
+        return JSONResponse({"styles": [_style_info(n, f) for n, f in state.styles().items()], "folder": str(state.styles_dir),
+                                 "max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "sizes": list(SIZES)})  # fmt: skip
 
     async def style_file(request: Request) -> Response:
         name, file = request.path_params["name"], request.path_params["file"]
@@ -258,53 +300,53 @@ def create_app(
             return error(UploadError(404, "no such file"))
         return FileResponse(folders[name] / file)
 
-    def _sketch(extractor, lock, image, size, threshold, name) -> _Result:
-        from diffsketch.extractor.api import ExtractError, sketch_to_png
+    def _sketch(extractor, lock, data, size, style, name) -> _Result:
+        from diffsketch.core import ImageError
+        from diffsketch.extractor.api import ExtractError
 
         try:
-            tensor = extractor.prepare(image, size)
+            tensor = extractor.prepare(data, size)  # EXIF-uprighted, as the browser shows the photo
             with lock:
                 sketch = extractor.sketch_tensors([tensor])[0]
+        except ImageError as err:
+            raise UploadError(400, f"{name}: the image data is damaged or truncated ({err}); re-save the file and try again") from None
         except ExtractError as err:
             raise UploadError(400, f"{name}: {err}") from None
-        buffer = io.BytesIO()
-        sketch_to_png(sketch, threshold=threshold).save(buffer, format="PNG")
-        return _Result(name, buffer.getvalue(), sketch.astype(np.float16), threshold)
+        result = _Result(name, sketch)
+        result.drawn("png", style)
+        return result
 
     async def sketch(request: Request) -> Response:
         name = request.query_params.get("name", "photo")
         try:
-            threshold = _number(request, "threshold", float, 0.0, 1.0)
+            style = _line_style(request.query_params)
             size = _number(request, "size", int, 16, 8192)
             extractor, lock = await run_in_threadpool(state.extractor, request.query_params.get("style", ""))
             data = await _read_body(request, state.max_upload)
-            image = _decode(data, name, state.max_pixels)
-            result = await run_in_threadpool(_sketch, extractor, lock, image, size, threshold, name)
+            _check_upload(data, name, state.max_pixels)
+            result = await run_in_threadpool(_sketch, extractor, lock, data, size, style, name)
         except UploadError as err:
             return error(err)
         key = state.keep(result)
         height, width = result.sketch.shape
-        return JSONResponse(dict(id=key, name=_safe_name(name), width=width, height=height,
-                                 png=f"/api/result/{key}.png", svg=f"/api/result/{key}.svg"))  # fmt: skip
-
-    def _svg(result: _Result) -> str:
-        from diffsketch.extractor.api import sketch_to_svg
-
-        if result.svg is None:
-            result.svg = sketch_to_svg(result.sketch.astype(np.float32), result.threshold)
-        return result.svg
+        lines = urllib.parse.urlencode({k: v for k, v in request.query_params.items() if k in LINE_KEYS})
+        query = f"?{lines}" if lines else ""
+        return JSONResponse({"id": key, "name": _safe_name(name), "width": width, "height": height,
+                                 "png": f"/api/result/{key}.png{query}", "svg": f"/api/result/{key}.svg{query}"})  # fmt: skip
 
     async def result_file(request: Request) -> Response:
         key, kind = request.path_params["key"], request.path_params["kind"]
         try:
             result = state.result(key)
+            if kind not in ("png", "svg"):
+                raise UploadError(404, "no such file: ask for .png or .svg")
+            style = _line_style(request.query_params)
         except UploadError as err:
             return error(err)
         stem = _safe_name(result.name)
-        if kind == "png":
-            return Response(result.png, media_type="image/png", headers={"Content-Disposition": content_disposition(f"{stem}_sketch.png")})
-        svg = await run_in_threadpool(_svg, result)
-        return Response(svg, media_type="image/svg+xml", headers={"Content-Disposition": content_disposition(f"{stem}_sketch.svg")})
+        body = await run_in_threadpool(result.drawn, kind, style)
+        media = "image/png" if kind == "png" else "image/svg+xml"
+        return Response(body, media_type=media, headers={"Content-Disposition": content_disposition(f"{stem}_sketch.{kind}")})
 
     async def zip_all(request: Request) -> Response:
         try:
@@ -312,6 +354,8 @@ def create_app(
             keys = body.get("ids") if isinstance(body, dict) else None
             if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
                 raise UploadError(400, 'send {"ids": [...]} with the ids of the sketches to download')
+            lines = body.get("lines") or {}
+            style = _line_style(lines if isinstance(lines, dict) else {})
             results = [state.result(k) for k in keys]
         except ValueError:
             return error(UploadError(400, "the request is not JSON"))
@@ -327,8 +371,8 @@ def create_app(
                         n += 1
                         stem = f"{_safe_name(result.name)}_{n}"
                     used.add(stem)
-                    archive.writestr(f"{stem}_sketch.png", result.png)
-                    archive.writestr(f"{stem}_sketch.svg", _svg(result))
+                    archive.writestr(f"{stem}_sketch.png", result.drawn("png", style))
+                    archive.writestr(f"{stem}_sketch.svg", result.drawn("svg", style))
             return buffer.getvalue()
 
         data = await run_in_threadpool(build)
