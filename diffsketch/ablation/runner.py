@@ -15,9 +15,9 @@ log, the others still run, and the call then raises. DVC reruns only the stages 
 row that changes ``train`` reuses ``sample`` and ``analyze`` from the committed ``dvc.lock``).
 
 An experiment counts as done when ``ablate-NAME[-seedS]`` of the current commit ran with the params
-it stands for now (current ``params.yaml`` plus the row's overrides and the seed, compared after
+it stands for (the current ``params.yaml`` plus the row's overrides and the seed, compared after
 validation) and has the evaluation's metrics; such experiments are skipped, so a second
-``diffsketch ablate`` runs only what is unfinished. One whose params changed since (an edit of
+``diffsketch ablate`` runs only what is unfinished. One whose params differ (an edit of
 ``params.yaml`` or of the rows file) is run again, replacing its experiment.
 
 :func:`collect` reads each row's results from its done experiments: the per-image scores of the
@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -319,7 +320,7 @@ def run_experiment(root: Path, run: Run, raw: dict, index: int, total: int, para
     with open(log_path, "w", encoding="utf-8") as log_file:
         log_file.write("$ " + " ".join(args) + "\n")
         proc = subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)  # fmt: skip
         def read() -> None:
             for text in proc.stdout:
                 lines.put(text)
@@ -346,8 +347,8 @@ def run_experiment(root: Path, run: Run, raw: dict, index: int, total: int, para
                     stage = f"stage {found.group(1)}"
                     echo(f"{tag}: {stage} ({_elapsed(time.monotonic() - start)})")
             code = proc.wait()
-        except BaseException:  # Ctrl-C: stop DVC and its stage too
-            proc.terminate()
+        except BaseException:  # Ctrl-C: stop DVC and its stage too (its own process group)
+            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait()
             raise
     ok = code == 0
@@ -499,7 +500,7 @@ def _per_image(root: Path, rev: str) -> list[dict] | None:
 def collect(root: str | Path, rows: list[Row], seeds: int = 1, params_path: Path = Path("params.yaml")) -> list[RowResult]:
     """The results of every row with at least one done experiment among its ``seeds`` (rows without one are left out).
 
-    An experiment counts when :func:`status` says ``done``: it ran with the params the row stands for now.
+    An experiment counts when :func:`status` says ``done``: it ran with the params the row stands for in the current ``params.yaml``.
     """
     from diffsketch.evaluation import HIGHER_IS_BETTER
 

@@ -395,14 +395,16 @@ def render_ablation(_arg: str | None, state: dict) -> str:
     if table.is_file() and results.is_file():
         rows = json.loads(results.read_text(encoding="utf-8"))
         images = sorted({r.get("images") for r in rows})
+        seeds = sorted({r.get("seeds", 1) for r in rows})
         link = (
             " The full report (sketches side by side, training curves): [reports/ablation](reports/ablation.html)."
             if (reports / "index.html").is_file()
             else ""
         )
         head = (
-            f"Generated from `reports/ablation/` of this checkout: {len(rows)} rows, the student's scores "
-            f"(mean ± standard deviation over {', '.join(map(str, images))} test photos; the best mean in bold).{link}"
+            f"Generated from `reports/ablation/` of this checkout: {len(rows)} rows, {'/'.join(map(str, seeds))} training "
+            f"seed(s) each, scored on {', '.join(map(str, images))} test photos: each row's generator and student "
+            f"(mean ± half-width of the 95 % interval; bold where a row's interval clears every other row's).{link}"
         )
         return head + "\n\n" + table.read_text(encoding="utf-8").strip()
     return (
