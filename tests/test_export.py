@@ -8,8 +8,8 @@ import torch
 from typer.testing import CliRunner
 
 from diffsketch.cli.main import app
-from diffsketch.student.onnx import ExportError, export_onnx, verify_onnx
 from diffsketch.student.network import Student, StudentConfig, load_student, save_student
+from diffsketch.student.onnx import ExportError, export_onnx, verify_onnx
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -73,3 +73,40 @@ def test_clear_errors(student, tmp_path, monkeypatch):
     result = runner.invoke(app, ["export", "--model", str(student), "--out", str(out)])
     assert result.exit_code == 1 and "pip install onnx onnxscript" in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_style_folder_without_the_onnx_extra(student, tmp_path, monkeypatch, caplog):
+    """The base install (no onnx, onnxscript, onnxruntime): ``export --style`` writes a complete folder without
+    student.onnx, one warning names the extra that adds it, and the folder sketches as the student itself does."""
+    import json
+    import logging
+
+    from conftest import REPO
+
+    from diffsketch import SketchExtractor
+    from diffsketch.extractor.style_folder import export_style
+
+    monkeypatch.chdir(REPO)  # params.yaml names the example files relative to the project
+    for name in ("onnx", "onnxscript", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: importing them fails
+    folder = tmp_path / "styles" / "cat"
+    with caplog.at_level(logging.WARNING):
+        result = runner.invoke(app, ["export", "-m", str(student), "--style", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and "No module named" not in result.output
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["README.md", "example.png", "example_sketch.png", "student.json", "student.safetensors", "style.json"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "onnx" in r.getMessage()]
+    assert len(warnings) == 1 and 'pip install -e ".[onnx]"' in warnings[0] and "without student.onnx" in warnings[0]
+    assert "student.onnx" not in json.loads((folder / "style.json").read_text())["files"]
+    assert 'no ONNX graph was exported (add it with `pip install -e ".[onnx]"`' in (folder / "README.md").read_text()
+
+    image = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(3))
+    model, _ = load_student(student)
+    with torch.inference_mode():
+        expected = model(image)[0, 0].numpy()
+    got = SketchExtractor.load(folder, "cpu", precision="fp32").sketch_tensors([image[0]])[0]
+    assert np.abs(got - expected).max() <= 1e-5  # the folder's student, on the PyTorch backend
+
+    with pytest.raises(ExportError, match=r'onnx extra with `pip install -e "\.\[onnx\]"`'):  # asked for explicitly: an error
+        export_style(student, tmp_path / "styles" / "dog", REPO / "params.yaml", onnx=True)

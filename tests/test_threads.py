@@ -8,11 +8,19 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 from typer.testing import CliRunner
 
-from conftest import REPO
 from diffsketch.cli.main import app
-from diffsketch.core.threads import apply_threads, available_cores, cgroup_cpu_limit, resolve_threads, sleep_when_idle
+from diffsketch.core import DiffsketchError
+from diffsketch.core.threads import (
+    ThreadsError,
+    apply_threads,
+    available_cores,
+    cgroup_cpu_limit,
+    resolve_threads,
+    sleep_when_idle,
+)
 
 COUNTS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -74,8 +82,9 @@ def test_auto_follows_omp_num_threads_and_bad_settings_are_refused(restored):
     assert resolve_threads("auto") == available_cores()
     assert resolve_threads(4) == 4 and resolve_threads("3") == 3
     for bad in (0, -2, "0", "many", "2.5", 2.5, True, None):
-        with pytest.raises(ValueError, match="auto or a whole number"):
+        with pytest.raises(ThreadsError, match="auto or a whole number"):
             resolve_threads(bad)
+    assert issubclass(ThreadsError, DiffsketchError)
 
 
 # --- what the setting does ------------------------------------------------------------------------
@@ -131,6 +140,18 @@ def test_commands_take_threads_from_the_option_or_the_params(restored, prompts_d
     assert result.exit_code == 1 and torch.get_num_threads() == 2
     result = runner.invoke(app, ["sample", "-p", str(params), "-o", str(tmp_path / "f.zarr"), "--threads", "0"])
     assert result.exit_code == 1 and "--threads '0' is not a thread count" in result.output and "Traceback" not in result.output
+
+
+def test_the_extractor_sizes_the_pools_when_asked(restored, student):
+    from diffsketch import SketchExtractor
+
+    torch.set_num_threads(2)
+    SketchExtractor.load(student, "cpu", "torch")
+    assert torch.get_num_threads() == 2  # None (the default): left as the caller set it
+    SketchExtractor.load(student, "cpu", "torch", threads=1)
+    assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+    with pytest.raises(ThreadsError, match="auto or a whole number"):
+        SketchExtractor.load(student, "cpu", "torch", threads="lots")
 
 
 def test_threads_is_in_no_result_key():

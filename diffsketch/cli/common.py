@@ -23,7 +23,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from diffsketch.core import DiffsketchError, Params, resolve_threads, sleep_when_idle
+from diffsketch.core import DiffsketchError, Params, ThreadsError, resolve_threads, sleep_when_idle
 
 sleep_when_idle()  # before any command imports torch (see the module docstring)
 
@@ -74,7 +74,7 @@ def use_threads(option: str | None, params: Params | None = None) -> int:
     setting = option if option is not None else params.threads if params is not None else "auto"
     try:
         resolve_threads(setting)
-    except ValueError:
+    except ThreadsError:
         fail(f"--threads {option!r} is not a thread count; use auto or a whole number of at least 1, e.g. --threads 2")
     return apply_threads(setting)
 

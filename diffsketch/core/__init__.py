@@ -15,7 +15,7 @@ Public names (imported on first use, so importing the package costs nothing):
 - :mod:`~diffsketch.core.keys`: ``NEUTRAL``, ``PROGRESS``, ``ResultKey``, ``content_hash``, ``file_inputs``, ``result_key``
 - :mod:`~diffsketch.core.html`: ``escape``, ``image_uri``, ``page_start``, ``safe_json``, ``table_html``
 - :mod:`~diffsketch.core.images`: ``ImageError``, ``READ_ERRORS``, ``check_image_file``, ``check_rgb``, ``load_image``, ``load_sketch``, ``pil_to_tensor``, ``read_rgb``, ``save_image``, ``save_sketch``, ``square_box``
-- :mod:`~diffsketch.core.threads`: ``Threads``, ``apply_threads``, ``available_cores``, ``resolve_threads``, ``sleep_when_idle``
+- :mod:`~diffsketch.core.threads`: ``Threads``, ``ThreadsError``, ``apply_threads``, ``available_cores``, ``resolve_threads``, ``sleep_when_idle``
 - :mod:`~diffsketch.core.version`: ``__version__``
 
 Modules used as namespaces: ``batching``, ``devices``, ``distributed``, ``images``.
@@ -35,7 +35,7 @@ __getattr__, __dir__, __all__ = attach(
         "keys": ["NEUTRAL", "PROGRESS", "ResultKey", "content_hash", "file_inputs", "result_key"],
         "html": ["escape", "image_uri", "page_start", "safe_json", "table_html"],
         "images": ["ImageError", "READ_ERRORS", "check_image_file", "check_rgb", "load_image", "load_sketch", "pil_to_tensor", "read_rgb", "save_image", "save_sketch", "square_box"],
-        "threads": ["Threads", "apply_threads", "available_cores", "resolve_threads", "sleep_when_idle"],
+        "threads": ["Threads", "ThreadsError", "apply_threads", "available_cores", "resolve_threads", "sleep_when_idle"],
         "version": ["__version__"],
         "lazy": ["attach"],
     },

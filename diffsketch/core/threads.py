@@ -37,6 +37,8 @@ import sys
 from pathlib import Path
 from typing import Literal
 
+from diffsketch.core.errors import DiffsketchError
+
 log = logging.getLogger(__name__)
 
 Threads = int | Literal["auto"]
@@ -44,6 +46,10 @@ Threads = int | Literal["auto"]
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}  # idle OpenMP threads sleep instead of spinning
 COUNT_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class ThreadsError(DiffsketchError, ValueError):
+    """A threads setting that is neither ``auto`` nor a whole number of at least 1."""
 
 
 def _quota(text: str) -> float | None:
@@ -139,7 +145,7 @@ def resolve_threads(setting: Threads | str, root: Path = CGROUP_ROOT) -> int:
     """The number of threads a ``threads`` setting means (``auto``, a number, or a number as text).
 
     Raises:
-        ValueError: the setting is neither ``auto`` nor a positive whole number.
+        ThreadsError: the setting is neither ``auto`` nor a positive whole number.
 
     Example:
         >>> resolve_threads(3), resolve_threads("2")
@@ -156,7 +162,7 @@ def resolve_threads(setting: Threads | str, root: Path = CGROUP_ROOT) -> int:
     except (TypeError, ValueError):
         count = 0
     if isinstance(setting, bool) or count < 1 or str(count) != str(setting).strip():
-        raise ValueError(f"threads must be auto or a whole number of at least 1, not {setting!r}")
+        raise ThreadsError(f"threads must be auto or a whole number of at least 1 (e.g. 2), not {setting!r}")
     return count
 
 
@@ -179,6 +185,9 @@ def apply_threads(setting: Threads | str) -> int:
     has started: PyTorch refuses to resize it later), the pools of the BLAS and OpenMP libraries
     already loaded (``threadpoolctl``), and the environment variables read by libraries loaded
     later and by child processes.
+
+    Raises:
+        ThreadsError: a setting that is neither ``auto`` nor a whole number of at least 1.
     """
     import numpy  # noqa: F401 - loads numpy's BLAS, so that threadpoolctl sizes it too
     import torch
