@@ -130,6 +130,14 @@ def test_every_container_keeps_frame_count_and_rate(extractor, tmp_path, suffix)
     assert clip_info(tmp_path / f"out.{suffix}")["rate"] == 10
 
 
+def test_audio_that_the_output_cannot_hold_is_dropped_with_a_warning(extractor, tmp_path, caplog):
+    clip = write_clip(tmp_path / "clip.mp4", moving_square()[:6], audio=True)
+    with caplog.at_level(logging.WARNING):
+        report = extractor.sketch_video(clip, tmp_path / "out.gif")
+    assert not report.audio and len(decode(tmp_path / "out.gif")) == 6
+    assert "written without it" in caplog.text
+
+
 def test_per_frame_output_is_the_students_sketch_of_each_frame(student, extractor, noisy_clip, tmp_path):
     extractor.sketch_video(noisy_clip, tmp_path / "out.mp4", temporal=False)
     model, _ = load_student(student)

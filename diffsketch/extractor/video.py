@@ -285,6 +285,16 @@ def _encoder(av, suffix: str) -> tuple[str, str, dict[str, str]]:
     )
 
 
+def _audio_fits(source: Path, target: Path) -> bool:
+    """Whether the source's audio can be copied as it is: the same container, or MKV (which takes any codec)."""
+    same = source.suffix.lower() == target.suffix.lower() or {source.suffix.lower(), target.suffix.lower()} <= {
+        ".mp4",
+        ".m4v",
+        ".mov",
+    }
+    return target.suffix.lower() != ".gif" and (same or target.suffix.lower() == ".mkv")
+
+
 def _frame_rate(stream) -> Fraction:
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     return Fraction(rate) if rate else Fraction(25)
@@ -418,6 +428,10 @@ def sketch_video(
         with container:
             report = _stream(av, extractor, container, source, target, tmp, size, settings, threshold, progress, tqdm)
         os.replace(tmp, target)
+    except (av.FFmpegError, OSError) as err:  # decoding errors are handled inside: this is the output
+        raise VideoError(
+            f"{source}: writing {target} failed ({_first_line(err)}); check the disk space and the folder"
+        ) from None
     finally:
         tmp.unlink(missing_ok=True)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -478,7 +492,10 @@ def _stream(av, extractor, container, source, target, tmp, size, settings, thres
             raise VideoError(f"{source}: its video stream has no picture size; the file is corrupt")
         state["shape"] = output_size(in_video.height, in_video.width, size, even=pix_fmt == "yuv420p")
         state["stream"] = open_video_stream(*state["shape"])  # every stream before the first packet is written
-        if in_audio is not None:
+        if in_audio is not None and not _audio_fits(source, target):
+            log.warning("%s: its audio (%s) is not copied into a %s file; the sketch is written without it (keep the "
+                        "container, or write .mkv, to keep the sound)", source, in_audio.codec_context.name, target.suffix)  # fmt: skip
+        elif in_audio is not None:
             try:
                 audio_out = output.add_stream_from_template(in_audio)
             except (av.FFmpegError, ValueError) as err:
