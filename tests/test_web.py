@@ -253,3 +253,48 @@ def test_a_sketch_that_cannot_load_says_so(page, photo_files):
     assert page.locator(".card .sketch-image").count() == 0
     assert "could not be shown" in page.locator(".card .sketch").inner_text()
     assert page.locator(".card a.png").count() == 1  # the links stay
+
+
+def _loaded(page, fragment: str) -> None:
+    """Wait until the card's sketch image shows a URL holding ``fragment`` and has finished loading."""
+    page.wait_for_function(
+        """fragment => { const img = document.querySelector('.card .sketch-image');
+                         return img && img.src.includes(fragment) && img.complete && img.naturalWidth > 0; }""",
+        arg=fragment,
+    )
+
+
+def test_line_sliders_preview_live_and_nothing_overlaps(page, server, photo_files):
+    """Moving the line-width slider redraws the shown sketch with wider strokes (every thin stroke's pixel
+    stays ink, and there is more ink); the links follow; the controls do not overlap at 1280 px."""
+    coffee, _ = photo_files
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.select_option("#size", "256")
+    page.set_input_files("#files", str(coffee))
+    page.wait_for_selector("text=1 of 1 done")
+    page.select_option("#mode", "binary")
+    _loaded(page, "threshold=0.5")
+    thin = _displayed_pixels(page, ".card .sketch-image")
+    assert set(np.unique(thin)) <= {0, 255} and 0 < (thin == 0).mean() < 1
+
+    page.locator("#line-width").fill("3")
+    _loaded(page, "line_width=3")
+    wide = _displayed_pixels(page, ".card .sketch-image")
+    assert page.locator("#line-width-value").inner_text() == "3.00×"
+    assert not ((thin == 0) & (wide != 0)).any()  # wider strokes cover the thin ones
+    assert (wide == 0).sum() > 1.2 * (thin == 0).sum()
+    assert "line_width=3" in page.locator(".card a.png").get_attribute("href")
+
+    page.check("#transparent")
+    _loaded(page, "background=transparent")
+    assert "see-through" in page.locator(".card .sketch-image").get_attribute("class")
+    assert "background=transparent" in page.locator(".card a.svg").get_attribute("href")
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "line-controls.png"), full_page=True)
+    boxes = page.eval_on_selector_all(".controls > *", "els => els.map(e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; })")
+    for i, a in enumerate(boxes):
+        assert a[2] <= 1280, f"control {i} runs off the page"
+        for j, b in enumerate(boxes[:i]):
+            overlap = min(a[2], b[2]) - max(a[0], b[0]) > 0.5 and min(a[3], b[3]) - max(a[1], b[1]) > 0.5
+            assert not overlap, f"controls {j} and {i} overlap: {b} {a}"

@@ -4,11 +4,48 @@ const $ = (id) => document.getElementById(id);
 const state = { items: [], styles: [], running: 0, queue: [], done: 0, total: 0 };
 const PARALLEL = 2;
 
+// The line controls as query parameters (diffsketch.extractor.lines); the server draws a kept sketch with them.
+function lineParams() {
+  const params = new URLSearchParams();
+  const mode = $("mode").value;
+  if (mode === "binary") params.set("threshold", $("threshold").value);
+  if (mode === "clean") params.set("binarize", `${$("threshold").value},${Math.max(Number($("threshold").value), Number($("weak").value))}`);
+  if (Number($("line-width").value) !== 1) params.set("line_width", $("line-width").value);
+  if (Number($("min-speck").value) > 0) params.set("min_speck", $("min-speck").value);
+  if ($("line-color").value !== "#000000") params.set("line_color", $("line-color").value);
+  if ($("transparent").checked) params.set("background", "transparent");
+  else if ($("paper").value !== "#ffffff") params.set("background", $("paper").value);
+  return params;
+}
+
 function settings() {
   const params = new URLSearchParams({ style: $("style").value });
-  if ($("mode").value === "binary") params.set("threshold", $("threshold").value);
   if ($("size").value) params.set("size", $("size").value);
+  for (const [key, value] of lineParams()) params.set(key, value);
   return params;
+}
+
+function resultUrl(result, kind) {
+  const query = lineParams().toString();
+  return `/api/result/${result.id}.${kind}` + (query ? `?${query}` : "");
+}
+
+// Live preview: every finished sketch is drawn again (by the server, without the network) with the controls' values.
+function showLines(item) {
+  if (!item.result) return;
+  if (item.img) {
+    item.img.src = resultUrl(item.result, "png");
+    item.img.classList.toggle("see-through", $("transparent").checked);
+  }
+  const links = item.element.querySelector(".links");
+  links.querySelector(".png").href = resultUrl(item.result, "png");
+  links.querySelector(".svg").href = resultUrl(item.result, "svg");
+}
+
+let previewTimer = null;
+function previewLines() {
+  clearTimeout(previewTimer);
+  previewTimer = setTimeout(() => state.items.forEach(showLines), 120);
 }
 
 async function loadStyles() {
@@ -77,6 +114,7 @@ function updateProgress() {
 
 function enqueue(item) {
   item.result = null;
+  item.img = null;
   item.element.classList.remove("failed");
   item.element.querySelector(".sketch").innerHTML = '<span class="pending">waiting…</span>';
   item.element.querySelector(".links").innerHTML = "";
@@ -127,6 +165,8 @@ async function run(item) {
   const img = document.createElement("img");
   img.alt = `sketch of ${item.file.name}`;
   img.className = "sketch-image";
+  img.classList.toggle("see-through", $("transparent").checked);
+  item.img = img;
   const loaded = await new Promise((resolve) => { img.onload = () => resolve(true); img.onerror = () => resolve(false); img.src = answer.png; });
   sketchBox.innerHTML = "";
   sketchBox.appendChild(loaded ? img : Object.assign(document.createElement("span"), { className: "pending", textContent: "the sketch could not be shown; try the PNG link" }));
@@ -151,7 +191,8 @@ function addFiles(files) {
 async function downloadZip(event) {
   event.preventDefault();
   const ids = state.items.filter((i) => i.result).map((i) => i.result.id);
-  const response = await fetch("/api/zip", { method: "POST", body: JSON.stringify({ ids }), headers: { "Content-Type": "application/json" } });
+  const lines = Object.fromEntries(lineParams());
+  const response = await fetch("/api/zip", { method: "POST", body: JSON.stringify({ ids, lines }), headers: { "Content-Type": "application/json" } });
   if (!response.ok) {
     $("status").textContent = (await response.json()).error;
     return;
@@ -172,9 +213,22 @@ function setup() {
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); addFiles(e.dataTransfer.files); });
   $("files").addEventListener("change", (e) => { addFiles(e.target.files); e.target.value = ""; });
   $("style").addEventListener("change", showStyle);
-  $("threshold").addEventListener("input", () => { $("threshold-value").textContent = Number($("threshold").value).toFixed(2); });
-  const toggle = () => { $("threshold-field").style.opacity = $("mode").value === "binary" ? 1 : 0.45; };
-  $("mode").addEventListener("change", toggle);
+  const shown = {
+    threshold: (v) => Number(v).toFixed(2), weak: (v) => Number(v).toFixed(2),
+    "line-width": (v) => `${Number(v).toFixed(2)}×`, "min-speck": (v) => `${v} px`,
+  };
+  for (const [id, format] of Object.entries(shown)) {
+    $(id).addEventListener("input", () => { $(`${id}-value`).textContent = format($(id).value); previewLines(); });
+  }
+  for (const id of ["line-color", "paper", "transparent"]) $(id).addEventListener("input", previewLines);
+  const toggle = () => {
+    const mode = $("mode").value;
+    $("threshold-field").style.opacity = mode === "grey" ? 0.45 : 1;
+    $("weak-field").style.opacity = mode === "clean" ? 1 : 0.45;
+    $("paper").disabled = $("transparent").checked;
+  };
+  $("mode").addEventListener("change", () => { toggle(); previewLines(); });
+  $("transparent").addEventListener("change", toggle);
   toggle();
   $("redraw").addEventListener("click", () => { state.done = 0; state.total = 0; state.items.forEach(enqueue); });
   $("zip").addEventListener("click", downloadZip);
