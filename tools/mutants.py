@@ -665,47 +665,6 @@ MUTANTS += [
 ]
 
 
-# --- video: the temporal mode, its figures, audio, cut-off clips, even sides ----------------------------
-MUTANTS += [
-    M(
-        "video: the temporal mode averages moving pixels too (no gate)",
-        "diffsketch/extractor/video.py",
-        "        return self.step + (1.0 - self.step) * gate\n",
-        "        return self.step + 0.0 * gate\n",
-        ("tests/test_video.py::test_temporal_mode_halves_flicker_and_follows_motion", "tests/test_video.py::test_temporal_mode_follows_a_cut"),
-        "lines would trail every motion",
-    ),
-    M(
-        "video: flicker measured over the changed pixels instead of the still ones",
-        "diffsketch/extractor/video.py",
-        "        still = spread(changed, FIGURE_REACH) == 0\n",
-        "        still = changed\n",
-        ("tests/test_video.py::test_temporal_mode_halves_flicker_and_follows_motion",),
-    ),
-    M(
-        "video: the audio packets are not copied",
-        "diffsketch/extractor/video.py",
-        "                packet.stream = audio_out\n                output.mux(packet)\n",
-        "                packet.stream = audio_out\n",
-        ("tests/test_video.py::test_cli_keeps_frames_rate_and_audio_and_writes_the_figures",),
-    ),
-    M(
-        "video: a cut-off clip loses the frames its decoder still holds",
-        "diffsketch/extractor/video.py",
-        "                take(in_video.codec_context.decode(None))\n",
-        "                take([])\n",
-        ("tests/test_video.py::test_a_cut_off_clip_keeps_the_frames_that_decode",),
-    ),
-    M(
-        "video: odd sides passed to H.264",
-        "diffsketch/extractor/video.py",
-        "    if even:\n",
-        "    if False:\n",
-        ("tests/test_video.py::test_size_caps_the_long_side_to_even_sides",),
-    ),
-]
-
-
 def _copy_repo(dst: Path) -> None:
     """The files git tracks plus untracked ones it does not ignore, as they are in the working tree."""
     listed = subprocess.run(
