@@ -144,3 +144,27 @@ def test_an_upload_is_sketched_upright(student, tmp_path):
         status, _, png = _get(base + answer["png"])
     expected = np.asarray(SketchExtractor.load(folder, "cpu")(np.ascontiguousarray(np.rot90(stored, k=-1))))
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png))), expected)
+
+
+def test_result_urls_draw_the_line_controls(student, tmp_path):
+    """The kept sketch drawn with the controls in the query: colours read back from the pixels, a bad control is a 400."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with _serving(_style(tmp_path / "styles" / "ink", student).parent) as base:
+        status, answer = _post(f"{base}/api/sketch?style=ink&size=64&line_color=%23ff0000", _photo())
+        assert status == 200 and "line_color=%23ff0000" in answer["png"]
+        grey = np.asarray(Image.open(io.BytesIO(_get(base + answer["png"].split("?")[0])[2])))
+        red = np.asarray(Image.open(io.BytesIO(_get(base + answer["png"])[2])))
+        assert red.shape == (*grey.shape, 3) and (red[..., 0] == 255).all() and np.array_equal(red[..., 2], grey)
+        clear = np.asarray(Image.open(io.BytesIO(_get(base + answer["png"].split("?")[0] + "?background=transparent")[2])))
+        assert clear.shape == (*grey.shape, 4) and np.array_equal(clear[..., 3], 255 - grey)
+        wide = np.asarray(Image.open(io.BytesIO(_get(base + answer["png"].split("?")[0] + "?threshold=0.5&line_width=3")[2])))
+        thin = np.asarray(Image.open(io.BytesIO(_get(base + answer["png"].split("?")[0] + "?threshold=0.5")[2])))
+        assert (wide == 0).sum() > (thin == 0).sum() and not ((thin == 0) & (wide != 0)).any()
+        status, _, body = _get(base + answer["png"].split("?")[0] + "?line_width=99")
+        assert status == 400 and b"--line-width" in body
+        status, _, body = _get(base + answer["svg"].split("?")[0] + "?line_color=sky")
+        assert status == 400 and b"not a colour" in body
