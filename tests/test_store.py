@@ -136,6 +136,24 @@ def test_changed_settings_keep_the_store_under_its_key(prompts_dir, tmp_path, ca
     assert store.open_store(out)["timesteps"].shape == (3,)
 
 
+def test_the_batch_size_changes_a_store_only_by_float_rounding(prompts_dir, tmp_path):
+    """sample.batch_size is left out of the key: a store sampled one trajectory at a time agrees with one
+    sampled two at a time within the tolerance docs/reruns.md states (features 1e-4 of their scale, images
+    one grey level)."""
+    run_sample(small_params(prompts_dir, trajectories=2, steps=2, batch_size=2), tmp_path / "two.zarr", progress=False)
+    run_sample(small_params(prompts_dir, trajectories=2, steps=2, batch_size=1), tmp_path / "one.zarr", progress=False)
+    two, one = store_arrays(tmp_path / "two.zarr"), store_arrays(tmp_path / "one.zarr")
+    assert two.keys() == one.keys()
+    for name in two:
+        if two[name].dtype.kind not in "biuf":  # coordinates such as the halves' names
+            assert np.array_equal(two[name], one[name]), name
+            continue
+        a, b = two[name].astype(np.float64), one[name].astype(np.float64)
+        scale = max(np.abs(a).max(), 1.0)
+        limit = 1.0 if name.endswith("images") else 1e-4 * scale
+        assert np.abs(a - b).max() <= limit, name
+
+
 def test_bad_inputs_fail_before_the_model_loads(prompts_dir, tmp_path, monkeypatch):
     import diffsketch.store.collect as collect
 
@@ -290,3 +308,66 @@ def test_trajectory_outside_the_first_batch_equals_sampling_it_alone(prompts_dir
                 root[f"{group}/{name}"][3:4].astype(np.float32), value.float().numpy(), rtol=1e-2, atol=1e-2,
                 err_msg=f"{group}/{name}",
             )  # fmt: skip
+
+
+def _overflow(tiny, calls: list, on_calls) -> list:
+    """A forward hook on the module of the tiny UNet's first captured layer that puts an activation of
+    70,000 (above float16's 65,504) into its output during the sampling calls ``on_calls``."""
+    from diffsketch.diffusion.features import unet_layers
+
+    spec = unet_layers(tiny.unet.config, 64, tiny.vae_scale_factor, "residual")[0]
+
+    def hook(module, args, output):
+        if len(calls) in on_calls:
+            output = output.clone()
+            output.view(-1)[0] = 70_000.0
+        return output
+
+    return [tiny.unet.get_submodule(spec.module).register_forward_hook(hook), f"unet/{spec.name}"]
+
+
+def _counting(monkeypatch, calls: list) -> None:
+    from diffsketch.store import collect
+
+    real = collect.sample
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(collect, "sample", counted)
+
+
+def test_an_activation_beyond_float16_is_never_written_and_is_sampled_again(prompts_dir, tmp_path, tiny, monkeypatch):
+    params = small_params(prompts_dir, trajectories=2, steps=2, batch_size=2)
+    calls: list = []
+    _counting(monkeypatch, calls)
+    handle, name = _overflow(tiny, calls, on_calls={1})  # the first batch only; the float32 retries are clean
+    written = []
+    real_write = store.write_trajectories
+    monkeypatch.setattr(store, "write_trajectories", lambda root, idx, *rest: written.append(list(idx)) or real_write(root, idx, *rest))
+    try:
+        out = run_sample(params, tmp_path / "features.zarr", progress=False, model=tiny)
+    finally:
+        handle.remove()
+    assert written == [[0], [1]]  # nothing of the overflowing batch: each trajectory written from its retry
+    arrays = store_arrays(out)
+    assert all(np.isfinite(v).all() for v in arrays.values() if v.dtype.kind == "f")
+    assert store.complete_mask(store.open_store(out)).all() and "failed" not in store.open_store(out).attrs
+
+
+def test_an_activation_beyond_float16_in_float32_too_is_recorded_as_failed(prompts_dir, tmp_path, tiny, monkeypatch):
+    from diffsketch.store.collect import NonFiniteFeaturesError
+
+    params = small_params(prompts_dir, trajectories=2, steps=2, batch_size=2)
+    calls: list = []
+    _counting(monkeypatch, calls)
+    handle, name = _overflow(tiny, calls, on_calls={1, 2})  # the batch and the retry of trajectory 0
+    try:
+        with pytest.raises(NonFiniteFeaturesError, match=rf"1 trajectories \(0\) gave NaN or infinite values .*trajectory 0: {name}.*65504"):
+            run_sample(params, tmp_path / "features.zarr", progress=False, model=tiny)
+    finally:
+        handle.remove()
+    root = store.open_store(tmp_path / "features.zarr")
+    assert store.complete_mask(root).tolist() == [False, True]
+    assert root.attrs["failed"] == {"0": f"NaN or infinite values in {name}, also in float32"}
