@@ -226,3 +226,37 @@ def test_content_hash_of_a_folder_covers_names_and_contents(tmp_path):
     assert first == expected
     assert json.loads(result_key({"s": {"a": 1}}).record) == {"settings": {"s.a": 1}, "inputs": {}}
     assert Path(REPO / "dvc.yaml").is_file()
+
+
+def test_checkpoints_command_lists_kept_work_and_removes_what_no_output_uses(tmp_path, monkeypatch):
+    import torch
+    from typer.testing import CliRunner
+
+    from diffsketch.cli.main import app
+    from diffsketch.training.checkpoint import save_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    used, old = "a" * 16, "b" * 16
+    save_checkpoint(Path("models/checkpoints") / used, 2, {"w": torch.zeros(10)}, {"key": used})
+    save_checkpoint(Path("models/checkpoints") / old, 4, {"w": torch.zeros(1000)}, {"key": old})
+    Path("models/generator.json").write_text(json.dumps({"meta": {"key": used}}))
+    kept = Path("data/features.zarr.kept") / ("c" * 16)
+    kept.mkdir(parents=True)
+    (kept / "zarr.json").write_bytes(b"x" * 5000)
+    old_bytes = (Path("models/checkpoints") / old / "checkpoint-000004.safetensors").stat().st_size
+
+    listed = CliRunner().invoke(app, ["checkpoints"])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert any(line.startswith("in use") and used in line and "iteration 2" in line for line in lines)
+    assert any(line.startswith("unused") and old in line and "iteration 4" in line for line in lines)
+    assert any(line.startswith("unused") and "features.zarr.kept" in line for line in lines)
+    assert "2 unused" in lines[-1]
+    assert (Path("models/checkpoints") / old).is_dir()  # listing removes nothing
+
+    removed = CliRunner().invoke(app, ["checkpoints", "--remove"])
+    assert removed.exit_code == 0, removed.output
+    freed = old_bytes + 5000
+    assert f"removed 2 unused, freed {freed / 1000:.1f} KB" in removed.output
+    assert (Path("models/checkpoints") / used).is_dir() and not (Path("models/checkpoints") / old).exists()
+    assert not Path("data/features.zarr.kept").exists()

@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 
 from diffsketch.core import ResultKey
-from diffsketch.store.zarr_store import StoreError, disk_bytes, is_url
+from diffsketch.store.zarr_store import StoreError, is_url
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,11 @@ def take_back(out: str | Path, key: str) -> bool:
 
 
 def kept_stores(out: str | Path) -> list[tuple[Path, int]]:
-    """The stores kept beside ``out``, each with its size on disk in bytes."""
+    """The stores kept beside ``out``, each with the bytes of its files."""
     folder = kept_folder(out)
     if is_url(out) or not folder.is_dir():
         return []
-    return [(p, disk_bytes(p)) for p in sorted(folder.iterdir()) if p.is_dir()]
+    return [(p, sum(f.stat().st_size for f in p.rglob("*") if f.is_file())) for p in sorted(folder.iterdir()) if p.is_dir()]
 
 
 def replace_other_key(root, out, key: ResultKey, overwrite: bool, workers, made: str = "made") -> None:
