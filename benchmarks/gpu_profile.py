@@ -1,32 +1,38 @@
-"""The paper profile's stages on one GPU, measured in one run, against the bare diffusers pipeline.
+"""The paper profile's stages on one GPU, eager and then compiled, reported as it goes.
 
-With SD 1.5's architecture and random weights (``model.id: sd15-random``; speed does not depend
-on the weights) at 512 px and 50 DDIM steps, fp16, it measures, after an untimed warm-up of each
-(which is where ``torch.compile`` compiles; its time is printed apart):
+With SD 1.5's architecture and random weights (``model.id: sd15-random``; speed does not depend on
+the weights) at 512 px and 50 DDIM steps, fp16, it measures each stage in each setting (``eager``,
+then ``compiled``: ``torch.compile`` of the UNet, the VAE decoder, the pairs generator and the student):
 
-    anchor      diffusers' StableDiffusionPipeline, batch 1, eager, fp16: seconds per image
-    anchor+c    the same pipeline with its UNet torch.compile'd
-    sample      our `sample` stage (diffsketch.store.collect.run_sample: capture, pooling, Zarr writes),
-                batch_size auto, per trajectory
-    train       one training iteration (diffsketch.training.trainer.Trainer.step: sampling with
-                full-resolution capture at 13 timesteps, generator, the five losses with ViT-B-32
-                and AlexNet-shaped LPIPS at random weights, backward, Adam)
-    pairs       our `pairs` stage (diffsketch.student.pairs.run_pairs) at the auto batch, per pair
-    student     the paper-size student at 512x512, fp16, channels-last, batch 1 and the best batch:
-                images per second
-    distill     one distillation iteration at the paper preset (batch, crop, L1 + LPIPS + PatchGAN,
-                both Adam steps)
+    anchor   diffusers' StableDiffusionPipeline, batch 1, eager: seconds per image (the reference)
+    sample   the `sample` stage (diffsketch.store.collect.run_sample: capture, pooling, Zarr writes), per trajectory
+    train    one training iteration (diffsketch.training.trainer.Trainer.step), per iteration
+    pairs    the `pairs` stage (diffsketch.student.pairs.run_pairs), per pair
+    distill  one distillation iteration at the paper preset (diffsketch.student.distill.distill_step), per iteration
+    extract  the paper-size student at 512x512, per image, at batch 1 and batched
 
-and prints every figure, its ratio to the anchor, the peak GPU memory of each part, and the wall
-time of each paper-profile stage projected from the paper preset's counts (presets/paper.yaml:
-trajectories, iterations, pairs, distillation iterations), and of the whole profile. Designed to
-finish within 8 minutes on one H100-class GPU, model building and compilation included.
+Each stage is timed over several repeats after its own warm-up (where ``torch.compile`` compiles): for
+`sample` and `pairs` one run of the stage whose first block is the warm-up and whose next blocks are
+timed (the batch probe, the store's creation and the first block are outside the timed region). After
+each measurement one JSON line is written and flushed (``--json OUT``), so a run cut short keeps every
+finished figure::
 
-``--smoke`` runs the same code on the CPU with the tiny model (64 px, 4 steps, 2 timesteps,
-small counts, the student at 128x128, distillation batch 2 of 64x64 crops) in under 2 minutes; tests/test_gpu_profile.py runs it so the script never
-rots. Its figures mean nothing.
+    {"stage": "sample", "setting": "compiled", "seconds_per_item": ..., "items": ..., "unit": "trajectory",
+     "compiles_in_timed_region": 0, "recompiles": 0, "host_syncs_per_step": ..., "peak_memory_bytes": ..., ...}
 
-Run it (offline): HF_HUB_OFFLINE=1 python benchmarks/gpu_profile.py [--smoke] [--compile auto|on|off] [--json OUT]
+``compiles_in_timed_region`` counts graphs ``torch.compile`` compiled while the stage was timed (dynamo's
+compilation metrics: it must be 0); ``recompiles`` those compiled in the stage (warm-up included) for a
+function that already had a graph; ``host_syncs_per_step`` the synchronisations CUDA's sync debug mode
+reports in one untimed step after the warm-up (a denoising step for sample and pairs, an iteration for
+train and distill, a forward for extract; null on a CPU); ``peak_memory_bytes`` the peak of reserved CUDA
+memory over the timed region (null on a CPU). ``--budget SECONDS`` stops cleanly, between measurements,
+once that much time has passed.
+
+``--device cpu`` runs the same code on the CPU with the tiny model at tiny sizes, compiling with dynamo's
+``eager`` backend (the same graphs, guards and recompilations; no code generation), so CI checks the
+script and its compile counts (tests/test_gpu_profile.py). Its timings mean nothing.
+
+Run it (offline): HF_HUB_OFFLINE=1 python benchmarks/gpu_profile.py [--device cpu] [--json OUT.jsonl] [--budget S]
 """
 
 from __future__ import annotations
@@ -34,36 +40,45 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
+import sys
 import tempfile
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import zarr
 
-from diffsketch.store.collect import run_sample
+import diffsketch.student.pairs as pairs_module
 from diffsketch.core.params import DistillConfig, load_params, parse_params
-from diffsketch.student.distill import Distiller, PatchDiscriminator, distill_step
-from diffsketch.training.example import build_example
 from diffsketch.diffusion.features import unet_layers, vae_layers
-from diffsketch.training.generator import SketchGenerator, save_generator
-from diffsketch.training.losses import SketchLoss, load_clip, load_lpips
-from diffsketch.diffusion.models import SDModel, apply_fast_paths, build_random, resolve_compile
-from diffsketch.student.pairs import run_pairs
-from diffsketch.training.prior import fit_prior
+from diffsketch.diffusion.models import CompileWatch, SDModel, apply_fast_paths, build_random
+from diffsketch.diffusion.sampling import ddim_loop, empty_embedding, encode_prompts, initial_noise
+from diffsketch.store import collect
+from diffsketch.student.distill import Distiller, PatchDiscriminator, distill_step
 from diffsketch.student.network import Student, StudentConfig
+from diffsketch.training.example import build_example
+from diffsketch.training.generator import save_generator
+from diffsketch.training.losses import SketchLoss, load_clip, load_lpips
+from diffsketch.training.prior import fit_prior
 from diffsketch.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = load_params(REPO / "presets" / "paper.yaml").model_dump(mode="json")  # read through the one schema
+PROMPT = "a photo of a horse in mud"
 
-FULL = dict(model="sd15-random", device="cuda", dtype=torch.float16, resolution=512, steps=50, timesteps=13,
-            clip="ViT-B-32:", lpips="random", sample_trajectories=32, pairs_count=16, train_repeats=3, student_batches=(1, 8, 32, 64),
-            student_size=512, distill_batch=None, distill_crop=None, distill_repeats=10, anchor_repeats=3)  # fmt: skip
-SMOKE = dict(model="tiny", device="cpu", dtype=torch.float32, resolution=64, steps=4, timesteps=2,
-             clip="tiny", lpips="random", sample_trajectories=4, pairs_count=4, train_repeats=1, student_batches=(1, 2),
-             student_size=128, distill_batch=2, distill_crop=64, distill_repeats=1, anchor_repeats=1)  # fmt: skip
+GPU = dict(model="sd15-random", dtype=torch.float16, resolution=512, steps=50, timesteps=13, clip="ViT-B-32:",
+           lpips="random", batch=None, repeats=3, train_batch=None, student_size=512, student_batches=(1, 32),
+           distill_batch=None, distill_crop=None, backend="inductor", anchor=True)  # fmt: skip
+CPU = dict(model="tiny", dtype=torch.float32, resolution=64, steps=2, timesteps=2, clip="tiny", lpips="random",
+           batch=2, repeats=2, train_batch=2, student_size=64, student_batches=(1, 2), distill_batch=2,
+           distill_crop=64, backend="eager", anchor=False)  # fmt: skip
+AUTO_CAP = 128  # the most items `auto` may choose here
+STAGES = ("anchor", "sample", "train", "pairs", "distill", "extract")
+
+
+class OutOfBudget(Exception):
+    """The --budget has passed: stop between measurements."""
 
 
 def _sync(device: torch.device) -> None:
@@ -71,45 +86,109 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class Part:
-    """Times a part of the profile and keeps its peak GPU memory."""
+class Report:
+    """Writes one JSON line per measurement, flushed at once, and prints it."""
 
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.result = None
+    def __init__(self, path: Path | None, budget: float | None, device: torch.device):
+        self.file = open(path, "w") if path else None  # noqa: SIM115 - open for the whole run
+        self.budget, self.start, self.device = budget, time.perf_counter(), device
 
-    def __enter__(self):
+    def check_budget(self) -> None:
+        if self.budget is not None and time.perf_counter() - self.start > self.budget:
+            raise OutOfBudget
+
+    def write(self, stage: str, setting: str, seconds: float, items: int, unit: str, watch: CompileWatch,
+              recompiles: int, syncs: float | None, peak: int | None, **extra) -> None:  # fmt: skip
+        record = dict(stage=stage, setting=setting, seconds_per_item=seconds / items, items=items, unit=unit,
+                      compiles_in_timed_region=watch.compiles, recompiles=recompiles, host_syncs_per_step=syncs,
+                      peak_memory_bytes=peak, device=str(self.device), elapsed_s=round(time.perf_counter() - self.start, 1),
+                      **extra)  # fmt: skip
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        print(f"  {stage:<8} {setting:<9} {record['seconds_per_item']:10.4f} s/{unit:<11} items {items:<4} "
+              f"compiles in timed region {watch.compiles}, recompiles {recompiles}, syncs/step {syncs}, "
+              f"peak {None if peak is None else round(peak / 2**20)} MB  [{record['elapsed_s']} s]", flush=True)  # fmt: skip
+
+
+@contextmanager
+def timed_region(device: torch.device):
+    """Times the block (synchronised at both ends) and counts what compiles in it; yields a dict that
+    gets ``seconds``, ``watch`` and ``peak`` (reserved CUDA bytes)."""
+    out: dict = {}
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with CompileWatch() as watch:
+        start = time.perf_counter()
+        yield out
+        _sync(device)
+        out["seconds"] = time.perf_counter() - start
+    out["watch"] = watch
+    out["peak"] = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
+
+
+def host_syncs(device: torch.device, fn) -> int | None:
+    """Synchronisations CUDA's sync debug mode reports while ``fn()`` runs (None on a CPU, where ``fn`` is not run)."""
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+class BlockClock:
+    """A stand-in for a stage's progress bar: the time of each ``update`` (a block written), and the
+    compile metrics between the first update (the warm-up block's end) and the last."""
+
+    last: BlockClock | None = None
+
+    def __init__(self, *args, device: torch.device, **kwargs):
+        self.device, self.times, self.items = device, [], []
+        self.watch = CompileWatch()
+        BlockClock.last = self
+
+    def update(self, n: int = 1) -> None:
         _sync(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        self.start = time.perf_counter()
-        return self
+        self.times.append(time.perf_counter())
+        self.items.append(n)
+        if len(self.times) == 1:
+            self.watch.__enter__()
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
 
-    def __exit__(self, *exc):
-        _sync(self.device)
-        self.seconds = time.perf_counter() - self.start
-        self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else float("nan")
+    def close(self) -> None:
+        if self.times:
+            self.watch.__exit__(None, None, None)
+        self.peak = torch.cuda.max_memory_reserved(self.device) if self.device.type == "cuda" else None
+
+    def set_postfix(self, *args, **kwargs) -> None:
+        pass
 
 
-def _model(parts: dict, setup: dict, fast: bool, compile_mode: str) -> SDModel:
-    device = torch.device(setup["device"])
+def _bare_model(parts: dict, setup: dict, device: torch.device) -> SDModel:
     parts = {k: copy.deepcopy(v) for k, v in parts.items()}
     for name in ("unet", "vae", "text_encoder"):
         parts[name] = parts[name].to(device, setup["dtype"]).eval().requires_grad_(False)
-    model = SDModel(**parts, source=setup["model"], device=device, dtype=setup["dtype"])
-    return apply_fast_paths(model, compile=resolve_compile(compile_mode, device)) if fast else model
+    return SDModel(**parts, source=setup["model"], device=device, dtype=setup["dtype"])
 
 
-def _params(setup: dict, tmp: Path, **sections) -> object:
+def _params(setup: dict, device: torch.device, **sections):
     paper = json.loads(json.dumps(PAPER))
     settings = {
-        "model": {"id": setup["model"], "device": setup["device"]},
+        "model": {"id": setup["model"], "device": str(device)},
         "sample": {**paper["sample"], "prompts": str(REPO / "data" / "prompts"), "resolution": setup["resolution"],
-                   "steps": setup["steps"], "batch_size": "auto"},
+                   "steps": setup["steps"], "batch_size": setup["batch"] or "auto"},
         "example": {**paper["example"], "image": None, "sketch": "xdog"},
         "losses": {**paper["losses"], "clip_model": setup["clip"], "lpips_net": setup["lpips"]},
-        "train": {**paper["train"], "cdst_horizon": 10},
-        "pairs": {**paper["pairs"], "batch_size": "auto"},
+        "train": {**paper["train"], "cdst_horizon": 10, **({"batch": setup["train_batch"]} if setup["train_batch"] else {})},
+        "pairs": {**paper["pairs"], "batch_size": setup["batch"] or "auto"},
     }  # fmt: skip
     if setup["resolution"] < 512:
         settings["sample"]["pool"] = 1
@@ -118,209 +197,238 @@ def _params(setup: dict, tmp: Path, **sections) -> object:
     return parse_params(settings)
 
 
-def run(setup: dict, compile_mode: str) -> dict:
-    device = torch.device(setup["device"])
-    res, steps = setup["resolution"], setup["steps"]
-    figures: dict[str, dict] = {}
-    wall = time.perf_counter()
+def _stage_blocks(module, run, device: torch.device) -> BlockClock:
+    """Run a stage with its progress bar replaced by a :class:`BlockClock`; returns the clock."""
+    real = module.tqdm
+    module.tqdm = lambda *a, **k: BlockClock(*a, device=device, **k)
+    try:
+        run()
+    finally:
+        module.tqdm = real
+    return BlockClock.last
 
-    def note(name: str, per: float, unit: str, part: Part | None = None, **extra) -> None:
-        figures[name] = dict(value=per, unit=unit, peak_mb=part.peak_mb if part else float("nan"), **extra)
-        print(f"  {name:<28} {per:10.4f} {unit:<12} {'' if part is None else f'peak {part.peak_mb:8.0f} MB'}  "
-              f"{' '.join(f'{k}={v}' for k, v in extra.items())}  [{time.perf_counter() - wall:6.1f} s]", flush=True)  # fmt: skip
 
+class _Stop(Exception):
+    """Raised by the stand-in progress bar: the stage has resolved its batch and created its store."""
+
+
+def _probed(module, run, path: Path) -> int:
+    """The batch ``batch_size: auto`` resolves to in a stage: the stage runs until its store exists
+    (the probe and the creation), then stops before its first batch; the store records the batch."""
+    import zarr
+
+    real = module.tqdm
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    module.tqdm = stop
+    try:
+        run()
+    except _Stop:
+        pass
+    finally:
+        module.tqdm = real
+    return int(zarr.open_group(str(path), mode="r").attrs["batch_size"])
+
+
+def _loop_syncs(model: SDModel, setup: dict, batch: int) -> float | None:
+    """Host synchronisations per step of the denoising loop at the stage's batch (CUDA), after the warm-up."""
+    if model.device.type != "cuda":
+        return None
+    cond = encode_prompts(model, [PROMPT] * batch)
+    noise = initial_noise(model, list(range(batch)), setup["resolution"])
+    steps = setup["steps"]
+    n = host_syncs(model.device, lambda: ddim_loop(model, noise, cond, empty_embedding(model, batch), steps=steps, guidance=5.0))
+    return n / steps
+
+
+def profile(setup: dict, device: torch.device, settings: list[str], stages: list[str], report: Report) -> None:
+    torch._dynamo.config.recompile_limit = 64  # counted and reported, never a silent fall-back to eager
+    torch._dynamo.config.accumulated_recompile_limit = 1024
+    diffusion = bool({"sample", "train", "pairs"} & set(stages))
     with torch.random.fork_rng(devices=[]):
-        parts = build_random(setup["model"], 0)
-    print(f"built {setup['model']} ({time.perf_counter() - wall:.1f} s); {device}, {setup['dtype']}, {res} px, {steps} steps", flush=True)
-
-    # --- anchor: the bare diffusers pipeline, batch 1, eager; then with a compiled UNet -------------
-    bare = _model(parts, setup, fast=False, compile_mode="off")
-    pipe = bare.as_pipeline()
-    prompt = "a photo of a horse in mud"
-
-    def pipeline_image(seed: int) -> None:
-        pipe(prompt, height=res, width=res, num_inference_steps=steps, guidance_scale=5.0,
-             generator=torch.Generator().manual_seed(seed), output_type="np")  # fmt: skip
-
-    def timed(fn, repeats: int, part: Part) -> tuple[float, float]:
-        """(first call, median of the next ``repeats``) in seconds; the last call's result is in ``part.result``."""
-        with part:
-            t = time.perf_counter()
-            part.result = fn(0)
-            _sync(device)
-            first = time.perf_counter() - t
-            times = []
-            for r in range(repeats):
-                t = time.perf_counter()
-                part.result = fn(r + 1)
-                _sync(device)
-                times.append(time.perf_counter() - t)
-        return first, statistics.median(times)
-
-    pipe.set_progress_bar_config(disable=True)
-    first, anchor = timed(pipeline_image, setup["anchor_repeats"], part := Part(device))
-    note("anchor s/image", anchor, "s", part)
-    if resolve_compile(compile_mode, device):
-        pipe.unet = torch.compile(bare.unet)
-        first, value = timed(pipeline_image, setup["anchor_repeats"], part := Part(device))
-        note("anchor+compile s/image", value, "s", part, compile_s=round(first - value, 1), ratio=round(value / anchor, 3))
-    del pipe, bare
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-    # --- our stages, on one model with the fast paths ---------------------------------------------
-    model = _model(parts, setup, fast=True, compile_mode=compile_mode)
-    del parts
+        parts = build_random(setup["model"], 0) if diffusion or (setup["anchor"] and "anchor" in stages) else None
+    res, steps, repeats = setup["resolution"], setup["steps"], setup["repeats"]
     tmp = Path(tempfile.mkdtemp(prefix="gpu_profile_"))
-    params = _params(setup, tmp)
+    print(f"{setup['model']}; {device}, {setup['dtype']}, {res} px, {steps} steps; scratch {tmp}", flush=True)
 
-    # Warm-ups at batch 1 and 2 compile the static and then the dynamic-batch graphs (torch.compile
-    # recompiles once with a dynamic batch dimension on the second shape), so the timed runs at the
-    # auto batch compile nothing more.
-    for b in (1, 2):
-        with Part(device) as part:
-            run_sample(_params(setup, tmp, sample={"trajectories": b, "batch_size": b}), tmp / f"warm{b}.zarr",
-                       progress=False, model=model)  # fmt: skip
-        note(f"sample warm-up, batch {b}", part.seconds, "s", part)
-    if device.type == "cuda":  # the step loop must not synchronise with the host: count what CUDA reports
-        import warnings
+    if setup["anchor"] and "anchor" in stages:  # the bare diffusers pipeline, batch 1, eager
+        pipe = _bare_model(parts, setup, device).as_pipeline()
+        pipe.set_progress_bar_config(disable=True)
 
-        from diffsketch.diffusion.sampling import ddim_loop, empty_embedding, encode_prompts, initial_noise
+        def image(seed: int) -> None:
+            pipe(PROMPT, height=res, width=res, num_inference_steps=steps, guidance_scale=5.0,
+                 generator=torch.Generator().manual_seed(seed), output_type="np")  # fmt: skip
 
-        cond = encode_prompts(model, [prompt])
-        noise = initial_noise(model, [0], res).to(device)
-        torch.cuda.synchronize(device)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                ddim_loop(model, noise, cond, empty_embedding(model, 1), steps=steps, guidance=5.0)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
-        print(f"  host synchronisations in a {steps}-step loop: {len(syncs)}" + (f" (first: {syncs[0]})" if syncs else ""))
-        figures["loop host syncs"] = dict(value=len(syncs), unit="syncs")
-    n = setup["sample_trajectories"]
-    with Part(device) as part:  # batch_size auto: the probe picks the batch (at most n) and the store records it
-        run_sample(_params(setup, tmp, sample={"trajectories": n}), tmp / "sample.zarr", progress=False, model=model)
-    chosen = int(zarr.open_group(str(tmp / "sample.zarr"), mode="r").attrs["batch_size"])
-    per_traj = part.seconds / n
-    note("sample s/trajectory", per_traj, "s", part, batch=chosen, trajectories=n, ratio=round(per_traj / anchor, 3))
+        image(0)
+        with timed_region(device) as t:
+            for r in range(repeats):
+                image(r + 1)
+        report.write("anchor", "eager", t["seconds"], repeats, "image", t["watch"], 0, None, t["peak"], batch=1)
+        del pipe
+        report.check_budget()
 
-    # --- one training iteration -------------------------------------------------------------------
+    model = apply_fast_paths(_bare_model(parts, setup, device)) if diffusion else None
+    del parts
+    params = _params(setup, device)
     k = setup["timesteps"]
     indices = sorted({round(i * (steps - 1) / max(k - 1, 1)) for i in range(k)})
-    unet_specs = unet_layers(model.unet.config, res, model.vae_scale_factor, params.sample.capture)
-    vae_specs = vae_layers(model.vae.config, res)
-    hidden = model.text_encoder.config.hidden_size
-    prior = fit_prior(torch.randn(40, 77, hidden, generator=torch.Generator().manual_seed(0)), 16, meta={"model": setup["model"]})
-    example = build_example(model, params, unet_specs, vae_specs, indices, progress=False)
-    loss = SketchLoss(params.losses, load_clip(setup["clip"], device), load_lpips(setup["lpips"], device), example.image, example.sketch)
-    trainer = Trainer(params, model, example, prior, loss.to(device), indices)
-    first, per_iter = timed(trainer.step, setup["train_repeats"], part := Part(device))
-    record = part.result.metrics  # the last TrainStep
-    share = (record["time_generator"] + record["time_losses"]) / record["time_sampling"]
-    note("train s/iteration", per_iter, "s", part, precision=trainer.precision, generator_losses_share=round(share, 3),
-         compile_s=round(first - per_iter, 1), ratio=round(per_iter / anchor, 3))  # fmt: skip
-    generator = trainer.generator
-    del trainer, loss, example
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-    # --- pairs ------------------------------------------------------------------------------------
-    gen_path = tmp / "generator.safetensors"
+    if diffusion:  # what train and pairs share: the prior, the example (built eagerly, once), the losses
+        unet_specs = unet_layers(model.unet.config, res, model.vae_scale_factor, params.sample.capture)
+        vae_specs = vae_layers(model.vae.config, res)
+        hidden = model.text_encoder.config.hidden_size
+        prior = fit_prior(torch.randn(40, 77, hidden, generator=torch.Generator().manual_seed(0)), 16, meta={"model": setup["model"]})
+        prior.save(tmp / "prior.safetensors")
+        example = build_example(model, params, unet_specs, vae_specs, indices, progress=False)
+        loss = SketchLoss(params.losses, load_clip(setup["clip"], device), load_lpips(setup["lpips"], device), example.image,
+                          example.sketch).to(device)  # fmt: skip
     meta = dict(model=setup["model"], resolution=res, steps=steps, guidance=params.sample.guidance,
                 capture=params.sample.capture, decode=params.sample.decode, ddim_indices=indices)  # fmt: skip
-    save_generator(generator.cpu(), gen_path, meta=meta)
-    prior.save(tmp / "prior.safetensors")
-    pair_args = (gen_path, tmp / "prior.safetensors")
-    for b in (1, 2):  # warm-ups: the generator's and the batch shapes' compilation
-        with Part(device) as part:
-            run_pairs(_params(setup, tmp, pairs={"count": 2, "batch_size": b}), *pair_args, tmp / f"warm_pairs{b}.zarr",
-                      progress=False, model=model)  # fmt: skip
-        note(f"pairs warm-up, batch {b}", part.seconds, "s", part)
-    count = setup["pairs_count"]
-    with Part(device) as part:  # batch_size auto (at most `count`), recorded in the store
-        run_pairs(_params(setup, tmp, pairs={"count": count}), *pair_args, tmp / "pairs.zarr", progress=False, model=model)
-    batch = int(zarr.open_group(str(tmp / "pairs.zarr"), mode="r").attrs["batch_size"])
-    per_pair = part.seconds / count
-    note("pairs s/pair", per_pair, "s", part, batch=batch, pairs=count, ratio=round(per_pair / anchor, 3))
-    del model, generator
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
-    # --- the student ------------------------------------------------------------------------------
-    d = PAPER["distill"]
-    sdtype = torch.float16 if device.type == "cuda" else torch.float32
-    student = Student(StudentConfig(d["width"], d["downsamples"], d["blocks"])).to(device, sdtype).eval()
-    student = student.to(memory_format=torch.channels_last)
-    best = (0.0, 1)
-    for b in setup["student_batches"]:
-        side = setup["student_size"]
-        x = torch.rand(b, 3, side, side, device=device, dtype=sdtype).contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            first, per_batch = timed(lambda _: student(x), 5 if device.type == "cuda" else 1, part := Part(device))
-        rate = b / per_batch
-        note(f"student img/s, batch {b}", rate, "img/s", part, side=side)
-        best = max(best, (rate, b))
-    figures["student best"] = dict(value=best[0], unit="img/s", batch=best[1])
+    def run_setting(setting: str) -> None:  # every stage in one setting
+        if setting == "compiled" and diffusion:
+            apply_fast_paths(model, compile=True, backend=setup["backend"])
+        backend = setup["backend"] if setting == "compiled" else None
 
-    # --- one distillation iteration at the paper preset -------------------------------------------
-    crop, dbatch = setup["distill_crop"] or d["crop"], setup["distill_batch"] or d["batch"]
-    student = Student(StudentConfig(d["width"], d["downsamples"], d["blocks"])).to(device)
-    disc = PatchDiscriminator().to(device) if d["gan"] > 0 else None
-    lpips_net = load_lpips(setup["lpips"], device)
-    opt = torch.optim.Adam(student.parameters(), lr=d["lr"], betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=d["lr"], betas=(0.5, 0.999)) if disc is not None else None
-    images, sketches = torch.rand(dbatch, 3, crop, crop, device=device), torch.rand(dbatch, 1, crop, crop, device=device)
+        if "sample" in stages:  # one run: block 1 the warm-up, then `repeats` timed blocks of the same batch
+            with CompileWatch() as stage_watch:
+                batch = setup["batch"]
+                if batch is None:  # `auto`: the stage's probe (outside the timed run) picks the batch; the store records it
+                    probe = tmp / f"sample-probe-{setting}.zarr"
+                    batch = _probed(collect, lambda: collect.run_sample(_params(setup, device, sample={"trajectories": AUTO_CAP}),
+                                                                        probe, progress=False, model=model, force=True), probe)  # fmt: skip
+                n = batch * (1 + repeats)
+                clock = _stage_blocks(collect, lambda: collect.run_sample(
+                    _params(setup, device, sample={"trajectories": n, "batch_size": batch}), tmp / f"sample-{setting}.zarr",
+                    progress=False, model=model), device)  # fmt: skip
+            timed_items = sum(clock.items[1:])
+            syncs = _loop_syncs(model, setup, batch)
+            report.write("sample", setting, clock.times[-1] - clock.times[0], timed_items, "trajectory", clock.watch,
+                         stage_watch.recompiles, syncs, clock.peak, batch=batch, backend=backend)  # fmt: skip
+            report.check_budget()
 
-    step = Distiller(student, opt, lpips_net, disc, opt_d, DistillConfig(**d))
+        if "train" in stages:
+            trainer = Trainer(params, model, example, prior, loss, indices)
+            with CompileWatch() as stage_watch:
+                trainer.step(0)  # warm-up
+                with timed_region(device) as t:
+                    for i in range(repeats):
+                        trainer.step(1 + i)
+            syncs = host_syncs(device, lambda: trainer.step(1 + repeats))
+            report.write("train", setting, t["seconds"], repeats, "iteration", t["watch"], stage_watch.recompiles, syncs,
+                         t["peak"], batch=params.train.batch, precision=trainer.precision, backend=backend)  # fmt: skip
+            generator = trainer.generator
+            del trainer
+            report.check_budget()
+        elif "pairs" in stages:
+            generator = Trainer(params, model, example, prior, loss, indices).generator
 
-    def distill_iteration(_):  # the stage's step (diffsketch.student.distill.distill_step), and its per-iteration log
-        loss, _terms = distill_step(step, images, sketches)
-        float(loss.detach())
+        if "pairs" in stages:
+            gen_path = tmp / f"generator-{setting}.safetensors"
+            save_generator(copy.deepcopy(generator).cpu(), gen_path, meta=meta)
+            with CompileWatch() as stage_watch:
+                batch = setup["batch"]
+                if batch is None:  # `auto`: the probe (outside the timed run) picks the batch
+                    probe = tmp / f"pairs-probe-{setting}.zarr"
+                    batch = _probed(pairs_module, lambda: pairs_module.run_pairs(
+                        _params(setup, device, pairs={"count": AUTO_CAP}), gen_path, tmp / "prior.safetensors", probe,
+                        progress=False, model=model, force=True), probe)  # fmt: skip
+                n = batch * (1 + repeats)
+                pair_params = _params(setup, device, pairs={"count": n, "batch_size": batch})
+                clock = _stage_blocks(pairs_module, lambda: pairs_module.run_pairs(
+                    pair_params, gen_path, tmp / "prior.safetensors", tmp / f"pairs-{setting}.zarr", progress=False, model=model),
+                    device)  # fmt: skip
+            report.write("pairs", setting, clock.times[-1] - clock.times[0], sum(clock.items[1:]), "pair", clock.watch,
+                         stage_watch.recompiles, _loop_syncs(model, setup, batch), clock.peak, batch=batch, backend=backend)  # fmt: skip
+            report.check_budget()
 
-    first, per_distill = timed(distill_iteration, setup["distill_repeats"], part := Part(device))
-    note("distill s/iteration", per_distill, "s", part, batch=dbatch, crop=crop)
-    figures["wall_s"] = dict(value=time.perf_counter() - wall, unit="s")
-    return figures
+        if "distill" in stages:
+            d = PAPER["distill"]
+            crop, dbatch = setup["distill_crop"] or d["crop"], setup["distill_batch"] or d["batch"]
+            student = Student(StudentConfig(d["width"], d["downsamples"], d["blocks"])).to(device)
+            disc = PatchDiscriminator().to(device) if d["gan"] > 0 else None
+            if backend:
+                student.forward = torch.compile(student.forward, backend=backend, dynamic=False)
+                if disc is not None:
+                    disc.forward = torch.compile(disc.forward, backend=backend, dynamic=False)
+            lpips_net = load_lpips(setup["lpips"], device)
+            opt = torch.optim.Adam(student.parameters(), lr=d["lr"], betas=(0.5, 0.999))
+            opt_d = torch.optim.Adam(disc.parameters(), lr=d["lr"], betas=(0.5, 0.999)) if disc is not None else None
+            images = torch.rand(dbatch, 3, crop, crop, device=device)
+            sketches = torch.rand(dbatch, 1, crop, crop, device=device)
+            step = Distiller(student, opt, lpips_net, disc, opt_d, DistillConfig(**d))
+
+            def iteration() -> None:  # the stage's step and its per-iteration log
+                loss_value, _terms = distill_step(step, images, sketches)
+                float(loss_value.detach())
+
+            with CompileWatch() as stage_watch:
+                iteration()
+                with timed_region(device) as t:
+                    for _ in range(repeats):
+                        iteration()
+            report.write("distill", setting, t["seconds"], repeats, "iteration", t["watch"], stage_watch.recompiles,
+                         host_syncs(device, iteration), t["peak"], batch=dbatch, crop=crop, backend=backend)  # fmt: skip
+            del student, disc, opt, opt_d, step
+            report.check_budget()
+
+        if "extract" in stages:
+            d = PAPER["distill"]
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
+            student = Student(StudentConfig(d["width"], d["downsamples"], d["blocks"])).to(device, dtype).eval()
+            student = student.to(memory_format=torch.channels_last)
+            forward = torch.compile(student, backend=backend, dynamic=False) if backend else student
+            side = setup["student_size"]
+            for b in setup["student_batches"]:
+                x = torch.rand(b, 3, side, side, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+                with torch.inference_mode(), CompileWatch() as stage_watch:
+                    forward(x)  # warm-up
+                    with timed_region(device) as t:
+                        for _ in range(repeats * 2):
+                            forward(x)
+                    syncs = host_syncs(device, lambda: forward(x))  # noqa: B023 - called here
+                report.write("extract", setting, t["seconds"], repeats * 2 * b, "image", t["watch"], stage_watch.recompiles,
+                             syncs, t["peak"], batch=b, side=side, dtype=str(dtype).removeprefix("torch."), backend=backend)  # fmt: skip
+                report.check_budget()
+            del student, forward
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    for setting in settings:
+        run_setting(setting)
 
 
-def projection(figures: dict) -> dict:
-    """Wall time of each paper-profile stage from the paper preset's counts (analysis and the
-    evaluation run on the CPU side and are not part of this profile)."""
-    stages = {
-        "sample": (PAPER["sample"]["trajectories"], figures["sample s/trajectory"]["value"]),
-        "train": (PAPER["train"]["iterations"], figures["train s/iteration"]["value"]),
-        "pairs": (PAPER["pairs"]["count"], figures["pairs s/pair"]["value"]),
-        "distill": (PAPER["distill"]["iterations"], figures["distill s/iteration"]["value"]),
-    }
-    out = {name: dict(count=n, each_s=each, total_s=n * each) for name, (n, each) in stages.items()}
-    out["whole profile"] = dict(count=None, each_s=None, total_s=sum(v["total_s"] for v in out.values()))
-    return out
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="the same code on the CPU with the tiny model")
-    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="model.compile for our model and the anchor+compile row")
-    parser.add_argument("--json", type=Path, help="also write the figures and the projection here")
-    args = parser.parse_args()
-    setup = SMOKE if args.smoke else FULL
-    if setup["device"] == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device here: run on a GPU, or pass --smoke for the CPU check")
-    if setup["device"] == "cuda":
-        print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    figures = run(setup, args.compile)
-    proj = projection(figures)
-    print(f"\nprojected wall time of the paper profile ({'meaningless: smoke run' if args.smoke else setup['model']}):")
-    for name, row in proj.items():
-        each = f"{row['count']:>6} x {row['each_s']:.4f} s" if row["count"] else " " * 19
-        print(f"  {name:<14} {each}  = {row['total_s'] / 3600:8.3f} h")
-    print(f"profile run took {figures['wall_s']['value']:.1f} s")
-    if args.json:
-        args.json.write_text(json.dumps(dict(setup={k: str(v) for k, v in setup.items()}, figures=figures, projection=proj), indent=2))
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu: the tiny model, tiny sizes, backend eager")
+    parser.add_argument("--json", type=Path, help="write one JSON line per measurement here, flushed as it goes")
+    parser.add_argument("--budget", type=float, help="stop cleanly (between measurements) after this many seconds")
+    parser.add_argument("--settings", default="eager,compiled", help="comma-separated: eager, compiled (in this order)")
+    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ", ".join(STAGES))
+    parser.add_argument("--backend", help="torch.compile backend (default: inductor on cuda, eager on cpu)")
+    args = parser.parse_args(argv)
+    setup = dict(CPU if args.device == "cpu" else GPU)
+    if args.backend:
+        setup["backend"] = args.backend
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print("no CUDA device here: run on a GPU, or pass --device cpu for the CPU check", file=sys.stderr)
+            return 2
+        print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    device = torch.device(args.device)
+    settings = [s for s in ("eager", "compiled") if s in args.settings.split(",")]
+    report = Report(args.json, args.budget, device)
+    try:
+        profile(setup, device, settings, args.stages.split(","), report)
+    except OutOfBudget:
+        print(f"--budget {args.budget:g} s reached: stopped; every finished measurement is written", flush=True)
+    finally:
+        if report.file:
+            report.file.close()
+    print(f"profile run took {time.perf_counter() - report.start:.1f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,7 +7,9 @@ compiled path is traced here with a recording backend (the same dynamo graphs, r
 generated code); ``DIFFSKETCH_TEST_INDUCTOR=1`` also runs it with inductor.
 """
 
+import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -67,7 +69,7 @@ def test_channels_last_and_sdpa_equal_the_plain_path(tiny):
     _assert_close(_run(fast), _run(plain))
 
 
-def test_compiled_path_equals_eager_and_never_recompiles():
+def test_compiled_path_equals_eager_and_never_recompiles(caplog):
     """One graph for the UNet and one for the VAE decoder (no graph breaks), the eager path's results, and
     no compilation after the first batch: not for a second batch of that shape, not for other capture
     settings (pool, halves, the ResNet's residual or output, kept steps), not inside a timed region.
@@ -83,9 +85,15 @@ def test_compiled_path_equals_eager_and_never_recompiles():
 
     eager = _fresh()
     compiled = apply_fast_paths(_fresh(), compile=True, backend=recording)
+    caplog.set_level(logging.INFO, logger="diffsketch.diffusion.sampling")
     with CompileWatch() as first:
         got = _run(compiled, steps=2)
     assert len(graphs) == 2 and first.compiles == 2 and first.recompiles == 0  # the UNet's and the VAE decoder's
+    # the loop's compile log: the UNet's one graph, dynamo's compile time within the first step's wall time
+    (logged,) = [r.getMessage() for r in caplog.records if "graph(s) compiled" in r.getMessage()]
+    compiled_s, first_step_s = (float(v) for v in re.findall(r"compiled in ([\d.]+) s; first step ([\d.]+) s", logged)[0])
+    assert logged.startswith("compiled UNet, latents (2, 4, 8, 8): 1 graph(s)") and 0 < compiled_s <= first_step_s + 0.1
+    caplog.clear()
     _assert_close(got, _run(eager, steps=2))
 
     settings = [dict(seeds=(5, 6), pool="full", capture="output", keep=[1]), dict(pool=2, halves="cond")]
@@ -93,6 +101,7 @@ def test_compiled_path_equals_eager_and_never_recompiles():
         for kw in settings:
             _run(compiled, steps=2, **kw)
     assert len(graphs) == 2 and timed.compiles == 0 and timed.recompiles == 0, timed.reasons
+    assert not [r for r in caplog.records if "graph(s) compiled" in r.getMessage()]  # nothing compiled: nothing logged
     # the taps keep no output once the captures are closed
     assert all(v is None for v in taps(compiled.unet).slots.values()) and taps(compiled.unet).slots
 
@@ -126,6 +135,21 @@ def test_fit_batch_and_probe_arithmetic():
     assert sizes == [1, 2] and got == (8500 - 1000) // 400
     assert batching.resolve_batch_size("auto", torch.device("cpu"), sizes.append, 100) == batching.CPU_DEFAULT
     assert batching.resolve_batch_size(3, torch.device("cpu"), sizes.append, 100) == 3 and sizes == [1, 2]
+
+
+def test_probe_measures_peak_reserved_memory(monkeypatch):
+    """The probe's peak is what the caching allocator reserves (fragmentation included), not what tensors
+    hold: a fake allocator whose run reserves 900 bytes above the 100 it held, for 500 allocated."""
+    state = {"reserved": 100, "peak_reserved": 100, "allocated": 50, "peak_allocated": 50}
+
+    def run(batch):
+        state.update(peak_reserved=1000, peak_allocated=550, reserved=600, allocated=50)
+
+    for name, value in [("synchronize", lambda d=None: None), ("reset_peak_memory_stats", lambda d=None: None),
+                        ("memory_reserved", lambda d=None: state["reserved"]), ("max_memory_reserved", lambda d=None: state["peak_reserved"]),
+                        ("memory_allocated", lambda d=None: state["allocated"]), ("max_memory_allocated", lambda d=None: state["peak_allocated"])]:  # fmt: skip
+        monkeypatch.setattr(torch.cuda, name, value)
+    assert batching.measure_peak(run, 2, torch.device("cuda")) == 900
 
 
 def test_auto_batch_sample_store_matches_fixed_and_resumes(prompts_dir, tmp_path, tiny, monkeypatch):
@@ -185,3 +209,31 @@ def test_auto_batch_pairs_match_fixed_and_resume(tiny, teacher, tmp_path, monkey
     assert batches == [2]  # the rest of block [4, 5]
     c = open_pairs(tmp_path / "part.zarr")
     assert np.array_equal(a["images"][:], c["images"][:]) and np.array_equal(a["sketches"][:], c["sketches"][:])
+
+
+def test_nonfinite_guard_checks_loss_and_gradients_at_one_host_sync(monkeypatch, caplog):
+    """The training step's non-finite check reads the device once (one bool of a fused check of the loss
+    and every gradient's largest element), and still catches a NaN or inf gradient under a finite loss."""
+    from diffsketch.training.checkpoint import NonFiniteGuard
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
+    loss = net(torch.ones(2, 3)).sum()
+    loss.backward()
+    guard = NonFiniteGuard(5, "train", "causes")
+    syncs = []
+    real_bool, real_item = torch.Tensor.__bool__, torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda self: syncs.append("bool") or real_bool(self))
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: syncs.append("item") or real_item(self))
+    assert guard.ok(0, loss, net.parameters()) and syncs == ["bool"]  # finite: one host sync for 4 gradients and the loss
+    net[1].bias.grad.fill_(3e38)  # large but finite: no overflow in the check
+    assert guard.ok(1, loss, net.parameters())
+    for i, (where, value) in enumerate([((0, "weight"), float("nan")), ((1, "bias"), float("inf"))]):
+        grad = getattr(net[where[0]], where[1]).grad
+        saved = grad.clone()
+        grad.view(-1)[0] = value  # one bad element, the loss finite
+        assert not guard.ok(2 + i, loss, net.parameters())
+        grad.copy_(saved)
+    assert not guard.ok(4, torch.tensor(float("nan")), net.parameters())
+    assert guard.skipped == 3
+    assert [m for m in caplog.messages if "non-finite" in m][-3:][0].endswith("gradient, step skipped (1 skipped so far)")
+    assert "non-finite loss" in caplog.messages[-1]

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffsketch.diffusion.features import FeatureCapture, LayerSpec
-from diffsketch.diffusion.models import SDModel
+from diffsketch.diffusion.models import CompileWatch, SDModel
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ def ddim_loop(
         step_noise = step_noise.to(latents.device, latents.dtype, non_blocking=True)
     timer = _CompileTimer(model, latents.shape)
     for i, t in enumerate(tqdm(timesteps, desc="denoising", leave=False, disable=not progress)):
+        timer.before_step(i)
         unet_input = latents if not do_classifier_free_guidance else torch.cat([latents] * 2)
         unet_input = scheduler.scale_model_input(unet_input, t)
         if model.channels_last:
@@ -172,36 +173,43 @@ def ddim_loop(
 
 
 class _CompileTimer:
-    """With a compiled UNet, the first call at a new batch shape compiles: its time is logged apart
-    from the steady-state time per step. Synchronises only on such a first call (never otherwise)."""
+    """With a compiled UNet, a loop whose first step compiled (a batch shape not seen before) logs what
+    dynamo measured compiling, that step's wall time, and the steady-state time per step after it.
+    Synchronises with the device only in such a loop (at the end of the first step and of the loop)."""
 
     def __init__(self, model: SDModel, shape):
-        key = ("unet", tuple(shape))
-        self.active = model.compiled and key not in model.cache.setdefault("compiled_shapes", set())
-        if self.active:
-            model.cache["compiled_shapes"].add(key)
-            self.device, self.shape = model.device, tuple(shape)
-            self.start = time.perf_counter()
+        self.device, self.shape = model.device, tuple(shape)
+        self.watch = CompileWatch() if model.compiled else None
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def after_step(self, i: int) -> None:
-        if self.active and i == 0:
-            self._sync()
-            self.first = time.perf_counter() - self.start
+    def before_step(self, i: int) -> None:
+        if self.watch is not None and i == 0:
+            self.watch.__enter__()
             self.start = time.perf_counter()
 
+    def after_step(self, i: int) -> None:
+        if self.watch is None or i != 0:
+            return
+        self.watch.__exit__(None, None, None)
+        if not self.watch.compiles:
+            self.watch = None  # nothing compiled: no synchronisation, nothing to log
+            return
+        self._sync()
+        self.first = time.perf_counter() - self.start
+        self.start = time.perf_counter()
+
     def done(self, steps: int) -> None:
-        if not self.active:
+        if self.watch is None:
             return
         self._sync()
         rest = time.perf_counter() - self.start
         per_step = rest / (steps - 1) * 1e3 if steps > 1 else float("nan")
         log.info(
-            "compiled UNet, latents %s: first step %.1f s (compilation), then %.1f ms per step (steady state)",
-            self.shape, self.first, per_step,
+            "compiled UNet, latents %s: %d graph(s) compiled in %.1f s; first step %.1f s, then %.1f ms per step",
+            self.shape, self.watch.compiles, self.watch.seconds, self.first, per_step,
         )  # fmt: skip
 
 
