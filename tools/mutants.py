@@ -665,6 +665,68 @@ MUTANTS += [
 ]
 
 
+# --- the GPU path: out-of-memory recovery, taps fixed at wrap time, one-sync non-finite check -------------
+MUTANTS += [
+    M(
+        "oom: a failed chunk is skipped instead of redone",
+        "diffsketch/core/batching.py",
+        "                failed = len(chunk)  # handled outside",
+        "                start += len(chunk); failed = len(chunk)  # handled outside",
+        ("tests/test_oom.py::test_halving_redoes_the_failed_work_and_keeps_the_smaller_batch",),
+        "items of a block that ran out of memory would never be written",
+    ),
+    M(
+        "oom: later batches go back to the full size",
+        "diffsketch/core/batching.py",
+        "            chunk = items[start : start + self.batch]\n",
+        "            chunk = items[start : start + (self.batch if self.halvings == 0 or start % 2 else 2 * self.batch)]\n",
+        ("tests/test_oom.py::test_halving_redoes_the_failed_work_and_keeps_the_smaller_batch",),
+    ),
+    M(
+        "oom: micro-batches weight the batch terms by 1 instead of their share",
+        "diffsketch/student/distill.py",
+        "        (part_loss if share == 1 else part_loss * share).backward()\n",
+        "        part_loss.backward()\n",
+        ("tests/test_oom.py::test_distill_out_of_memory_redoes_the_step_in_micro_batches",),
+    ),
+    M(
+        "oom: the example's loss terms counted in every micro-batch",
+        "diffsketch/training/trainer.py",
+        "            objective = share * (part_total - example) + (example if j == 0 else 0.0)\n",
+        "            objective = share * (part_total - example) + example\n",
+        ("tests/test_oom.py::test_train_out_of_memory_redoes_the_step_in_micro_batches",),
+    ),
+    M(
+        "probe: measures allocated instead of reserved memory",
+        "diffsketch/core/batching.py",
+        "    return torch.cuda.max_memory_reserved(device) - before",
+        "    return torch.cuda.max_memory_allocated(device) - before",
+        ("tests/test_fast_paths.py::test_probe_measures_peak_reserved_memory",),
+    ),
+    M(
+        "taps: the layers' outputs stay alive after the last capture closes",
+        "diffsketch/diffusion/features.py",
+        "                self._taps.clear()  # the last capture frees the layers' outputs\n",
+        "                pass\n",
+        ("tests/test_fast_paths.py::test_compiled_path_equals_eager_and_never_recompiles",),
+    ),
+    M(
+        "guard: the gradient check overflows on a large finite gradient (L2 norm)",
+        "diffsketch/training/checkpoint.py",
+        'torch._foreach_norm(grads, ord=float("inf"))',
+        "torch._foreach_norm([g * g for g in grads])",
+        ("tests/test_fast_paths.py::test_nonfinite_guard_checks_loss_and_gradients_at_one_host_sync",),
+    ),
+    M(
+        "guard: one host sync per gradient",
+        "diffsketch/training/checkpoint.py",
+        "        if bool(torch.isfinite(torch.stack([loss, *peaks])).all()):\n",
+        "        if all(bool(torch.isfinite(x)) for x in [loss, *peaks]):\n",
+        ("tests/test_fast_paths.py::test_nonfinite_guard_checks_loss_and_gradients_at_one_host_sync",),
+    ),
+]
+
+
 def _copy_repo(dst: Path) -> None:
     """The files git tracks plus untracked ones it does not ignore, as they are in the working tree."""
     listed = subprocess.run(
