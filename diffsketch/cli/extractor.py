@@ -15,9 +15,16 @@ def extract(
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder: <stem>.png per image, folder sub-paths kept; a video keeps its name, summary.json beside it")],
     model: Annotated[Path, typer.Option("--model", "-m", help="student from the distill stage, or a style folder")] = Path("models/student.safetensors"),
     size: Annotated[
-        int | None,
-        typer.Option(min=1, help="cap the long side: larger images are downscaled (antialiased) before the network, and the sketch is written at that reduced size"),
+        str | None,
+        typer.Option(help="cap the long side (pixels): larger images are downscaled (antialiased) before the network, and the sketch is written at that reduced size; native (the default): the photo's own size, by tiles"),
     ] = None,
+    tile: Annotated[int, typer.Option(min=0, help="photos with a side over this many pixels are sketched by overlapping tiles, equal to the whole image (0: always whole)")] = 768,
+    max_megapixels: Annotated[float, typer.Option(min=0.01, help="photos with more megapixels are refused before decoding")] = 40.0,
+    line_width: Annotated[float, typer.Option(min=0.25, max=16.0, help="stroke width factor: 1 as drawn, 3 two pixels wider, 0.5 thinner")] = 1.0,
+    binarize: Annotated[str | None, typer.Option(metavar="LOW,HIGH", help="black and white lines by hysteresis: ink below LOW, and below HIGH where it touches such ink (e.g. 0.3,0.6)")] = None,
+    min_speck: Annotated[int, typer.Option(min=0, help="remove ink specks of fewer pixels than this")] = 0,
+    line_color: Annotated[str, typer.Option(help="ink colour: a name, #RRGGBB or rgb(r, g, b)")] = "black",
+    background: Annotated[str | None, typer.Option(help="paper colour, or transparent (RGBA PNG); default white (PNG), none (SVG)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="consecutive images of the same size sketched in one forward pass")] = 8,
     device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda")] = "auto",
     backend: Annotated[str, typer.Option(help="auto, torch or onnx (ONNX Runtime); auto: torch, or onnx for an ONNX-only model")] = "auto",
@@ -41,6 +48,8 @@ def extract(
     from diffsketch.extractor import run_extract, split_videos
 
     use_threads(threads)
+    with clean_errors():
+        size = _size(size)
     videos, inputs = split_videos(inputs)
     videos_ok = True
     if videos:
@@ -52,7 +61,8 @@ def extract(
         report = run_extract(
             inputs, out, model, size=size, batch_size=batch_size, device=device, backend=backend, precision=precision,
             transparent=transparent, threshold=threshold, format=format_, overwrite=overwrite, recursive=recursive,
-            progress=progress,
+            progress=progress, tile=tile, max_megapixels=max_megapixels, line_width=line_width, binarize=binarize,
+            min_speck=min_speck, line_color=line_color, background=background,
         )  # fmt: skip
     shown = 10
     for target in report.skipped[:shown]:
@@ -66,6 +76,17 @@ def extract(
             typer.secho(f"  {failure.message}", err=True, fg=typer.colors.RED)
     if report.failed or not videos_ok:
         raise typer.Exit(code=1)
+
+
+def _size(size: str | None) -> int | None:
+    """``--size``: a number of pixels, or native (None)."""
+    from diffsketch.extractor import ExtractError
+
+    if size is None or size.strip().lower() == "native":
+        return None
+    if not size.strip().isdigit() or int(size) < 1:
+        raise ExtractError(f"--size {size} must be a positive number of pixels, or native")
+    return int(size)
 
 
 def _extract_videos(videos, out, model, size, batch_size, device, backend, precision, format_, transparent, threshold,
