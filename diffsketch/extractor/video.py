@@ -39,7 +39,7 @@ are in [0, 1] (0 = ink, 1 = paper), after ``threshold`` when one is given.
   per-frame mode.
 
 ``per_frame_flicker`` is the flicker the per-frame sketches have on the same clip (computed in both
-modes, since the per-frame sketch is made anyway), so one run shows what the temporal mode gains.
+modes, as the per-frame sketch is made anyway), so one run shows what the temporal mode gains.
 """
 
 from __future__ import annotations
@@ -629,6 +629,16 @@ def extract_videos(
     ``summary.json`` holds the mode and the overall ``flicker``, ``lag`` and ``per_frame_flicker``,
     and under ``videos`` each clip's :class:`VideoReport`. A clip that fails is reported and the
     others go on; an existing output is skipped unless ``overwrite``.
+
+    Args:
+        extractor: a loaded :class:`~diffsketch.extractor.api.SketchExtractor`.
+        videos: the clips, as :func:`split_videos` gives them.
+        out: the output folder.
+        size, temporal, threshold, progress: as for :func:`sketch_video`.
+        overwrite: replace existing outputs instead of skipping them.
+
+    Returns:
+        The :class:`VideoRun` (its ``summary`` is None when no clip was sketched).
     """
     out = Path(out)
     run = VideoRun()
