@@ -209,7 +209,7 @@ def test_corrupt_store_message(tmp_path):
     bad = tmp_path / "bad.zarr"
     bad.mkdir()
     (bad / "zarr.json").write_text("{not json")
-    with pytest.raises(store.StoreError, match="could not be opened"):
+    with pytest.raises(store.StoreError, match=rf"{bad}: the store's metadata \(a zarr.json\) is damaged.*inspect --repair"):
         store.open_store(bad)
     with pytest.raises(store.StoreError, match="no zarr.json"):
         store.open_store(tmp_path)
@@ -311,19 +311,21 @@ def test_trajectory_outside_the_first_batch_equals_sampling_it_alone(prompts_dir
 
 
 def _overflow(tiny, calls: list, on_calls) -> list:
-    """A forward hook on the module of the tiny UNet's first captured layer that puts an activation of
-    70,000 (above float16's 65,504) into its output during the sampling calls ``on_calls``."""
+    """A forward hook on the module of the tiny UNet's first captured layer that makes its activations
+    70,000 (above float16's 65,504) during the sampling calls ``on_calls`` (it runs before the feature
+    tap installed when the model loaded, which keeps what it returns)."""
+    import torch
+
     from diffsketch.diffusion.features import unet_layers
 
     spec = unet_layers(tiny.unet.config, 64, tiny.vae_scale_factor, "residual")[0]
 
     def hook(module, args, output):
         if len(calls) in on_calls:
-            output = output.clone()
-            output.view(-1)[0] = 70_000.0
+            output = torch.full_like(output, 70_000.0)
         return output
 
-    return [tiny.unet.get_submodule(spec.module).register_forward_hook(hook), f"unet/{spec.name}"]
+    return [tiny.unet.get_submodule(spec.module).register_forward_hook(hook, prepend=True), f"unet/{spec.name}"]
 
 
 def _counting(monkeypatch, calls: list) -> None:

@@ -104,6 +104,47 @@ def _check_space(out, root, layout: store.StoreLayout, force: bool) -> None:
     diskspace.check_space(out, projection, "trajectories", SMALLER, force=force, replacing=root is None)
 
 
+class NonFiniteFeaturesError(store.StoreError):
+    """Trajectories gave NaN or infinite values even sampled again in float32; the message names them."""
+
+
+def _write_finite(writer, items: list, result, keep: list[int]) -> list:
+    """Submit the rows ``keep`` of a sampled batch (the trajectories ``items``) whose features, noise and
+    latents are all finite; returns ``[(trajectory, first array with a non-finite value)]`` of the others."""
+    unet = {name: x[keep].numpy() for name, x in result.unet.items()}
+    vae = {name: x[keep].numpy() for name, x in result.vae.items()}
+    images, noise, latents = result.images_uint8()[keep].numpy(), result.noise[keep].numpy(), result.latents[keep].numpy()
+    named = {f"unet/{k}": v for k, v in unet.items()} | {f"vae/{k}": v for k, v in vae.items()}
+    bad = store.nonfinite(named | {"noise": noise, "latents": latents})
+    good = [r for r in range(len(items)) if r not in bad]
+    if good:
+        rows = lambda arrays: {k: v[good] for k, v in arrays.items()}  # noqa: E731
+        writer.submit([items[r].index for r in good], rows(unet), rows(vae), images[good], noise[good], latents[good])
+    return [(items[r], name) for r, name in bad.items()]
+
+
+def _retry_in_float32(params: Params, model, root, out, failed: list, denoise) -> None:
+    """Sample each held-back trajectory again, alone, with the model in float32, and write it if it is
+    finite now; the store records the rest (attribute ``failed``) and the run stops naming them."""
+    if str(model.dtype) != "torch.float32":
+        model = load_model(params.model.model_copy(update={"dtype": "float32"}))
+    lost = []
+    with store.BatchWriter(root, background=False) as writer:
+        for item, name in failed:
+            log.warning("trajectory %d: NaN or infinite values in %s; sampling it again in float32", item.index, name)
+            lost += _write_finite(writer, [item], denoise(model, [item]), [0])
+    if not lost:
+        return
+    root.attrs["failed"] = {str(t.index): f"NaN or infinite values in {name}, also in float32" for t, name in lost}
+    item, name = lost[0]
+    raise NonFiniteFeaturesError(
+        f"{out}: {len(lost)} trajectories ({', '.join(str(t.index) for t, _ in lost)}) gave NaN or infinite values even "
+        f"sampled again in float32 (trajectory {item.index}: {name}), so they are not written and stay incomplete "
+        "(the store's attribute `failed` lists them). Features beyond +-65504 do not fit the store's float16. Check "
+        "the model (model.id, model.dtype) and these prompts; rerunning the same command tries them again"
+    )
+
+
 def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, workers, force: bool) -> str | Path:
     # 1. Check the inputs that need no model, cheapest first.
     cfg = params.sample
@@ -225,31 +266,31 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
     #    is written after its arrays, so a killed run leaves nothing that looks finished).
     bar = tqdm(total=missing, desc="trajectories", unit="traj", disable=not progress)
     halving = batching.Halving(batch_size, model.device, "sample")  # out of memory: the block is redone in halves
+
+    def denoise(model, batch):
+        return sample(
+            model,
+            [t.prompt for t in batch],
+            [t.seed for t in batch],
+            resolution=cfg.resolution,
+            steps=cfg.steps,
+            guidance=cfg.guidance,
+            eta=cfg.eta,
+            capture=capture,
+            decode=cfg.decode,
+            progress=progress,
+        )
+
+    failed = []  # (trajectory, array) of the rows held back for a NaN or an infinite value
     with store.BatchWriter(root, background=model.device.type != "cpu") as writer:
         for block in todo:
-            for batch, result in halving.chunks(block, lambda batch: sample(
-                model,
-                [t.prompt for t in batch],
-                [t.seed for t in batch],
-                resolution=cfg.resolution,
-                steps=cfg.steps,
-                guidance=cfg.guidance,
-                eta=cfg.eta,
-                capture=capture,
-                decode=cfg.decode,
-                progress=progress,
-            )):  # fmt: skip
+            for batch, result in halving.chunks(block, lambda batch: denoise(model, batch)):
                 keep = [b for b, t in enumerate(batch) if not done[t.index]]
-                writer.submit(
-                    [batch[b].index for b in keep],
-                    {name: x[keep].numpy() for name, x in result.unet.items()},
-                    {name: x[keep].numpy() for name, x in result.vae.items()},
-                    result.images_uint8()[keep].numpy(),
-                    result.noise[keep].numpy(),
-                    result.latents[keep].numpy(),
-                )
+                failed += _write_finite(writer, [batch[b] for b in keep], result, keep)
                 bar.update(len(keep))
     bar.close()
+    if failed:
+        _retry_in_float32(params, model, root, out, failed, denoise)
     workers.barrier()  # every process has written its share before the store is consolidated
     if workers.main:
         diskspace.record_projection(root, out, "trajectories")  # measured on the store's own chunks

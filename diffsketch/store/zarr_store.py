@@ -607,6 +607,24 @@ def writing():
         yield
 
 
+def nonfinite(arrays: dict[str, np.ndarray]) -> dict[int, str]:
+    """The rows (axis 0) of a batch that hold a NaN or an infinite value, each with the first array
+    (in ``arrays`` order) that holds one; integer arrays are finite.
+
+    Example:
+        >>> nonfinite({"a": np.array([[0.0, 1.0], [np.inf, 2.0]]), "b": np.array([[np.nan], [0.0]])})
+        {0: 'b', 1: 'a'}
+    """
+    bad: dict[int, str] = {}
+    for name, x in arrays.items():
+        x = np.asarray(x)
+        if x.dtype.kind != "f" or not len(x):
+            continue
+        for row in np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1)).tolist():
+            bad.setdefault(row, name)
+    return dict(sorted(bad.items()))
+
+
 def write_trajectory(root: zarr.Group, index: int, unet: dict, vae: dict, image, noise, latents) -> None:
     """Write one trajectory's arrays, then mark it complete (a crash before that leaves it incomplete)."""
     batch = lambda x: np.asarray(x)[None]  # noqa: E731
