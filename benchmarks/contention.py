@@ -17,11 +17,14 @@ once, when torch loads):
                    GNU OpenMP's default spinning wait (what a plain PyTorch program gets)
 
 Variants run interleaved, in rounds with the order reversed every round; each process times a
-warm-up and then ``--repeats`` steps. It prints the medians and the ratio of auto to the best
-fixed setting (the best of the numbers and torch-default). Target: at most 1.5.
+warm-up and then ``--repeats`` steps, and is stopped after ``--timeout`` seconds (its steps then
+count as that long: a lower bound). It prints each process as it ends, then the medians and the
+ratio of auto to the best fixed setting (the best of the numbers and torch-default). Target: at
+most 1.5.
 
 Run it (offline, from the repository root): HF_HUB_OFFLINE=1 python benchmarks/contention.py
-[--repeats N] [--rounds N] [--only train|student] [--no-competitor]
+[--repeats N] [--rounds N] [--timeout S] [--only train|student] [--variants auto,1,2,torch-default]
+[--no-competitor]
 """
 
 from __future__ import annotations
@@ -104,15 +107,23 @@ def _student_batch():
     return lambda: extractor.sketch_tensors(images)
 
 
-def _run(variant: str, workload: str, repeats: int) -> dict:
+def _run(variant: str, workload: str, repeats: int, timeout: float) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", variant, "--workload", workload, "--repeats", str(repeats)],
-        capture_output=True, text=True, env=env, check=False,
-    )  # fmt: skip
+    started = time.perf_counter()
+    try:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", variant, "--workload", workload, "--repeats", str(repeats)],
+            capture_output=True, text=True, env=env, check=False, timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        print(f"  {workload} {variant}: stopped after {timeout:.0f} s", flush=True)
+        return {"threads": None, "times": [timeout] * repeats, "stopped": True}
     if out.returncode != 0:
         raise SystemExit(f"{variant} / {workload} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"  {workload} {variant} ({result['threads']} threads): " + " ".join(f"{t:.2f}" for t in result["times"])
+          + f" s per step ({time.perf_counter() - started:.0f} s with set-up)", flush=True)  # fmt: skip
+    return result
 
 
 def main() -> None:
@@ -120,6 +131,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per process (after one warm-up)")
     parser.add_argument("--rounds", type=int, default=2, help="processes per variant, interleaved")
     parser.add_argument("--only", choices=["train", "student", "all"], default="all")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds one process may take")
+    parser.add_argument("--variants", help="comma-separated, e.g. auto,1,2 (default: auto, 1 .. cores, torch-default)")
     parser.add_argument("--no-competitor", dest="competitor", action="store_false", help="run without the busy process")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workload", default="train", help=argparse.SUPPRESS)
@@ -131,23 +144,23 @@ def main() -> None:
     from diffsketch.core.threads import available_cores
 
     cores = available_cores()
-    variants = ["auto", *map(str, range(1, cores + 1)), "torch-default"]
+    variants = args.variants.split(",") if args.variants else ["auto", *map(str, range(1, cores + 1)), "torch-default"]
     competitor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.competitor else None
     try:
         print(f"{cores} cores available, {'one busy competing process' if competitor else 'no competing process'}, "
-              f"{args.rounds} rounds x {args.repeats} steps per variant")  # fmt: skip
+              f"{args.rounds} rounds x {args.repeats} steps per variant; load average {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
         for workload in ("train", "student") if args.only == "all" else (args.only,):
             times: dict[str, list[float]] = {v: [] for v in variants}
             counts: dict[str, int] = {}
             for r in range(args.rounds):
                 for variant in variants if r % 2 == 0 else variants[::-1]:
-                    result = _run(variant, workload, args.repeats)
+                    result = _run(variant, workload, args.repeats, args.timeout)
                     times[variant] += result["times"]
-                    counts[variant] = result["threads"]
+                    counts[variant] = result["threads"] or counts.get(variant)
             medians = {v: statistics.median(t) for v, t in times.items()}
             fixed = [v for v in variants if v != "auto"]
             best = min(fixed, key=medians.get)
-            print(f"\n== {workload}: median seconds per step")
+            print(f"\n== {workload}: median seconds per step (load average {os.getloadavg()[0]:.1f})")
             for v in variants:
                 print(f"{v:>14} ({counts[v]} threads)  {medians[v]:8.3f} s   min {min(times[v]):8.3f} s   ratio to best {medians[v] / medians[best]:6.2f}")
             ratio = medians["auto"] / medians[best]
