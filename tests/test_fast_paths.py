@@ -108,7 +108,13 @@ def test_compiled_path_equals_eager_and_never_recompiles(caplog):
 
 @pytest.mark.skipif(os.environ.get("DIFFSKETCH_TEST_INDUCTOR") != "1", reason="inductor takes minutes on a CPU")
 def test_inductor_path_equals_eager():
-    _assert_close(_run(apply_fast_paths(_fresh(), compile=True), steps=2), _run(_fresh(), steps=2), 1e-4, 1e-2)
+    from diffsketch.diffusion.models import CompileWatch
+
+    compiled = apply_fast_paths(_fresh(), compile=True)
+    _assert_close(_run(compiled, steps=2), _run(_fresh(), steps=2), 1e-4, 1e-2)
+    with CompileWatch() as timed:  # a second batch and other capture settings: nothing compiles
+        _run(compiled, seeds=(5, 6), steps=2, pool="full", halves="cond", capture="output")
+    assert timed.compiles == 0 and timed.recompiles == 0, timed.reasons
 
 
 def test_batch_size_does_not_change_results(tiny):
@@ -237,3 +243,30 @@ def test_nonfinite_guard_checks_loss_and_gradients_at_one_host_sync(monkeypatch,
     assert guard.skipped == 3
     assert [m for m in caplog.messages if "non-finite" in m][-3:][0].endswith("gradient, step skipped (1 skipped so far)")
     assert "non-finite loss" in caplog.messages[-1]
+
+
+def test_pairs_run_the_generator_in_the_model_dtype_under_autocast(tiny, teacher, tmp_path, monkeypatch):
+    """The CUDA path (fp16 weights, autocast) exercised on the CPU in bfloat16: the generator's weights
+    are cast once to the model's dtype and it runs under autocast in that dtype; the pairs agree with
+    the fp32 ones (oracle) up to bfloat16 rounding."""
+    from diffsketch.student.pairs import open_pairs, run_pairs
+    from diffsketch.training.generator import SketchGenerator
+
+    gen_path, prior_path = teacher
+    settings = {"model": {"id": "tiny", "device": "cpu"}, "pairs": {"count": 2, "batch_size": 2}}
+    run_pairs(parse_params(settings), gen_path, prior_path, tmp_path / "fp32.zarr", progress=False, model=tiny)
+    seen, real = [], SketchGenerator.forward
+
+    def forward(self, inputs):
+        seen.append((next(self.parameters()).dtype, torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return real(self, inputs)
+
+    monkeypatch.setattr(SketchGenerator, "forward", forward)
+    bf16 = _fresh(dtype="bfloat16")
+    settings["model"]["dtype"] = "bfloat16"
+    run_pairs(parse_params(settings), gen_path, prior_path, tmp_path / "bf16.zarr", progress=False, model=bf16)
+    assert seen == [(torch.bfloat16, True, torch.bfloat16)]
+    a, b = open_pairs(tmp_path / "fp32.zarr"), open_pairs(tmp_path / "bf16.zarr")
+    for name in ("images", "sketches"):
+        x, y = a[name][:].astype(float), b[name][:].astype(float)
+        assert np.abs(x - y).mean() < 3 and np.corrcoef(x.ravel(), y.ravel())[0, 1] > 0.99, name
