@@ -49,7 +49,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from pathlib import Path
 
@@ -196,6 +196,10 @@ class VideoFigures:
         self.still_pixels += int(still.sum())
         self.lag_sum += float((written - per_frame).abs()[changed].sum())
         self.changed_pixels += int(changed.sum())
+
+    def done(self) -> None:
+        """Forget the last frame (the sums stay): the clip is over."""
+        self._previous = None
 
     @property
     def flicker(self) -> float:
@@ -356,8 +360,7 @@ class VideoReport:
 
     def to_dict(self) -> dict:
         """The report as JSON-ready values (without the raw sums)."""
-        out = asdict(self)
-        out.pop("figures")
+        out = {item.name: getattr(self, item.name) for item in fields(self) if item.name != "figures"}
         return {key: round(value, 6) if isinstance(value, float) else value for key, value in out.items()}
 
     def line(self) -> str:
@@ -556,6 +559,7 @@ def _stream(av, extractor, container, source, target, tmp, size, settings, thres
         log.warning("%s declares %s but only %d frames (%.2f s) decoded: the file is cut off; the sketch keeps the frames that decoded",
                     source, f"{expected} frames" if expected else f"{float(declared):.2f} s", state["count"], float(decoded or 0))  # fmt: skip
     height, width = state["shape"]
+    figures.done()
     return VideoReport(
         source=str(source), target=str(target), mode="temporal" if settings is not None else "per-frame",
         frames=state["count"], fps=float(rate), width=width, height=height, audio=audio_out is not None,
