@@ -863,6 +863,69 @@ MUTANTS += [
     ),
 ]
 
+MUTANTS += [
+    # --- native resolution by tiles, the megapixel cap, line controls (extractor.tiles, extractor.lines) ----
+    M(
+        "tiles: each tile normalised by its own statistics (the naive tiling)",
+        "diffsketch/extractor/tiles.py",
+        "        if self.mean is None:\n            if self.gather is not None:",
+        "        if True:\n            if False:",
+        ("tests/test_tiles.py::test_tiles_equal_the_whole_image_pass",),
+        "the seams and the whole-image statistics are the point of the module",
+    ),
+    M(
+        "tiles: halo one stride short of the receptive radius",
+        "diffsketch/extractor/tiles.py",
+        "    return math.ceil(receptive_radius(downsamples, blocks) / multiple) * multiple\n",
+        "    return math.ceil(receptive_radius(downsamples, blocks) / multiple) * multiple - 4 * multiple\n",
+        ("tests/test_tiles.py::test_tiles_equal_the_whole_image_pass",),
+        "a margin narrower than the receptive field changes pixels near tile edges",
+    ),
+    M(
+        "tiles: unbiased variance",
+        "diffsketch/extractor/tiles.py",
+        "        var = (sums.squares / sums.count - mean * mean).clamp_min(0.0)\n",
+        "        var = (sums.squares / sums.count - mean * mean).clamp_min(0.0) * sums.count / max(1, sums.count - 1) * 1.05\n",
+        ("tests/test_tiles.py::test_tiles_equal_the_whole_image_pass",),
+        "instance norm divides by the biased standard deviation",
+    ),
+    M(
+        "api: the megapixel cap not checked for files",
+        "diffsketch/extractor/batch.py",
+        "        check_megapixels(height, width, max_megapixels, str(source))\n",
+        "",
+        ("tests/test_tiles.py::test_the_megapixel_cap_refuses_from_the_header",),
+    ),
+    M(
+        "lines: specks kept at any size",
+        "diffsketch/extractor/lines.py",
+        "    small = np.bincount(labels.ravel()) < area\n",
+        "    small = np.bincount(labels.ravel()) < 0\n",
+        ("tests/test_lines.py::test_specks_below_the_area_vanish_and_larger_ones_stay",),
+    ),
+    M(
+        "lines: hysteresis as a single cut at the high threshold",
+        "diffsketch/extractor/lines.py",
+        "        ink = apply_hysteresis_threshold(1.0 - values, 1.0 - high, 1.0 - low)\n",
+        "        ink = (1.0 - values) > 1.0 - high\n",
+        ("tests/test_lines.py::test_hysteresis_keeps_weak_lines_touching_strong_ones",),
+    ),
+    M(
+        "lines: line width ignored",
+        "diffsketch/extractor/lines.py",
+        "    if width == 1.0:\n        return values\n",
+        "    if True:\n        return values\n",
+        ("tests/test_lines.py::test_stroke_width_grows_with_line_width",),
+    ),
+    M(
+        "lines: transparent paper keeps black ink whatever the colour",
+        "diffsketch/extractor/lines.py",
+        "        rgba[..., :3] = ink.astype(np.uint8)\n",
+        "        rgba[..., :3] = 0\n",
+        ("tests/test_lines.py::test_colours_and_transparent_paper",),
+    ),
+]
+
 
 def _copy_repo(dst: Path) -> None:
     """The files git tracks plus untracked ones it does not ignore, as they are in the working tree."""
