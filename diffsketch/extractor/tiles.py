@@ -20,7 +20,8 @@ whole image and the convolutions from the tiles:
   passes start from it instead of from the photo: at 24 MP with the default student (384 MB at
   1/8 of the resolution) the photo is run through the encoder four times and the rest about twice.
 
-The result equals the whole-image pass up to float rounding (1e-5), while memory holds one tile's
+The result equals the whole-image pass up to float rounding (1e-5 in fp32; in bf16 the two
+orders of summation differ by bf16 rounding, a mean of 1e-3 on random weights), while memory holds one tile's
 activations, the photo (as 8-bit when it was), the sketch, and at most ``keep_bytes`` of kept
 activations.
 """
@@ -216,14 +217,14 @@ class TiledStudent:
             norm.window = tiled.window
         return tiled
 
-    def _shapes(self) -> list[tuple[int, int]]:
-        """(channels, scale) at the input of every top-level layer, and of the output, from a small probe."""
+    def _shapes(self) -> list[tuple[int, int, torch.dtype]]:
+        """(channels, scale, dtype) at the input of every top-level layer, from a small probe."""
         side = 4 * self.multiple
         x = torch.zeros(1, 3, side, side, device=self.device)
         shapes = []
         with torch.inference_mode():
             for layer in self.net:
-                shapes.append((x.shape[1], side // x.shape[-2]))
+                shapes.append((x.shape[1], side // x.shape[-2], x.dtype))
                 x = layer(x)
         return shapes
 
@@ -261,10 +262,11 @@ class TiledStudent:
                 self.norms[k].gather = _Sums()
             record = None
             if not final and self.owner[k] > source.start:
-                channels, scale = shapes[self.owner[k]]
-                need = channels * (full[0] // scale) * (full[1] // scale) * 4
+                channels, scale, dtype = shapes[self.owner[k]]
+                need = channels * (full[0] // scale) * (full[1] // scale) * torch.empty(0, dtype=dtype).element_size()
                 if 2 * need <= self.keep_bytes and need + source.nbytes <= self.keep_bytes:
-                    record = _Kept(self.owner[k], torch.empty(1, channels, full[0] // scale, full[1] // scale, device=self.device), scale)
+                    kept = torch.empty(1, channels, full[0] // scale, full[1] // scale, dtype=dtype, device=self.device)
+                    record = _Kept(self.owner[k], kept, scale)
             for y, x in grid:
                 ty, tx = min(tile, full[0] - y), min(tile, full[1] - x)
                 y0, x0 = max(0, y - self.halo), max(0, x - self.halo)
