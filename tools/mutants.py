@@ -740,10 +740,10 @@ MUTANTS += [
         "items of a block that ran out of memory would never be written",
     ),
     M(
-        "oom: later batches go back to the full size",
+        "oom: the batch shrinks by one item instead of halving",
         "diffsketch/core/batching.py",
-        "            chunk = items[start : start + self.batch]\n",
-        "            chunk = items[start : start + (self.batch if self.halvings == 0 or start % 2 else 2 * self.batch)]\n",
+        "        self.batch = max(1, failed // 2)\n",
+        "        self.batch = max(1, failed - 1)\n",
         ("tests/test_oom.py::test_halving_redoes_the_failed_work_and_keeps_the_smaller_batch",),
     ),
     M(
