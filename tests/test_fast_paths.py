@@ -14,8 +14,8 @@ import re
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_same_stores, record_writes, small_params, store_arrays
+
 from diffsketch.core import batching
 from diffsketch.core.params import ModelConfig, parse_params
 from diffsketch.diffusion.features import taps, unet_layers, vae_layers
@@ -187,8 +187,9 @@ def test_auto_batch_sample_store_matches_fixed_and_resumes(prompts_dir, tmp_path
 
 
 def test_auto_batch_pairs_match_fixed_and_resume(tiny, teacher, tmp_path, monkeypatch):
-    import diffsketch.student.pairs as pairs_module
     from conftest import interrupt_on_call
+
+    import diffsketch.student.pairs as pairs_module
     from diffsketch.student.pairs import open_pairs, run_pairs
 
     gen_path, prior_path = teacher

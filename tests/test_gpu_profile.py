@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 FIELDS = {"stage", "setting", "seconds_per_item", "items", "compiles_in_timed_region", "recompiles",
@@ -29,7 +28,7 @@ def test_gpu_profile_on_the_cpu_reports_every_stage_without_compiling_in_timed_r
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "gpu_profile.py"), "--device", "cpu", "--json", str(out)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     records = [json.loads(line) for line in out.read_text().splitlines()]

@@ -15,8 +15,8 @@ import logging
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_same_stores, small_params
+
 from diffsketch.core import batching
 from diffsketch.core.params import parse_params
 
@@ -70,7 +70,7 @@ def test_halving_redoes_the_failed_work_and_keeps_the_smaller_batch():
 
 
 def test_sample_out_of_memory_halves_the_batch_with_the_same_store(prompts_dir, tmp_path, tiny, monkeypatch, caplog):
-    import diffsketch.store.collect as collect
+    from diffsketch.store import collect
 
     run_sample = collect.run_sample
     run_sample(small_params(prompts_dir, trajectories=6, batch_size=2), tmp_path / "two.zarr", progress=False, model=tiny)
@@ -128,9 +128,10 @@ def test_train_out_of_memory_redoes_the_step_in_micro_batches(tiny, tmp_path, mo
     """The oracle is the full-batch step: the same loss and, at the first iteration (same weights), the
     same gradients up to float order (Adam turns float-order differences of near-zero gradient elements
     into differences of a share of a step, so the weights are not compared)."""
+    from test_training import make_params, prepare
+
     import diffsketch.training.trainer as trainer_module
     from diffsketch.training.generator import SketchGenerator
-    from test_training import make_params, prepare
 
     params = make_params(train={"iterations": 1, "batch": 2, "checkpoint_every": 1, "sample_every": 1})
     losses = {"clean": [], "injected": []}
