@@ -79,26 +79,12 @@ def test_auto_follows_omp_num_threads_and_bad_settings_are_refused(restored):
     restored.setenv("OMP_NUM_THREADS", "1")
     assert resolve_threads("auto") == 1
     restored.delenv("OMP_NUM_THREADS")
-    restored.setattr("diffsketch.core.threads.busy_elsewhere", lambda: 0)
     assert resolve_threads("auto") == available_cores()
     assert resolve_threads(4) == 4 and resolve_threads("3") == 3
     for bad in (0, -2, "0", "many", "2.5", 2.5, True, None):
         with pytest.raises(ThreadsError, match="auto or a whole number"):
             resolve_threads(bad)
     assert issubclass(ThreadsError, DiffsketchError)
-
-
-def test_auto_leaves_the_cores_other_processes_keep_busy(restored):
-    import diffsketch.core.threads as threads
-
-    restored.setattr(threads, "cgroup_cpu_limit", lambda *args, **kwargs: None)
-    restored.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    for cpus, busy, expected in [(2, 0, 2), (2, 1, 1), (2, 6, 1), (8, 3, 2), (8, 7, 1)]:
-        restored.setattr(os, "cpu_count", lambda cpus=cpus: cpus)
-        # /proc/stat counts the thread reading it as running too
-        restored.setattr(threads, "_read", lambda path, busy=busy: f"cpu  1 2\nprocs_running {busy + 1}\n" if path.name == "stat" else "")
-        assert threads.busy_elsewhere() == busy
-        assert resolve_threads("auto") == expected, (cpus, busy)
 
 
 # --- what the setting does ------------------------------------------------------------------------

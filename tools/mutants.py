@@ -808,16 +808,9 @@ MUTANTS += [
     M(
         "threads: auto ignores OMP_NUM_THREADS",
         "diffsketch/core/threads.py",
-        "            return min(cores, int(from_env))\n",
-        "            return cores\n",
-        ("tests/test_threads.py::test_auto_follows_omp_num_threads_and_bad_settings_are_refused",),
-    ),
-    M(
-        "threads: auto takes every core, busy or not",
-        "diffsketch/core/threads.py",
-        "        return max(1, min(cores, (os.cpu_count() or cores) - busy_elsewhere()))\n",
+        "        return min(cores, int(from_env)) if from_env.isdigit() and int(from_env) > 0 else cores\n",
         "        return cores\n",
-        ("tests/test_threads.py::test_auto_leaves_the_cores_other_processes_keep_busy",),
+        ("tests/test_threads.py::test_auto_follows_omp_num_threads_and_bad_settings_are_refused",),
     ),
     M(
         "threads: zero threads accepted",

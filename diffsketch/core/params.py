@@ -385,9 +385,8 @@ class Params(_Section):
     threads: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
         "auto",
         description="CPU threads of PyTorch and the BLAS / OpenMP libraries in every stage: auto = the cores this "
-        "process may use (CPU affinity and cgroup quota) less those other processes keep busy when the stage starts, "
-        "at least 1 (OMP_NUM_THREADS when set), or a number; idle threads sleep rather than spin. Not part of any "
-        "result key. --threads overrides it per command",
+        "process may use (CPU affinity and cgroup quota; OMP_NUM_THREADS when set), or a number; idle threads sleep "
+        "rather than spin. Not part of any result key. --threads overrides it per command",
         exclude=True,
     )
     model: ModelConfig = ModelConfig()

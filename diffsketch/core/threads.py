@@ -9,15 +9,12 @@ the command line, ``threads=`` in :meth:`~diffsketch.extractor.api.SketchExtract
 of them:
 
 - ``auto``: the cores this process may use (:func:`available_cores`: its CPU affinity and the
-  cgroup CPU quota of a container), less the cores other processes keep busy when the setting is
-  applied (:func:`busy_elsewhere`), at least one; or ``OMP_NUM_THREADS`` when that is set in the
-  environment;
+  cgroup CPU quota of a container), or ``OMP_NUM_THREADS`` when that is set in the environment;
 - a number: that many threads.
 
-Why count the busy cores: a parallel region ends when its slowest thread does, and a thread that
-shares a core with a busy process waits a scheduler time slice (milliseconds) for its turn, at
-every one of the thousands of small operations of a step. With one other busy process on two
-cores, two threads are therefore slower than one (see ``benchmarks/contention.py``).
+Cores that other processes keep busy are not left out: once idle threads sleep, a thread that
+shares a core with a busy process costs little, and on a crowded machine the scheduler shares CPU
+time per thread, so fewer threads than cores get less of it (``benchmarks/contention.py``).
 
 :func:`apply_threads` applies it: ``torch.set_num_threads``, the inter-op pool (when no inter-op
 work has started yet), ``threadpoolctl`` for the BLAS and OpenMP libraries already loaded, and the
@@ -41,7 +38,6 @@ import logging
 import math
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -149,40 +145,10 @@ def available_cores(root: Path = CGROUP_ROOT) -> int:
     return max(1, cores)
 
 
-def _running(stat: str) -> int | None:
-    r"""``procs_running`` of a ``/proc/stat`` text: the runnable threads of the whole machine.
-
-    Example:
-        >>> _running("cpu  1 2 3\nprocs_running 3\nprocs_blocked 0\n"), _running("")
-        (3, None)
-    """
-    for line in stat.splitlines():
-        if line.startswith("procs_running "):
-            return int(line.split()[1])
-    return None
-
-
-def busy_elsewhere(samples: int = 5, interval: float = 0.02) -> int:
-    """How many cores other processes keep busy now: the machine's runnable threads (``/proc/stat``),
-    less the one reading them, the median of ``samples`` readings ``interval`` seconds apart; 0 when
-    they cannot be read (not on Linux)."""
-    readings = []
-    for i in range(samples):
-        running = _running(_read(Path("/proc/stat")))
-        if running is None:
-            return 0
-        readings.append(max(0, running - 1))
-        if i + 1 < samples:
-            time.sleep(interval)
-    return sorted(readings)[len(readings) // 2]
-
-
 def resolve_threads(setting: Threads | str, root: Path = CGROUP_ROOT) -> int:
     """The number of threads a ``threads`` setting means (``auto``, a number, or a number as text).
 
-    ``auto``: ``OMP_NUM_THREADS`` when set (at most the cores this process may use), else those
-    cores less the ones other processes keep busy (all the machine's cores count: this process's
-    affinity may cover only some of them), at least 1.
+    ``auto``: the cores this process may use, at most ``OMP_NUM_THREADS`` when that is set.
 
     Raises:
         ThreadsError: the setting is neither ``auto`` nor a positive whole number.
@@ -196,9 +162,7 @@ def resolve_threads(setting: Threads | str, root: Path = CGROUP_ROOT) -> int:
     if setting == "auto":
         from_env = os.environ.get("OMP_NUM_THREADS", "").strip()
         cores = available_cores(root)
-        if from_env.isdigit() and int(from_env) > 0:
-            return min(cores, int(from_env))
-        return max(1, min(cores, (os.cpu_count() or cores) - busy_elsewhere()))
+        return min(cores, int(from_env)) if from_env.isdigit() and int(from_env) > 0 else cores
     try:
         count = int(setting)
     except (TypeError, ValueError):
