@@ -260,3 +260,18 @@ def test_checkpoints_command_lists_kept_work_and_removes_what_no_output_uses(tmp
     assert f"removed 2 unused, freed {freed / 1000:.1f} KB" in removed.output
     assert (Path("models/checkpoints") / used).is_dir() and not (Path("models/checkpoints") / old).exists()
     assert not Path("data/features.zarr.kept").exists()
+
+
+def test_the_evaluation_page_warns_when_the_student_was_made_with_random_loss_networks():
+    from test_report_browser import _wide_evaluation
+
+    from diffsketch.evaluation.report import render_html
+
+    result = _wide_evaluation()
+    result.summary["student"] = {"networks": {"train_clip": "ViT-B-32:openai", "train_lpips": "alex", "distill_lpips": "alex"}}
+    assert 'id="random-networks"' not in render_html(result)
+    result.summary["student"] = {"networks": {"train_clip": "tiny", "train_lpips": "alex", "distill_lpips": "random"}}
+    page = render_html(result)
+    note = page[page.index('id="random-networks"'):]
+    note = note[: note.index("</p>")]
+    assert "tiny random CLIP" in note and "distillation&#x27;s LPIPS" in note and "generator&#x27;s LPIPS" not in note

@@ -64,6 +64,24 @@ SMOKE_NOTE = (
 )
 
 
+def random_networks(student_meta: dict) -> list[str]:
+    """The loss networks that were random stand-ins (weights missing offline) when the student was made,
+    from its ``networks`` record: the generator's CLIP and LPIPS, the distillation's LPIPS.
+
+    >>> random_networks({"networks": {"train_clip": "tiny", "train_lpips": "alex", "distill_lpips": "random"}})
+    ["the generator's CLIP loss (tiny random CLIP)", "the distillation's LPIPS loss (random AlexNet)"]
+    """
+    networks = student_meta.get("networks") or {}
+    found = []
+    if networks.get("train_clip") == "tiny":
+        found.append("the generator's CLIP loss (tiny random CLIP)")
+    if networks.get("train_lpips") == "random":
+        found.append("the generator's LPIPS loss (random AlexNet)")
+    if networks.get("distill_lpips") == "random":
+        found.append("the distillation's LPIPS loss (random AlexNet)")
+    return found
+
+
 def _best(means: dict[str, dict[str, float | None]], key: str) -> float | None:
     """The best value of a column; a single method, or one equalled by another, is not marked best (None): no bold ties."""
     values = [m[key] for m in means.values() if m.get(key) is not None]
@@ -139,6 +157,11 @@ def render_html(result) -> str:
         f"<h1>diffsketch evaluation: ground truth {escape(summary['ground_truth'])}</h1>",
         *([f'<p class="smoke" id="smoke-note"><strong>Pipeline check, not a result.</strong> {escape(SMOKE_NOTE)}</p>']
           if summary.get("model") == "tiny" else []),
+        *([f'<p class="smoke" id="random-networks"><strong>Random loss networks.</strong> The student was made with '
+           f'{escape(", ".join(random_networks(summary.get("student") or {})))}: their weights were missing, so those '
+           "losses compared a random network's features and did not steer the style as the method intends. Provide the "
+           "weights (losses.clip_model, torchvision's AlexNet file) and rerun for results.</p>"]
+          if random_networks(summary.get("student") or {}) else []),
         "<h2>Settings</h2>",
         table_html("settings", ["setting", "value"], _settings(summary)),
         "<h2>Mean scores</h2>",
