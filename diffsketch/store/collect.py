@@ -165,9 +165,11 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
         try:
             root = store.open_store(out, mode="r+")
         except store.StoreError as err:
-            if not overwrite:
+            if not overwrite and not isinstance(err, store.UnfinishedStoreError):
                 raise
             log.warning("replacing unusable store %s (%s)", out, err)
+            if workers.main and isinstance(err, store.UnfinishedStoreError):
+                store.remove(out)  # its creation was cut off (a killed run): it holds nothing
         if root is not None and root.attrs.get("fingerprint") != key.digest:
             root = kept.replace_other_key(root, out, key, overwrite, workers, "sampled")
     elif not overwrite and store.has_content(out):

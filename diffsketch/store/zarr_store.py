@@ -344,6 +344,10 @@ def open_group(path: str | Path, mode: str = "r") -> zarr.Group:
     return zarr.open_group(str(location(path)), mode=mode, zarr_format=3 if mode == "w" else None)
 
 
+class UnfinishedStoreError(StoreError):
+    """The store's creation was cut off (no fingerprint): it holds nothing, and a run may replace it."""
+
+
 class StoreBusyError(StoreError):
     """Another process is writing the store; the message names it (pid, host)."""
 
@@ -560,7 +564,7 @@ def open_store(path: str | Path, mode: str = "r") -> zarr.Group:
         )
     root = open_checked(path, mode)
     if "fingerprint" not in root.attrs:
-        raise StoreError(f"{path} was not finished being created (no fingerprint); delete it and sample again")
+        raise UnfinishedStoreError(f"{path} was not finished being created (no fingerprint); delete it and sample again")
     return root
 
 

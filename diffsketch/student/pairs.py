@@ -191,7 +191,11 @@ def _run_pairs(
     root = None
     if _store_call(store.is_group, out):
         root = _store_call(store.open_checked, out, "r+")  # damaged metadata: one line
-        if root.attrs.get("fingerprint") != key.digest:
+        if "fingerprint" not in root.attrs:  # its creation was cut off (a killed run): it holds nothing
+            root = None
+            if workers.main:
+                _store_call(store.remove, out)
+        elif root.attrs.get("fingerprint") != key.digest:
             root = replace_other_key(root, out, key, overwrite, workers, "generated")
     workers.barrier()  # process 0 has set aside the store of other settings before anyone takes one back
     if root is None and not overwrite and workers.main and take_back(out, key.digest):
