@@ -43,6 +43,7 @@ from diffsketch.core import DiffsketchError
 SPECK_LEVEL = 0.5  # on grey sketches, specks are the connected pixels darker than this
 MAX_LINE_WIDTH = 16.0
 TRANSPARENT = "transparent"
+ROWS = 256  # rows converted to 8-bit at a time
 
 
 class LineStyleError(DiffsketchError, ValueError):
@@ -186,7 +187,8 @@ def _remove_specks(values: np.ndarray, ink: np.ndarray, area: int) -> np.ndarray
 
 def apply_lines(sketch: np.ndarray, style: LineStyle) -> np.ndarray:
     """The sketch's values after binarising, speck removal and stroke width (steps 1-3), (H, W) float32 in [0, 1]."""
-    values = np.clip(np.nan_to_num(np.asarray(sketch, dtype=np.float32), nan=1.0), 0.0, 1.0)
+    values = np.nan_to_num(np.asarray(sketch, dtype=np.float32), nan=1.0, copy=True)  # our own copy, clipped in place
+    np.clip(values, 0.0, 1.0, out=values)
     if style.threshold is not None:
         values = np.where(values < style.threshold, 0.0, 1.0).astype(np.float32)
     elif style.binarize is not None:
@@ -206,7 +208,9 @@ def render(values: np.ndarray, style: LineStyle) -> Image.Image:
     Black ink on white (the default) is mode ``L``; other colours ``RGB``; a transparent
     background ``RGBA`` with the ink colour and alpha = 255 minus the grey value.
     """
-    grey = np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+    grey = np.empty(values.shape, dtype=np.uint8)
+    for top in range(0, values.shape[0], ROWS):  # a band of rows at a time: no full-size float temporaries
+        grey[top : top + ROWS] = np.rint(np.clip(values[top : top + ROWS], 0.0, 1.0) * 255.0)
     ink = np.array(parse_colour(style.line_color), dtype=np.float32)
     if style.transparent:
         rgba = np.empty((*grey.shape, 4), dtype=np.uint8)
@@ -217,8 +221,10 @@ def render(values: np.ndarray, style: LineStyle) -> Image.Image:
     if not ink.any() and (paper == 255).all():
         return Image.fromarray(grey)
     rgb = np.empty((*grey.shape, 3), dtype=np.uint8)
-    for c in range(3):  # one channel at a time: no (H, W, 3) float copy
-        rgb[..., c] = np.rint(ink[c] + (paper[c] - ink[c]) * (grey.astype(np.float32) / 255.0)).astype(np.uint8)
+    for top in range(0, grey.shape[0], ROWS):
+        band = grey[top : top + ROWS].astype(np.float32) / 255.0
+        for c in range(3):
+            rgb[top : top + ROWS, :, c] = np.rint(ink[c] + (paper[c] - ink[c]) * band)
     return Image.fromarray(rgb)
 
 

@@ -102,8 +102,8 @@ class TileNorm(nn.Module):
             out = (values - mean) / torch.sqrt(var + self.eps)
             return (out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)).to(x.dtype)
         shape = (1, -1, 1, 1)
-        out = (x.float() - self.mean.view(shape)) * self.scale.view(shape) + self.bias.view(shape)
-        return out.to(x.dtype)
+        out = x.float() - self.mean.view(shape)  # one new tensor; the rest in place
+        return out.mul_(self.scale.view(shape)).add_(self.bias.view(shape)).to(x.dtype)
 
     def settle(self) -> None:
         """Take the gathered sums as this norm's statistics."""
