@@ -18,7 +18,7 @@ def extract(
         str | None,
         typer.Option(help="cap the long side (pixels): larger images are downscaled (antialiased) before the network, and the sketch is written at that reduced size; native (the default): the photo's own size, by tiles"),
     ] = None,
-    tile: Annotated[int, typer.Option(min=0, help="photos with a side over this many pixels are sketched by overlapping tiles, equal to the whole image (0: always whole)")] = 768,
+    tile: Annotated[int, typer.Option(min=0, help="photos with a side over this many pixels are sketched by overlapping tiles, equal to the whole image (0: always whole)")] = 512,
     max_megapixels: Annotated[float, typer.Option(min=0.01, help="photos with more megapixels are refused before decoding")] = 40.0,
     line_width: Annotated[float, typer.Option(min=0.25, max=16.0, help="stroke width factor: 1 as drawn, 3 two pixels wider, 0.5 thinner")] = 1.0,
     binarize: Annotated[str | None, typer.Option(metavar="LOW,HIGH", help="black and white lines by hysteresis: ink below LOW, and below HIGH where it touches such ink (e.g. 0.3,0.6)")] = None,

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DEFAULT_TILE = 768  # tile side in pixels (its own pixels; the halo comes on top)
+DEFAULT_TILE = 512  # tile side in pixels (its own pixels; the halo comes on top)
 KEEP_BYTES = 768 * 2**20  # whole-image activations kept between passes, at most (one is at most half of it)
 
 
