@@ -200,8 +200,11 @@ def _absent(array: zarr.Array, selection) -> str | None:
         return None
     if (array.shards or array.chunks)[0] != 1:
         return None  # written once for the whole store (seeds, labels, ...)
+    keys = chunk_keys(array, int(first) % array.shape[0])
     backend = array.store
-    return next((key for key in chunk_keys(array, int(first) % array.shape[0]) if not sync(backend.exists(key))), None)
+    if isinstance(backend, zarr.storage.LocalStore):  # a stat, without a trip through zarr's event loop
+        return next((key for key in keys if not os.path.isfile(os.path.join(backend.root, key))), None)
+    return next((key for key in keys if not sync(backend.exists(key))), None)
 
 
 def read(array: zarr.Array, selection=slice(None)) -> np.ndarray:
