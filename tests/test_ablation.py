@@ -204,8 +204,13 @@ if args[:3] == ["exp", "show", "--json"]:
              "metrics": {"reports/eval/metrics.json": {"data": {"student": {"ssim": 0.5}}}}}, "error": None}]} for n, e in data.items()]
     print(json.dumps([{"rev": "workspace", "experiments": None}, {"rev": head, "experiments": exps}]))
     sys.exit(0)
-assert args[:4] == ["exp", "run", "--temp", "-f"], args
+if args[:2] == ["exp", "remove"]:
+    data.pop(args[2])
+    state.write_text(json.dumps(data))
+    sys.exit(0)
+assert args[:3] == ["exp", "run", "--temp"] and "-f" not in args, args  # -f would rerun every stage
 name = args[args.index("-n") + 1]
+assert name not in data, "the experiment exists: dvc exp run would refuse"
 params = yaml.safe_load(Path("params.yaml").read_text())
 for i, item in enumerate(args):
     if item == "-S":
@@ -295,6 +300,11 @@ def test_the_runner_streams_each_experiment_names_failures_and_resumes(fake_dvc,
     runner.run_ablation(fake_dvc, rows, echo=echo)
     assert [line for _, line in echoed] == ["nothing to run: all 3 experiment(s) have their results (diffsketch ablate --show prints them)"]
     assert len(_runs(fake_dvc)) == 4
+
+    rows[2] = Row("wo-l1", "", {"losses.l1": 1})  # the row changed: its experiment is replaced
+    runner.run_ablation(fake_dvc, rows, echo=echo)
+    calls = (fake_dvc / ".dvc" / "tmp" / "fake-calls.txt").read_text().splitlines()
+    assert calls[-2] == "exp remove ablate-wo-l1" and _runs(fake_dvc)[4:] == ["ablate-wo-l1"] and "losses.l1=1" in calls[-1]
 
 
 def test_seeds_run_each_row_with_shifted_training_seeds_and_show_fits_100_columns(fake_dvc, monkeypatch):

@@ -7,7 +7,7 @@ on top of ``params.yaml`` as it is (dotted keys). Each row runs once per trainin
 
 :func:`run_ablation` checks the repository and every row against the params schema before
 anything runs, then runs each experiment without a result, one after the other, with
-``dvc exp run --temp -f -n NAME -S params.yaml:KEY=VALUE`` (:func:`run_experiment`; not DVC's
+``dvc exp run --temp -n NAME -S params.yaml:KEY=VALUE`` (:func:`run_experiment`; not DVC's
 queue, whose worker can die and leave the caller waiting). It echoes each experiment's stages as
 they start (``[i/n] NAME: stage train (1m02s)``), keeps its whole output in
 ``.dvc/tmp/ablate/NAME.log``, and returns when the last one ends; a failed one is named with its
@@ -18,7 +18,8 @@ An experiment counts as done when ``ablate-NAME[-seedS]`` of the current commit 
 it stands for (the current ``params.yaml`` plus the row's overrides and the seed, compared after
 validation) and has the evaluation's metrics; such experiments are skipped, so a second
 ``diffsketch ablate`` runs only what is unfinished. One whose params differ (an edit of
-``params.yaml`` or of the rows file) is run again, replacing its experiment.
+``params.yaml`` or of the rows file) is removed (``dvc exp remove``) and run again. (``dvc exp run
+-f`` would replace it too, but it also forces every stage to run again.)
 
 :func:`collect` reads each row's results from its done experiments: the per-image scores of the
 generator and the student (``reports/eval/per_image.csv``), gathered into a mean and a 95 %
@@ -309,7 +310,7 @@ def run_experiment(root: Path, run: Run, raw: dict, index: int, total: int, para
     heartbeat = HEARTBEAT_SECONDS if heartbeat is None else heartbeat
     log_path = root / LOG_DIR / f"{run.experiment}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    args = [*DVC, "exp", "run", "--temp", "-f", "-n", run.experiment]
+    args = [*DVC, "exp", "run", "--temp", "-n", run.experiment]  # never -f: it would rerun every stage
     for item in run.set_params(raw):
         args += ["-S", f"{params_path.as_posix()}:{item}"]
     tag = f"[{index}/{total}] {run.experiment}"
@@ -379,6 +380,11 @@ def run_ablation(root: str | Path, rows: list[Row], seeds: int = 1, params_path:
     echo(f"{len(runs)} experiment(s) ({len(rows)} row(s) x {seeds} seed(s)): {done} done and skipped, {len(todo)} to run")
     raw, failed = read_raw_params(root / params_path), []
     for index, run in enumerate(todo, 1):
+        if before[run.experiment] != "new":  # an experiment of that name ran with other params, or is queued: replace it
+            gone = _dvc(root, "exp", "remove", run.experiment)
+            if gone.returncode != 0:
+                raise AblationError(f"could not replace {run.experiment}: dvc exp remove {run.experiment} failed: "
+                                    f"{(gone.stderr or gone.stdout).strip()}")  # fmt: skip
         ok, log_path = run_experiment(root, run, raw, index, len(todo), params_path, echo)
         if not ok:
             failed.append(f"{run.experiment} (log: {log_path})")
