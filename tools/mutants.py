@@ -920,6 +920,50 @@ MUTANTS += [
 ]
 
 
+MUTANTS += [
+    # --- damaged stores never read silently, the projection on disk, finite features (store) ----------
+    M(
+        "store.read: absent chunk files read as the fill value",
+        "diffsketch/store/zarr_store.py",
+        "    missing = _absent(array, selection)\n",
+        "    missing = None\n",
+        ("tests/test_verify.py::test_analyze_refuses_a_deleted_unet_chunk_file",),
+        "zarr returns zeros for an absent chunk: analyze would finish on them",
+    ),
+    M(
+        "repair: the damaged entries' chunk files kept",
+        "diffsketch/store/integrity.py",
+        "                    sync(array.store.delete(key))\n",
+        "                    pass\n",
+        ("tests/test_verify.py::test_repair_removes_a_damaged_shard_so_that_sample_rewrites_it",),
+        "the rerun's shard write reads the damaged shard first",
+    ),
+    M(
+        "verify: metadata documents not checked",
+        "diffsketch/store/integrity.py",
+        "    meta, _, docs = _metadata(loc)\n",
+        "    meta, docs = [], {}\n",
+        ("tests/test_verify.py::test_truncated_metadata_is_found_named_and_rebuilt",),
+        "a cut zarr.json passes verify and breaks every later consolidation",
+    ),
+    M(
+        "projection: the entries' folders not counted",
+        "diffsketch/store/diskspace.py",
+        "    entry_allocated = per_entry + entry_folders * fs.folder\n",
+        "    entry_allocated = per_entry\n",
+        ("tests/test_diskspace.py::test_projection_counts_blocks_and_folders",),
+        "each trajectory's nested chunk folders cost a block each on ext4",
+    ),
+    M(
+        "sample: non-finite rows written",
+        "diffsketch/store/collect.py",
+        '    bad = store.nonfinite(named | {"noise": noise, "latents": latents})\n',
+        "    bad = {}\n",
+        ("tests/test_store.py::test_an_activation_beyond_float16_is_never_written_and_is_sampled_again",),
+        "an overflowing float16 feature would be stored as inf without a word",
+    ),
+]
+
 def _copy_repo(dst: Path) -> None:
     """The files git tracks plus untracked ones it does not ignore, as they are in the working tree."""
     listed = subprocess.run(
