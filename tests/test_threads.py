@@ -101,9 +101,12 @@ def test_apply_threads_sizes_torch_blas_and_the_environment(restored):
         assert blas and set(blas) == {count}
 
 
-def test_sleep_when_idle_keeps_what_the_user_set(restored):
-    restored.setenv("OMP_WAIT_POLICY", "ACTIVE")
+def test_sleep_when_idle_sets_the_wait_policy_and_keeps_what_the_user_set(restored):
     assert sleep_when_idle() is False  # torch is loaded in this process: too late for its OpenMP runtime
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE" and os.environ["KMP_BLOCKTIME"] == "0"
+    restored.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    restored.delenv("KMP_BLOCKTIME")
+    sleep_when_idle()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and os.environ["KMP_BLOCKTIME"] == "0"
 
 

@@ -831,7 +831,7 @@ MUTANTS += [
         "diffsketch/core/threads.py",
         'WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}',
         'WAIT_POLICY = {"KMP_BLOCKTIME": "0"}',
-        ("tests/test_threads.py::test_the_command_line_makes_openmp_threads_sleep",),
+        ("tests/test_threads.py::test_sleep_when_idle_sets_the_wait_policy_and_keeps_what_the_user_set",),
     ),
     M(
         "cli: the params' threads win over --threads",
