@@ -28,6 +28,7 @@ CSS = """
 .smoke { background: #fff4d6; border: 1px solid #e0b84c; padding: 0.6em 0.9em; }
 #ablation { font-size: 0.9em; }
 #ablation td:nth-child(2) { min-width: 16em; }
+#ablation td:first-child { white-space: nowrap; }
 #ablation td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 #ablation td.nolines { color: #888; font-style: italic; }
 #sketches img { width: 128px; height: auto; border: 1px solid #ddd; display: block; }
