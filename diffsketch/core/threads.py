@@ -12,9 +12,10 @@ of them:
   cgroup CPU quota of a container), or ``OMP_NUM_THREADS`` when that is set in the environment;
 - a number: that many threads.
 
-Cores that other processes keep busy are not left out: once idle threads sleep, a thread that
-shares a core with a busy process costs little, and on a crowded machine the scheduler shares CPU
-time per thread, so fewer threads than cores get less of it (``benchmarks/contention.py``).
+Cores that other processes keep busy are not left out: with idle threads asleep, ``auto`` came
+within 1.15 of the best fixed count next to a busy process, and on a crowded machine the scheduler
+shares CPU time per thread, so one thread got less of it than two (``benchmarks/contention.py``,
+docs/performance.md).
 
 :func:`apply_threads` applies it: ``torch.set_num_threads``, the inter-op pool (when no inter-op
 work has started yet), ``threadpoolctl`` for the BLAS and OpenMP libraries already loaded, and the
