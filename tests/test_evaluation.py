@@ -164,6 +164,13 @@ def test_a_sketch_without_line_pixels_is_no_lines_never_averaged_in_or_ranked(ev
     assert "| sobel |" in results_markdown(result.summary, result.metrics_json()) and "no lines" in results_markdown(result.summary, result.metrics_json())
 
 
+def test_a_tie_is_not_bold():
+    from diffsketch.evaluation.report import means_table_html
+
+    tied = means_table_html({"a": {"ssim": 0.5, "chamfer": 2.0}, "b": {"ssim": 0.5, "chamfer": 3.0}}, {})
+    assert tied.count("<strong>") == 1 and "<strong>2.0000</strong>" in tied  # ssim ties: neither is the best
+
+
 def test_the_generator_is_scored_directly_as_the_training_example_path_sketches_a_photo(teacher, tmp_path, tiny):
     from diffsketch.core.params import parse_params as parse
     from diffsketch.diffusion.features import unet_layers, vae_layers
