@@ -49,7 +49,7 @@ STUDENTS = {"paper": StudentConfig(32, 3, 4), "smoke": StudentConfig(16, 3, 2)}
 
 def _sync() -> None:
     if torch.cuda.is_available():
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(torch.device("cuda", torch.cuda.current_device()))
 
 
 def _median(fn, repeats: int) -> float:
