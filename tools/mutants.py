@@ -345,6 +345,13 @@ MUTANTS: list[Mutant] = [
         ("tests/test_evaluation.py::test_the_generator_is_scored_directly_as_the_training_example_path_sketches_a_photo",),
     ),
     M(
+        "evaluation report: a tie is bold",
+        "diffsketch/evaluation/report.py",
+        "    return best if values.count(best) == 1 else None\n",
+        "    return best\n",
+        ("tests/test_evaluation.py::test_a_tie_is_not_bold",),
+    ),
+    M(
         "analysis report: every timeline label in one lane",
         "diffsketch/analysis/report.py",
         "        lane = next((n for n, end in enumerate(ends) if end + gap <= left), len(ends))\n",
