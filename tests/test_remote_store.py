@@ -122,7 +122,8 @@ def test_sample_to_s3_equals_local_and_resumes(s3, prompts_dir, tmp_path, tiny, 
     assert url == f"{s3}/features.zarr"
     remote = store.open_store(url)
     assert_same_stores(store.open_store(local), remote)
-    assert dict(remote.attrs) == dict(store.open_store(local).attrs)
+    same = lambda attrs: {k: v for k, v in attrs.items() if k != "projected_bytes"}  # noqa: E731 - bytes on a filesystem vs objects
+    assert same(remote.attrs) == same(store.open_store(local).attrs)
     info = store.summary(Path(url))  # a URL through a Path (the CLI's options) still works
     assert info["complete"] == 2 and info["disk_bytes"] > 0
 
@@ -160,7 +161,8 @@ def test_pairs_to_s3_resume_and_read(s3, teacher, tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(pairs_module, "sample_conditions", real)
     run_pairs(params, gen, prior, url, progress=False, model=tiny)
     assert_same_stores(open_pairs(tmp_path / "local.zarr"), open_pairs(url))
-    assert dict(open_pairs(url).attrs) == dict(open_pairs(tmp_path / "local.zarr").attrs)
+    same = lambda attrs: {k: v for k, v in attrs.items() if k != "projected_bytes"}  # noqa: E731 - bytes on a filesystem vs objects
+    assert same(open_pairs(url).attrs) == same(open_pairs(tmp_path / "local.zarr").attrs)
 
     # a local store copied to the bucket with plain fsspec reads back identically
     fs, _ = fsspec.core.url_to_fs(s3, skip_instance_cache=True)

@@ -15,8 +15,8 @@ The bytes of an entry's chunk files are measured on a sample of written entries
 (:data:`MEASURED_ENTRIES` of them, spread over the store) where the store holds any and is local;
 a new store is projected with its chunks uncompressed (an upper bound: features of random weights do
 not compress at all and real ones only somewhat, docs/performance.md). A finished `sample` or
-`pairs` run records the projection of the whole store, measured on its own chunks, in the store's
-attribute ``projected_bytes``. The free space is that of the filesystem holding the store (its
+`pairs` run records the projection of the whole store, measured on its own chunks (a local one's),
+in the store's attribute ``projected_bytes``. The free space is that of the filesystem holding the store (its
 nearest existing folder); a store the run replaces counts as free. Remote stores (``s3://`` ...)
 are not checked and count their files' bytes alone.
 
@@ -244,7 +244,7 @@ def projected_size(path: str | Path, root: zarr.Group, done: int = 0, fs: Filesy
 
 def record_projection(root: zarr.Group, path: str | Path, what: str) -> Projection:
     """Project the finished store at ``path`` from its own chunks and record the total in its attribute
-    ``projected_bytes`` (process 0, before :func:`store.finalize`)."""
+    ``projected_bytes`` (process 0, before :func:`store.finalize`; a remote store: its objects' bytes)."""
     done = int(store.complete_mask(root).sum())
     projection = projected_size(path, root, done)
     root.attrs["projected_bytes"] = projection.total_bytes
