@@ -159,7 +159,7 @@ def test_size_caps_the_long_side_to_even_sides(extractor, noisy_clip, tmp_path):
 def test_frames_go_through_the_network_in_batches(extractor, noisy_clip, tmp_path, monkeypatch):
     sizes = []
     original = extractor.sketch_tensors
-    monkeypatch.setattr(extractor, "sketch_tensors", lambda images: sizes.append(len(images)) or original(images))
+    monkeypatch.setattr(extractor, "sketch_tensors", lambda images, **kw: sizes.append(len(images)) or original(images, **kw))
     extractor.sketch_video(noisy_clip, tmp_path / "out.mp4")
     assert sizes == [4] * 5  # batch_size 4, 20 frames
 

@@ -480,7 +480,7 @@ def _stream(av, extractor, container, source, target, tmp, size, settings, thres
     def flush(pending: list) -> None:
         if not pending:
             return
-        sketches = extractor.sketch_tensors([image for image, _ in pending])
+        sketches = extractor.sketch_tensors([image for image, _ in pending], tile=0)  # whole frames, batched
         for (image, pts), sketch in zip(pending, sketches):
             own = torch.from_numpy(np.asarray(sketch, dtype=np.float32))
             written = temporal(image, own) if temporal is not None else own
