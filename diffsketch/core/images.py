@@ -118,13 +118,9 @@ def check_image_file(path: str | Path, param: str | None = None) -> tuple[int, i
     try:
         with Image.open(path) as im:
             im.verify()  # must come straight after open
-        with Image.open(path) as im:
-            width, height = im.size
-            if _orientation(im) in (5, 6, 7, 8):
-                width, height = height, width
     except READ_ERRORS as err:
         raise ImageError(f"{path} is not a readable image ({err}); re-save it as PNG, or {fix}") from None
-    return height, width
+    return image_size(path, param=param)
 
 
 def _pixels(im: Image.Image) -> np.ndarray:
