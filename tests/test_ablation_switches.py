@@ -75,9 +75,11 @@ def _conditions(monkeypatch, cdst: str, iterations, horizon=10, batch=2):
     trainer.unet_specs = trainer.vae_specs = []
     trainer.example = types.SimpleNamespace(cond=torch.full((1, 77, 32), 7.0))
     trainer.model = types.SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32)
+    trainer.halving = training.batching.Halving(batch, torch.device("cpu"), "train")
     seen = []
-    monkeypatch.setattr(training, "initial_noise", lambda *a, **k: None)
+    monkeypatch.setattr(training, "initial_noise", lambda model, seeds, *a, **k: torch.zeros(len(seeds), 4, 8, 8))
     monkeypatch.setattr(training, "sample_conditions", lambda model, cond, *a, **k: seen.append(cond.clone()))
+    monkeypatch.setattr(training.SampleResult, "cat", staticmethod(lambda results: results))
     for i in iterations:
         trainer.sample_batch(i)
     return seen, prior, params
