@@ -198,11 +198,12 @@ def test_previews_keep_each_trajectorys_prompt_and_final_image(tmp_path):
     from diffsketch.analysis.timesteps import THUMBNAIL
 
     path = synthetic_store(tmp_path / "s.zarr", trajectories=6)
-    root = store.open_group(path, mode="r+")
-    root.attrs["prompts"] = ["a horse", "a cat", "ramen"]
-    root["prompt_ids"][:] = [2, 1, 0, 2, 1, 0]
-    for i in range(6):
-        root["images"][i] = np.full((64, 64, 3), 40 * i, np.uint8)
+    with store.writing():  # as the sample stage writes: all-zero chunks too (an absent chunk file is damage)
+        root = store.open_group(path, mode="r+")
+        root.attrs["prompts"] = ["a horse", "a cat", "ramen"]
+        root["prompt_ids"][:] = [2, 1, 0, 2, 1, 0]
+        for i in range(6):
+            root["images"][i] = np.full((64, 64, 3), 40 * i, np.uint8)
     result = analyze(path, cfg(k=4, k_max=5), progress=False)
     assert result.trajectory_ids.tolist() == list(range(6))
     assert result.prompts.tolist() == ["ramen", "a cat", "a horse", "ramen", "a cat", "a horse"]
