@@ -736,12 +736,12 @@ class SketchExtractor:
         return documents[0] if single else documents
 
     def sketch_video(self, source, target, *, size: int | None = None, temporal=True, threshold: float | None = None,
-                     progress: bool = False):  # fmt: skip
+                     progress: bool = False) -> VideoReport:  # noqa: F821 - video.py imports this module  # fmt: skip
         """Sketch the video file ``source`` (mp4, mov, mkv, webm, gif) into ``target``, streaming;
         :func:`diffsketch.extractor.video.sketch_video` with this extractor.
 
         Returns:
-            A :class:`~diffsketch.extractor.video.VideoReport` (frames, frame rate, flicker and lag).
+            The run's frames, frame rate, flicker and lag.
         """
         from diffsketch.extractor.video import sketch_video
 

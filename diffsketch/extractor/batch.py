@@ -356,8 +356,11 @@ def run_extract(
         progress: show a progress bar over the images.
         tile: the tile side in pixels for photos sketched at a larger size (0: always whole).
         max_megapixels: photos with more pixels are reported as failed without being decoded (None: no cap).
-        line_width, binarize, min_speck, line_color, background: the line controls
-            (:mod:`diffsketch.extractor.lines`); ``background`` ``transparent`` is ``transparent``.
+        line_width: stroke width factor (:mod:`diffsketch.extractor.lines`, as for the rest of the line controls).
+        binarize: hysteresis thresholds ``(low, high)``, or a named mode.
+        min_speck: connected ink areas smaller than this many pixels are removed.
+        line_color: the ink colour.
+        background: the paper colour, or ``transparent`` (the same as ``transparent``).
 
     Returns:
         The :class:`ExtractReport`.

@@ -381,7 +381,7 @@ def _to_grey(values: torch.Tensor, threshold: float | None) -> torch.Tensor:
 
 
 def sketch_video(
-    extractor,
+    extractor: SketchExtractor,  # noqa: F821 - the API calls this module: annotation only, no import circle
     source: str | os.PathLike,
     target: str | os.PathLike,
     *,
