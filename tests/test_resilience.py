@@ -172,7 +172,7 @@ def test_train_skips_a_nan_loss_and_never_writes_nonfinite_weights(tiny, tmp_pat
     with pytest.raises(NonFiniteError, match=r"train stopped at iteration 3\b.*2 iterations in a row.*train\.lr"):
         training.run_train(params, paths, progress=False, model=tiny)
     assert not paths.generator.exists()
-    ckpts = {int(p.stem.split("-")[1]): p for p in paths.checkpoints.glob("checkpoint-*.safetensors")}
+    ckpts = {int(p.stem.split("-")[1]): p for p in paths.checkpoints.rglob("checkpoint-*.safetensors")}  # under the run's key
     assert sorted(ckpts) == [2, 3]  # the last two kept; nothing written after the stop
     assert json.loads(checkpoint_meta(ckpts[3])["guard"])["skipped"] == 2  # iterations 0 and 2 skipped, 1 trained
     for path in ckpts.values():
