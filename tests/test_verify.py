@@ -227,7 +227,9 @@ def test_truncated_metadata_is_found_named_and_rebuilt(sampled, tiny, tmp_path, 
     run_sample(params, damaged, progress=False, model=tiny)
     assert runner.invoke(app, ["inspect", "--verify", "--no-progress", str(damaged)]).exit_code == 0
     assert_same_stores(untouched, damaged)
-    assert store.open_store(damaged).attrs.asdict() | {} == store.open_store(untouched).attrs.asdict() | {}
+    measured = {"projected_bytes"}  # a projection measured when the run finishes, not a setting
+    attrs = lambda path: {k: v for k, v in store.open_store(path).attrs.asdict().items() if k not in measured}  # noqa: E731
+    assert attrs(damaged) == attrs(untouched)
 
 
 def test_metadata_without_a_copy_names_the_command_that_recreates_the_store(sampled, tmp_path):
