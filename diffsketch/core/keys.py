@@ -54,7 +54,7 @@ NEUTRAL: dict[str, str] = {
     "distill.checkpoint_every": "how often a resumable checkpoint is written",
     "distill.max_skips": "when a run of non-finite steps stops distillation; a finished run is unaffected",
     "analyze.device": "where the PCA runs",
-    "threads": "how many CPU threads torch uses",
+    "threads": "how many CPU threads torch uses; results agree across thread counts up to float rounding",
     "launch.processes": "how many worker processes share sample and pairs",
     "launch.args": "torchrun arguments",
 }
