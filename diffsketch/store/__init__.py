@@ -10,7 +10,7 @@ Public names (imported on first use, so importing the package costs nothing):
 - :mod:`~diffsketch.store.collect`: ``SampleInputError``, ``run_sample``
 - :mod:`~diffsketch.store.integrity`: ``verify``, ``repair``
 - :mod:`~diffsketch.store.diskspace`: ``DiskSpaceError``, ``DiskFullError``
-- :mod:`~diffsketch.store.kept`: ``kept_stores``, ``replace_other_key``, ``take_back``
+- :mod:`~diffsketch.store.kept`: ``kept_stores``, ``replace_other_key``, ``resume_kept``, ``take_back``
 
 Modules used as namespaces: ``zarr_store``, ``diskspace``.
 """
@@ -25,6 +25,6 @@ __getattr__, __dir__, __all__ = attach(
         "collect": ["SampleInputError", "run_sample"],
         "integrity": ["verify", "repair"],
         "diskspace": ["DiskSpaceError", "DiskFullError"],
-        "kept": ["kept_stores", "replace_other_key", "take_back"],
+        "kept": ["kept_stores", "replace_other_key", "resume_kept", "take_back"],
     },
 )

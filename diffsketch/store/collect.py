@@ -174,10 +174,7 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
             root = kept.replace_other_key(root, out, key, overwrite, workers, "sampled")
     elif not overwrite and store.has_content(out):
         raise store.StoreError(f"{out} exists and is not a feature store; remove it or choose another --out")
-    workers.barrier()  # process 0 has set aside or taken back the store before anyone opens it
-    if root is None and not overwrite and workers.main and kept.take_back(out, key.digest):
-        log.info("%s: resuming the store kept for these settings", out)
-    workers.barrier()
+    kept.resume_kept(out, key, workers, "store", wanted=root is None and not overwrite)
     if root is None and store.is_group(out) and not overwrite:
         root = store.open_store(out, mode="r+")
 

@@ -92,3 +92,13 @@ def replace_other_key(root, out, key: ResultKey, overwrite: bool, workers, made:
         if workers.main:
             set_aside(out, str(old))
     return None
+
+
+def resume_kept(out, key: ResultKey, workers, what: str, *, wanted: bool) -> None:
+    """Every process of a run calls this, between the store check and opening the store: where a store
+    is ``wanted`` (none of ``key`` is at ``out``, and no --overwrite), process 0 takes back the one kept
+    under ``key``; the barriers around it let every process then open what is there."""
+    workers.barrier()  # process 0 has set aside the store of other settings before it takes one back
+    if wanted and workers.main and take_back(out, key.digest):
+        log.info("%s: resuming the %s kept for these settings", out, what)
+    workers.barrier()

@@ -45,7 +45,7 @@ from diffsketch.diffusion import (
     unet_layers,
     vae_layers,
 )
-from diffsketch.store import PAIR, StoreError, compressors, diskspace, replace_other_key, take_back
+from diffsketch.store import PAIR, StoreError, compressors, diskspace, replace_other_key, resume_kept
 from diffsketch.store import zarr_store as store
 from diffsketch.training import TextPrior, inputs_from_result, load_generator
 
@@ -197,10 +197,7 @@ def _run_pairs(
                 _store_call(store.remove, out)
         elif root.attrs.get("fingerprint") != key.digest:
             root = replace_other_key(root, out, key, overwrite, workers, "generated")
-    workers.barrier()  # process 0 has set aside the store of other settings before anyone takes one back
-    if root is None and not overwrite and workers.main and take_back(out, key.digest):
-        log.info("%s: resuming the pairs kept for these settings", out)
-    workers.barrier()
+    resume_kept(out, key, workers, "pairs", wanted=root is None and not overwrite)
     if root is None and not overwrite and _store_call(store.is_group, out):
         root = _store_call(store.open_checked, out, "r+")  # damaged metadata: one line
     todo = list(range(cfg.count)) if root is None else [int(i) for i in np.flatnonzero(~store.complete_mask(root))]
