@@ -71,7 +71,7 @@ def test_projection_refusal_force_and_measured_compression(tiny, prompts, refere
     with caplog.at_level(logging.INFO, logger="diffsketch.store.diskspace"), pytest.raises(KeyboardInterrupt):
         run_sample(params, out, progress=False, model=tiny, force=True)
     assert "--force: starting anyway" in caplog.text
-    assert f"projected size on disk" in caplog.text and f"({n} trajectories x" in caplog.text, caplog.text
+    assert "projected size on disk" in caplog.text and f"({n} trajectories x" in caplog.text, caplog.text
     assert "chunks counted uncompressed" in caplog.text and "compression" not in caplog.text
     monkeypatch.undo()
 

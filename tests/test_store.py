@@ -310,22 +310,69 @@ def test_trajectory_outside_the_first_batch_equals_sampling_it_alone(prompts_dir
             )  # fmt: skip
 
 
-def _overflow(tiny, calls: list, on_calls) -> list:
-    """A forward hook on the module of the tiny UNet's first captured layer that makes its activations
-    70,000 (above float16's 65,504) during the sampling calls ``on_calls`` (it runs before the feature
-    tap installed when the model loaded, which keeps what it returns)."""
+def _activation(model, calls: list, on_calls, value: float, group: str = "unet") -> list:
+    """A forward hook on the module of the tiny model's first captured ``group`` layer that sets its
+    activations to ``value`` during the sampling calls ``on_calls`` (it runs before the feature tap
+    installed when the model loaded, which keeps what it returns); ``[handle, "group/layer"]``."""
     import torch
 
-    from diffsketch.diffusion.features import unet_layers
+    from diffsketch.diffusion.features import unet_layers, vae_layers
 
-    spec = unet_layers(tiny.unet.config, 64, tiny.vae_scale_factor, "residual")[0]
+    if group == "unet":
+        spec, root = unet_layers(model.unet.config, 64, model.vae_scale_factor, "residual")[0], model.unet
+    else:
+        spec, root = vae_layers(model.vae.config, 64)[0], model.vae
 
     def hook(module, args, output):
         if len(calls) in on_calls:
-            output = torch.full_like(output, 70_000.0)
+            output = torch.full_like(output, value)
         return output
 
-    return [tiny.unet.get_submodule(spec.module).register_forward_hook(hook, prepend=True), f"unet/{spec.name}"]
+    return [root.get_submodule(spec.module).register_forward_hook(hook, prepend=True), f"{group}/{spec.name}"]
+
+
+@pytest.mark.parametrize(
+    "value, exponent", [(65504.0, 0), (70_000.0, 1), (131_008.0, 1), (131_009.0, 2), (-70_000.0, 1), (1e30, 84)]
+)
+def test_overflow_exponent_is_the_smallest_power_of_two_that_fits_float16(value, exponent):
+    import torch
+
+    from diffsketch.diffusion.features import overflow_exponents
+
+    x = torch.tensor([[value, 1.0], [1.0, 2.0], [float("inf"), 1e9], [float("nan"), 0.0], [0.0, 0.0]])
+    assert overflow_exponents(x).tolist() == [exponent, 0, 0, 0, 0]  # non-finite rows: 0, left for the finiteness check
+    assert abs(value / 2.0**exponent) <= 65504.0 and (exponent == 0 or abs(value / 2.0 ** (exponent - 1)) > 65504.0)
+    assert np.isfinite(np.float16(value / 2.0**exponent))
+
+
+def test_an_activation_beyond_float16_is_stored_finite_with_its_exponent(prompts_dir, tmp_path, tiny, monkeypatch):
+    params = small_params(prompts_dir, trajectories=2, steps=2, batch_size=2)
+    calls: list = []
+    _counting(monkeypatch, calls)
+    big = 2.0**17  # 131072: twice float16's range and a power of two, so stored exactly as 2**15 with exponent 2
+    hooks = [_activation(tiny, calls, {1}, big, "unet"), _activation(tiny, calls, {1}, -3 * big, "vae")]
+    try:
+        out = run_sample(params, tmp_path / "features.zarr", progress=False, model=tiny)
+    finally:
+        for handle, _ in hooks:
+            handle.remove()
+    root = store.open_store(out)
+    assert store.complete_mask(root).all() and "failed" not in root.attrs and len(calls) == 1  # one batch, no retry
+    (_, unet_path), (_, vae_path) = hooks
+    unet_name, vae_name = unet_path.split("/")[1], vae_path.split("/")[1]
+    raw = root[unet_path][...]
+    assert np.isfinite(raw).all() and (raw == 2.0**15).all()
+    assert (store.read_features(root, "unet", unet_name) == big).all()
+    assert (store.read_features(root, "unet", unet_name, (1, slice(None), 0)) == big).all()
+    unet_exp = root["unet_exponent"][...]
+    column = root["unet_exponent"].attrs["layers"].index(unet_name)
+    assert (unet_exp[..., column] == 2).all() and (np.delete(unet_exp, column, axis=-1) == 0).all()
+    vae_exp = root["vae_exponent"][...]
+    vae_column = root["vae_exponent"].attrs["layers"].index(vae_name)
+    assert (vae_exp[:, vae_column] == 3).all()  # 3 * 2**17 / 65504 = 6.0...: 2**3
+    assert (store.read_features(root, "vae", vae_name, 0) == -3 * big).all()
+    other = next(n for n in root["unet_exponent"].attrs["layers"] if n != unet_name)  # untouched: as stored
+    assert np.array_equal(store.read_features(root, "unet", other), root[f"unet/{other}"][...])
 
 
 def _counting(monkeypatch, calls: list) -> None:
@@ -340,11 +387,11 @@ def _counting(monkeypatch, calls: list) -> None:
     monkeypatch.setattr(collect, "sample", counted)
 
 
-def test_an_activation_beyond_float16_is_never_written_and_is_sampled_again(prompts_dir, tmp_path, tiny, monkeypatch):
+def test_an_infinite_activation_is_never_written_and_is_sampled_again(prompts_dir, tmp_path, tiny, monkeypatch):
     params = small_params(prompts_dir, trajectories=2, steps=2, batch_size=2)
     calls: list = []
     _counting(monkeypatch, calls)
-    handle, name = _overflow(tiny, calls, on_calls={1})  # the first batch only; the float32 retries are clean
+    handle, name = _activation(tiny, calls, {1}, float("inf"))  # the first batch only; the float32 retries are clean
     written = []
     real_write = store.write_trajectories
     monkeypatch.setattr(store, "write_trajectories", lambda root, idx, *rest: written.append(list(idx)) or real_write(root, idx, *rest))
@@ -358,15 +405,15 @@ def test_an_activation_beyond_float16_is_never_written_and_is_sampled_again(prom
     assert store.complete_mask(store.open_store(out)).all() and "failed" not in store.open_store(out).attrs
 
 
-def test_an_activation_beyond_float16_in_float32_too_is_recorded_as_failed(prompts_dir, tmp_path, tiny, monkeypatch):
+def test_an_infinite_activation_in_float32_too_is_recorded_as_failed(prompts_dir, tmp_path, tiny, monkeypatch):
     from diffsketch.store.collect import NonFiniteFeaturesError
 
     params = small_params(prompts_dir, trajectories=2, steps=2, batch_size=2)
     calls: list = []
     _counting(monkeypatch, calls)
-    handle, name = _overflow(tiny, calls, on_calls={1, 2})  # the batch and the retry of trajectory 0
+    handle, name = _activation(tiny, calls, {1, 2}, float("nan"))  # the batch and the retry of trajectory 0
     try:
-        with pytest.raises(NonFiniteFeaturesError, match=rf"1 trajectories \(0\) gave NaN or infinite values .*trajectory 0: {name}.*65504"):
+        with pytest.raises(NonFiniteFeaturesError, match=rf"1 trajectories \(0\) gave NaN or infinite values .*trajectory 0: {name}"):
             run_sample(params, tmp_path / "features.zarr", progress=False, model=tiny)
     finally:
         handle.remove()

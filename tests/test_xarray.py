@@ -15,7 +15,8 @@ from diffsketch.store.collect import run_sample
 
 xr = pytest.importorskip("xarray")
 
-COORDINATES = {"timestep", "unet/timestep", "unet/half"}  # what this change adds besides the names
+COORDINATES = {"timestep", "unet/timestep", "unet/half"}  # what format 2 adds besides the names
+EXPONENTS = {"unet_exponent", "vae_exponent"}  # what format 3 adds
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +83,12 @@ def test_vae_and_root_groups_open_with_named_dimensions(sampled):
     for name in ("seeds", "labels", "prompt_ids", "complete"):
         assert top[name].dims == ("trajectory",)
     assert top["timesteps"].dims == ("timestep",)
+    assert top["unet_exponent"].dims == ("trajectory", "timestep", "unet_layer")
+    assert top["vae_exponent"].dims == ("trajectory", "vae_layer") and (top["vae_exponent"].values == 0).all()
     np.testing.assert_array_equal(top["timestep"].values, root["timesteps"][:])
     for name in ("images", "noise", "latents", "seeds", "labels", "prompt_ids", "complete", "timesteps"):
         np.testing.assert_array_equal(top[name].values, root[name][:], err_msg=name)
-    assert top.attrs["fingerprint"] == root.attrs["fingerprint"] and top.attrs["format_version"] == 2
+    assert top.attrs["fingerprint"] == root.attrs["fingerprint"] and top.attrs["format_version"] == 3
 
 
 def test_inspect_lists_data_arrays_not_coordinates(sampled):
@@ -93,7 +96,7 @@ def test_inspect_lists_data_arrays_not_coordinates(sampled):
     root = zarr.open_group(str(path), mode="r")
     listed = {name for name, *_ in store.summary(path)["arrays"]}
     layers = {f"{g}/{s['name']}" for g in ("unet", "vae") for s in root.attrs[f"{g}_layers"]}
-    top = {"images", "noise", "latents", "timesteps", "seeds", "labels", "prompt_ids", "complete"}
+    top = {"images", "noise", "latents", "timesteps", "seeds", "labels", "prompt_ids", "complete"} | EXPONENTS
     assert listed == layers | top
     assert COORDINATES <= set(store_arrays(path))  # they are in the store all the same
     assert store.data_arrays(root["unet"]) and {n for n, _ in store.data_arrays(root["unet"])} == {
@@ -120,8 +123,9 @@ def test_pairs_store_opens_in_xarray(tiny, teacher, tmp_path):
 
 def _strip_to_old_layout(path) -> None:
     """Rewrite a store as the code before dimension names wrote it: no `dimension_names`, no
-    coordinate arrays, no per-array attributes, format_version 1, metadata consolidated again."""
-    for coordinate in COORDINATES:
+    coordinate arrays, no exponent arrays, no per-array attributes, format_version 1, metadata
+    consolidated again."""
+    for coordinate in COORDINATES | EXPONENTS:
         shutil.rmtree(path / coordinate)
     for meta_file in path.rglob("zarr.json"):
         meta = json.loads(meta_file.read_text())
@@ -149,7 +153,7 @@ def test_store_without_dimension_names_still_works(sampled, tmp_path, tiny):
     assert store.open_store(old).attrs["format_version"] == 1
 
     new_arrays, old_arrays = store_arrays(path), store_arrays(old)
-    assert set(new_arrays) - set(old_arrays) == COORDINATES
+    assert set(new_arrays) - set(old_arrays) == COORDINATES | EXPONENTS
     for key, value in old_arrays.items():
         np.testing.assert_array_equal(value, new_arrays[key], err_msg=key)
 
@@ -161,7 +165,7 @@ def test_store_without_dimension_names_still_works(sampled, tmp_path, tiny):
     np.testing.assert_array_equal(a.timesteps, b.timesteps)
 
     # inspect: the same arrays listed
-    assert store.summary(old)["arrays"] == store.summary(path)["arrays"]
+    assert store.summary(old)["arrays"] == [a for a in store.summary(path)["arrays"] if a[0] not in EXPONENTS]
     result = CliRunner().invoke(app, ["inspect", str(old)])
     assert result.exit_code == 0, result.output
     assert "2/2 complete" in result.output and "unet/up3_res2" in result.output and "vae/mid_res0" in result.output

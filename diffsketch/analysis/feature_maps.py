@@ -139,7 +139,8 @@ def deviation_from_store(features: dict[str, torch.Tensor], root, index: int, st
     worst = 0.0
     for spec in stored_layers(root):
         pooled = pool_features(features[spec.name].float(), spec.grid(pool)).numpy()
-        stored = np.asarray(store.read(root[f"unet/{spec.name}"], (int(index), slice(None), half)), dtype=np.float32)[list(steps)]
+        stored = np.asarray(store.read_features(root, "unet", spec.name, (int(index), slice(None), half)), dtype=np.float32)
+        stored = stored[list(steps)]
         scale = float(np.abs(stored).max()) or 1.0
         worst = max(worst, float(np.abs(pooled - stored).max()) / scale)
     return worst

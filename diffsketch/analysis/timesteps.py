@@ -91,7 +91,7 @@ class FeatureReader:
     layers: list[str]
     half: int
     timesteps: np.ndarray  # (T,) in denoising order
-    arrays: dict = field(default_factory=dict)  # layer name -> its zarr array (opened for fast reads)
+    arrays: dict = field(default_factory=dict)  # "unet/<layer>" and "unet_exponent" -> zarr array (opened for fast reads)
     scales: dict[str, float] = field(default_factory=dict)
     means: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -105,7 +105,9 @@ class FeatureReader:
         with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
             root = store.open_store(path)
             layers = [spec["name"] for spec in root.attrs["unet_layers"]]
-            arrays = {name: root[f"unet/{name}"] for name in layers}
+            arrays = {f"unet/{name}": root[f"unet/{name}"] for name in layers}
+            if store.exponent_array("unet") in root:  # stores of format 3 on
+                arrays[store.exponent_array("unet")] = root[store.exponent_array("unet")]
         halves = list(root.attrs["halves"])
         half = halves.index("cond") if "cond" in halves else 0
         return cls(root, layers, half, np.asarray(store.read(root["timesteps"])), arrays)
@@ -124,8 +126,9 @@ class FeatureReader:
         return sum(self.widths)
 
     def stored_block(self, name: str, index: int) -> np.ndarray:
-        """(T, C * g * g) as stored (float16): one trajectory's chunks of one layer, read once."""
-        x = store.read(self.arrays[name], (index, slice(None), self.half))  # (T, C, g, g); damage: a clear message
+        """(T, C * g * g): one trajectory's chunks of one layer, read once; float16 as stored, or
+        float32 where the store scaled a timestep's features down to fit float16."""
+        x = store.read_features(self.root, "unet", name, (index, slice(None), self.half), self.arrays)  # (T, C, g, g); damage: a clear message
         return x.reshape(x.shape[0], -1)
 
     def blocks(self, index: int) -> list[np.ndarray]:

@@ -16,6 +16,23 @@ import torch.nn.functional as F
 
 # CFG batches are [uncond; cond]; "single" is a batch without CFG, kept as its one (conditional) half.
 HALVES = {"uncond": (0,), "cond": (1,), "both": (0, 1), "single": (0,)}
+FLOAT16_MAX = 65504.0  # the largest finite float16
+
+
+def overflow_exponents(x: torch.Tensor) -> torch.Tensor:
+    """Per row (axis 0) of ``x``, the smallest ``e >= 0`` such that ``x / 2**e`` fits float16
+    (int8, on ``x``'s device, without a host sync). Dividing by a power of two is exact, so a row
+    stored as ``x / 2**e`` in float16 and read back times ``2**e`` keeps float16's relative
+    precision at any magnitude. Rows with a NaN or an infinite value get 0 (they stay non-finite,
+    for the caller's finiteness check).
+
+    Example:
+        >>> overflow_exponents(torch.tensor([[1.0, -2.0], [70000.0, 0.0], [65504.0, 1.0]])).tolist()
+        [0, 1, 0]
+    """
+    amax = x.detach().abs().flatten(1).amax(1).float()
+    e = torch.ceil(torch.log2(amax / FLOAT16_MAX)).clamp(0, 126)
+    return torch.where(torch.isfinite(amax), e, torch.zeros_like(e)).to(torch.int8)
 
 
 @dataclass(frozen=True)
@@ -144,6 +161,11 @@ def _collector(root: torch.nn.Module, specs: list[LayerSpec]) -> torch.nn.Module
 class FeatureCapture:
     """Pooled features of each listed layer (as float16), one entry per forward call of the model.
 
+    With ``exponents``, each call's rows (trajectories) that would overflow float16 are divided by
+    a power of two first (:func:`overflow_exponents`); :meth:`stacked_exponents` gives the powers
+    (``{name: (B, calls)}`` int8, 0 for rows that fit), so that a store keeps them finite and
+    readers multiply back. Without, a value beyond float16's range becomes infinite.
+
     Used as a context manager. The layers' :class:`Taps` keep their outputs inside the forward (a
     compiled forward keeps them in its graph, whatever is captured); an eager hook after each
     forward call of the module that runs them keeps the calls listed in ``keep`` (0-based: the
@@ -162,8 +184,11 @@ class FeatureCapture:
         halves: str | None = None,
         keep: list[int] | None = None,
         to_cpu: bool = False,
+        exponents: bool = False,
     ):
         self.root, self.specs, self.pool, self.halves = root, specs, pool, halves
+        self.exponents = exponents
+        self.exponent_buffers: dict[str, list[torch.Tensor]] = defaultdict(list)
         self.keep = None if keep is None else set(keep)
         self.to_cpu = to_cpu
         self.buffers: dict[str, list[torch.Tensor]] = defaultdict(list)
@@ -181,10 +206,15 @@ class FeatureCapture:
             return
         slots = self._taps.slots
         for spec in self.specs:
-            x = pool_features(slots[spec.module], spec.grid(self.pool)).to(torch.float16)
+            x = pool_features(slots[spec.module], spec.grid(self.pool))
             if self.halves is not None:
                 parts = x.chunk(2) if self.halves != "single" else (x,)
                 x = torch.stack([parts[h] for h in HALVES[self.halves]], dim=1)
+            if self.exponents:  # one power of two per trajectory (both halves), exact in any float dtype
+                e = overflow_exponents(x)
+                x = torch.ldexp(x, -e.to(x.dtype).view(-1, *[1] * (x.dim() - 1)))
+                self.exponent_buffers[spec.name].append(e)
+            x = x.to(torch.float16)
             if self.to_cpu and x.device.type != "cpu":
                 host = torch.empty(x.shape, dtype=x.dtype, pin_memory=x.is_cuda)
                 host.copy_(x, non_blocking=True)
@@ -216,4 +246,9 @@ class FeatureCapture:
             torch.cuda.synchronize(next(self.root.parameters()).device)  # the model's non-blocking copies have landed
             self._pending_copies = False
         return {name: torch.stack(buf, dim=1) for name, buf in self.buffers.items()}
+
+    def stacked_exponents(self) -> dict[str, torch.Tensor]:
+        """``{name: (B, calls)}`` int8 on the CPU: the power of two each stored row was divided by
+        (see :func:`overflow_exponents`); empty without ``exponents``."""
+        return {name: torch.stack(buf, dim=1).cpu() for name, buf in self.exponent_buffers.items()}
 

@@ -36,6 +36,9 @@ class SampleResult:
     timesteps: list[int]
     unet: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, T, halves, C, g, g) fp16
     vae: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, C, g, g) fp16, from decoding `images`
+    # With Capture(exponents=True): the power of two each row was divided by to fit float16 (0: as is)
+    unet_exponents: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, T) int8
+    vae_exponents: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B,) int8
 
     @classmethod
     def cat(cls, parts: list[SampleResult]) -> SampleResult:
@@ -49,6 +52,8 @@ class SampleResult:
             timesteps=parts[0].timesteps,
             unet={k: torch.cat([p.unet[k] for p in parts]) for k in parts[0].unet},
             vae={k: torch.cat([p.vae[k] for p in parts]) for k in parts[0].vae},
+            unet_exponents={k: torch.cat([p.unet_exponents[k] for p in parts]) for k in parts[0].unet_exponents},
+            vae_exponents={k: torch.cat([p.vae_exponents[k] for p in parts]) for k in parts[0].vae_exponents},
         )
 
     def images_uint8(self) -> torch.Tensor:
@@ -103,6 +108,9 @@ class Capture:
         keep: step indices whose UNet features are kept (``None``: every step).
         on_cpu: copy features, images and latents to the host (without blocking the loop);
             ``False`` keeps them on the model's device (training and pairs read them there).
+        exponents: divide each trajectory's features that would overflow float16 by a power of
+            two, given in the result's ``unet_exponents`` / ``vae_exponents`` (the feature store
+            keeps them; :func:`~diffsketch.diffusion.features.overflow_exponents`).
     """
 
     unet: tuple[LayerSpec, ...] | list[LayerSpec] = ()
@@ -111,6 +119,7 @@ class Capture:
     halves: str = "cond"
     keep: list[int] | None = None
     on_cpu: bool = True
+    exponents: bool = False
 
 
 NO_CAPTURE = Capture()
@@ -295,13 +304,15 @@ def sample_conditions(
         last["pred_x0"] = pred_x0
 
     halves = capture.halves if classifier_free_guidance else "single"
-    unet_capture = FeatureCapture(model.unet, list(capture.unet), capture.pool, halves, capture.keep, to_cpu=capture.on_cpu)
+    unet_capture = FeatureCapture(
+        model.unet, list(capture.unet), capture.pool, halves, capture.keep, to_cpu=capture.on_cpu, exponents=capture.exponents
+    )
     with unet_capture as unet_cap:
         latents = ddim_loop(
             model, noise, cond, uncond, steps=steps, guidance=guidance, eta=eta, seeds=seeds, callback=keep_pred_x0,
             progress=progress,
         )
-    with FeatureCapture(model.vae, list(capture.vae), capture.pool, to_cpu=capture.on_cpu) as vae_cap:
+    with FeatureCapture(model.vae, list(capture.vae), capture.pool, to_cpu=capture.on_cpu, exponents=capture.exponents) as vae_cap:
         decoded = last["pred_x0"] if decode == "pred_x0" else latents
         images = decode_latents(model, decoded, on_cpu=capture.on_cpu)
     latents = latents.float()
@@ -312,6 +323,8 @@ def sample_conditions(
         timesteps=[int(t) for t in model.scheduler.timesteps],
         unet=unet_cap.stacked(),
         vae={k: v[:, 0] for k, v in vae_cap.stacked().items()},
+        unet_exponents=unet_cap.stacked_exponents(),
+        vae_exponents={k: v[:, 0] for k, v in vae_cap.stacked_exponents().items()},
     )
 
 

@@ -114,12 +114,15 @@ def _write_finite(writer, items: list, result, keep: list[int]) -> list:
     unet = {name: x[keep].numpy() for name, x in result.unet.items()}
     vae = {name: x[keep].numpy() for name, x in result.vae.items()}
     images, noise, latents = result.images_uint8()[keep].numpy(), result.noise[keep].numpy(), result.latents[keep].numpy()
+    exponents = store.exponent_rows(writer.root, result.unet_exponents, result.vae_exponents, keep)
     named = {f"unet/{k}": v for k, v in unet.items()} | {f"vae/{k}": v for k, v in vae.items()}
     bad = store.nonfinite(named | {"noise": noise, "latents": latents})
     good = [r for r in range(len(items)) if r not in bad]
     if good:
         rows = lambda arrays: {k: v[good] for k, v in arrays.items()}  # noqa: E731
-        writer.submit([items[r].index for r in good], rows(unet), rows(vae), images[good], noise[good], latents[good])
+        writer.submit(
+            [items[r].index for r in good], rows(unet), rows(vae), images[good], noise[good], latents[good], rows(exponents)
+        )
     return [(items[r], name) for r, name in bad.items()]
 
 
@@ -140,7 +143,7 @@ def _retry_in_float32(params: Params, model, root, out, failed: list, denoise) -
     raise NonFiniteFeaturesError(
         f"{out}: {len(lost)} trajectories ({', '.join(str(t.index) for t, _ in lost)}) gave NaN or infinite values even "
         f"sampled again in float32 (trajectory {item.index}: {name}), so they are not written and stay incomplete "
-        "(the store's attribute `failed` lists them). Features beyond +-65504 do not fit the store's float16. Check "
+        "(the store's attribute `failed` lists them). Check "
         "the model (model.id, model.dtype) and these prompts; rerunning the same command tries them again"
     )
 
@@ -190,7 +193,7 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
         check_pool(vae_specs, cfg.pool, "VAE")
     except ValueError as err:
         raise SampleInputError(str(err)) from None
-    capture = Capture(unet=unet_specs, vae=vae_specs, pool=cfg.pool, halves=cfg.halves)
+    capture = Capture(unet=unet_specs, vae=vae_specs, pool=cfg.pool, halves=cfg.halves, exponents=True)
     model.scheduler.set_timesteps(cfg.steps)
     timesteps = [int(t) for t in model.scheduler.timesteps]
     side = cfg.resolution // model.vae_scale_factor

@@ -5,6 +5,10 @@ Layout (N trajectories, T timesteps, K kept CFG halves)::
     unet/<layer>   (N, T, K, C, g, g) float16   one inner chunk per (trajectory, timestep),
                                                 one shard (file) per trajectory
     vae/<layer>    (N, C, g, g)       float16   captured while the final latent is decoded
+    unet_exponent  (N, T, L)          int8      per trajectory, timestep and UNet layer (``attrs["layers"]``):
+                                                the power of two its features were divided by to
+                                                fit float16 (0 unless they would overflow)
+    vae_exponent   (N, L)             int8      the same for the VAE layers
     images         (N, H, W, 3)       uint8
     noise          (N, c, h, w)       float32   initial latent noise
     latents        (N, c, h, w)       float32   final latents
@@ -30,7 +34,9 @@ that lists a group's feature layers must skip them (:func:`data_arrays`, or the 
 ``attrs["unet_layers"]`` / ``attrs["vae_layers"]``).
 
 ``attrs["format_version"]``: 1 = no dimension names and no coordinate arrays (xarray cannot open
-it, everything in diffsketch reads it as before); 2 = with them. Readers accept both.
+it, everything in diffsketch reads it as before); 2 = with them; 3 = with the exponent arrays.
+Readers accept all three (no exponent array: every exponent is 0). Read features with
+:func:`read_features`, which multiplies the exponents back (a stored row is ``x / 2**e``).
 
 Every array is created at full size up front, so writers never resize metadata. A trajectory is
 one shard per array and its ``complete`` flag one chunk of its own, so processes writing disjoint
@@ -72,7 +78,7 @@ from diffsketch.diffusion import LayerSpec
 # Consolidated metadata (written by `finalize`) is a zarr-python extension; zarr warns on every open.
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part", category=UserWarning)
 
-FORMAT_VERSION = 2  # 2: dimension names and coordinate arrays; stores of version 1 (without them) still read
+FORMAT_VERSION = 3  # 2: dimension names and coordinate arrays; 3: exponent arrays. Older stores still read
 WRITE_BATCH_CHUNKS = 64
 # How every entry is written. zarr encodes a shard's inner chunks in groups of codec_pipeline.batch_size
 # (default 1); larger groups halve the per-chunk overhead of the many small per-timestep chunks. Chunks
@@ -518,6 +524,14 @@ def _create_arrays(root: zarr.Group, layout: StoreLayout) -> None:
         root.create_array(name, shape=(n, *layout.latent_shape), dtype="float32", chunks=(1, *layout.latent_shape),
                           compressors=compressors(), fill_value=0,
                           dimension_names=(TRAJECTORY, *LATENT_DIMS))  # fmt: skip
+    for group, specs, lead in (("unet", layout.unet, (t,)), ("vae", layout.vae, ())):
+        if specs:
+            shape = (n, *lead, len(specs))
+            root.create_array(
+                exponent_array(group), shape=shape, dtype="int8", chunks=(1, *shape[1:]), compressors=compressors(),
+                fill_value=0, dimension_names=(TRAJECTORY, *(TIMESTEP,) * len(lead), f"{group}_layer"),
+                attributes={"layers": [spec.name for spec in specs]},
+            )  # fmt: skip
     per_trajectory = dict(shape=(n,), dimension_names=(TRAJECTORY,))
     for name in ("seeds", "labels", "prompt_ids"):
         root.create_array(name, dtype="int64", chunks=(max(n, 1),), fill_value=0, **per_trajectory)
@@ -651,11 +665,66 @@ def _runs(indices: list[int]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def write_trajectories(root: zarr.Group, indices: list[int], unet: dict, vae: dict, images, noise, latents) -> None:
+def exponent_array(group: str) -> str:
+    """The root array holding the float16 exponents of ``group``'s (``"unet"`` or ``"vae"``) layers."""
+    return f"{group}_exponent"
+
+
+def exponent_rows(root: zarr.Group, unet: dict, vae: dict, rows: list[int]) -> dict[str, np.ndarray]:
+    """The rows ``rows`` of a batch's per-layer exponents (``{name: (B, T)}`` UNet, ``{name: (B,)}``
+    VAE, as :class:`~diffsketch.diffusion.sampling.SampleResult` holds them), stacked into the
+    store's exponent arrays (``(len(rows), T, L)``, ``(len(rows), L)``); a layer without exponents
+    gets zeros. A store without exponent arrays (format < 3) gets none."""
+    out = {}
+    for group, given in (("unet", unet), ("vae", vae)):
+        name = exponent_array(group)
+        if name not in root:
+            continue
+        array = root[name]
+        zeros = np.zeros((len(rows), *array.shape[1:-1]), dtype=np.int8)
+        columns = [np.asarray(given[layer])[rows] if layer in given else zeros for layer in array.attrs["layers"]]
+        out[name] = np.stack(columns, axis=-1).astype(np.int8)
+    return out
+
+
+def read_features(root: zarr.Group, group: str, name: str, selection=slice(None), opened: dict | None = None) -> np.ndarray:
+    """``root[f"{group}/{name}"][selection]`` as the features were: each stored row times ``2**e``
+    with its exponent ``e`` (float32 where one is not 0, else as stored, float16). Damage raises as
+    in :func:`read`. ``selection`` indexes (trajectory, timestep, ...) for ``unet``, (trajectory,
+    ...) for ``vae``, with integers and slices. ``opened``: arrays already opened, by path in the
+    store (e.g. under another codec pipeline), used instead of opening them again.
+
+    Example:
+        >>> root = open_store("data/features.zarr")  # doctest: +SKIP
+        >>> read_features(root, "unet", "up1_res0", (0, slice(None), 1)).shape  # doctest: +SKIP
+        (50, 1280, 2, 2)
+    """
+    opened = opened or {}
+    array = opened.get(f"{group}/{name}")
+    x = read(array if array is not None else root[f"{group}/{name}"], selection)
+    exponents = opened.get(exponent_array(group))
+    if exponents is None:
+        if exponent_array(group) not in root:
+            return x
+        exponents = root[exponent_array(group)]
+    lead = exponents.ndim - 1  # trajectory (and timestep for the UNet)
+    sel = selection if isinstance(selection, tuple) else (selection,)
+    sel = (tuple(sel[:lead]) + (slice(None),) * lead)[:lead]
+    e = np.asarray(read(exponents, (*sel, exponents.attrs["layers"].index(name))))
+    if not e.any():
+        return x
+    return np.ldexp(np.asarray(x, dtype=np.float32), e.reshape(e.shape + (1,) * (np.ndim(x) - e.ndim)).astype(np.int32))
+
+
+def write_trajectories(
+    root: zarr.Group, indices: list[int], unet: dict, vae: dict, images, noise, latents, exponents: dict | None = None
+) -> None:
     """Write a batch of trajectories (arrays stacked along axis 0, in ``indices`` order), one write
-    per array per contiguous run of indices; each run is marked complete only after all its arrays."""
+    per array per contiguous run of indices; each run is marked complete only after all its arrays.
+    ``exponents``: :func:`exponent_rows` of the batch (None: all 0)."""
     named = {f"unet/{k}": v for k, v in unet.items()} | {f"vae/{k}": v for k, v in vae.items()}
     named |= {"images": images, "noise": noise, "latents": latents}
+    named |= exponents if exponents is not None else exponent_rows(root, {}, {}, list(range(len(indices))))
     with writing():
         for pos, first, stop in _runs(list(indices)):
             rows = slice(pos, pos + stop - first)
