@@ -373,3 +373,24 @@ def test_analysis_saved_without_selection_distances_still_loads(tmp_path):
     assert "selection_distance" not in old.metrics()
     write_outputs(old, tmp_path / "res2", tmp_path / "t.json", tmp_path / "plots")
     assert not (tmp_path / "plots" / "selection_distance.json").exists()
+
+
+def test_analysis_reads_features_with_their_exponents(tmp_path):
+    """A store whose features of one layer were divided by 2**3 with exponent 3 recorded (as `sample`
+    stores features beyond float16) analyses as the store holding them as they were."""
+    plain, scaled = synthetic_store(tmp_path / "plain.zarr"), synthetic_store(tmp_path / "scaled.zarr")
+    root = store.open_group(scaled, mode="r+")
+    column = root["unet_exponent"].attrs["layers"].index("up3_res0")
+    with store.writing():
+        for i in (1, 4, 7):
+            x = root["unet/up3_res0"][i].astype(np.float32)
+            root["unet/up3_res0"][i] = (x / 8).astype(np.float16)
+            exponents = root["unet_exponent"][i]
+            exponents[:, column] = 3
+            root["unet_exponent"][i] = exponents
+    original = store.open_group(plain, mode="r")["unet/up3_res0"][...].astype(np.float32)
+    assert not np.allclose(root["unet/up3_res0"][...].astype(np.float32), original, rtol=0.01)  # really stored scaled
+    np.testing.assert_allclose(store.read_features(root, "unet", "up3_res0"), original, rtol=1e-3, atol=1e-3)
+    a, b = analyze(plain, cfg(), progress=False), analyze(scaled, cfg(), progress=False)
+    np.testing.assert_array_equal(a.selected, b.selected)
+    np.testing.assert_allclose(np.abs(a.projection), np.abs(b.projection), rtol=1e-3, atol=1e-3)
