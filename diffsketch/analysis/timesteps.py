@@ -125,15 +125,26 @@ class FeatureReader:
     def dim(self) -> int:
         return sum(self.widths)
 
-    def stored_block(self, name: str, index: int) -> np.ndarray:
+    def stored_block(self, name: str, index: int, exponents: np.ndarray | None = None) -> np.ndarray:
         """(T, C * g * g): one trajectory's chunks of one layer, read once; float16 as stored, or
-        float32 where the store scaled a timestep's features down to fit float16."""
-        x = store.read_features(self.root, "unet", name, (index, slice(None), self.half), self.arrays)  # (T, C, g, g); damage: a clear message
+        float32 where the store scaled a timestep's features down to fit float16. ``exponents``:
+        the trajectory's :meth:`exponents`, when already read."""
+        x = store.read(self.arrays[f"unet/{name}"], (index, slice(None), self.half))  # (T, C, g, g); damage: a clear message
+        exponents = self.exponents(index) if exponents is None else exponents
+        if exponents is not None:
+            x = store.scale_back(x, exponents[:, self.layers.index(name)])
         return x.reshape(x.shape[0], -1)
 
+    def exponents(self, index: int) -> np.ndarray | None:
+        """(T, layers): the powers of two one trajectory's features were stored divided by (None in
+        stores written before them, format < 3)."""
+        array = self.arrays.get(store.exponent_array("unet"))
+        return None if array is None else store.read(array, index)
+
     def blocks(self, index: int) -> list[np.ndarray]:
-        """Every layer's (T, C * g * g) block of one trajectory, as stored."""
-        return [self.stored_block(name, index) for name in self.layers]
+        """Every layer's (T, C * g * g) block of one trajectory (its exponents read once)."""
+        exponents = self.exponents(index)
+        return [self.stored_block(name, index, exponents) for name in self.layers]
 
     def layer_block(self, name: str, index: int) -> np.ndarray:
         return self.stored_block(name, index).astype(np.float32)

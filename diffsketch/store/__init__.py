@@ -9,6 +9,7 @@ Public names (imported on first use, so importing the package costs nothing):
 - :mod:`~diffsketch.store.zarr_store`: ``PAIR``, ``StoreError``, ``CorruptStoreError``, ``StoreBusyError``, ``compressors``, ``summary``
 - :mod:`~diffsketch.store.collect`: ``SampleInputError``, ``run_sample``
 - :mod:`~diffsketch.store.integrity`: ``verify``, ``repair``
+- :mod:`~diffsketch.store.xarray_view`: ``open_dataset`` (a store group as an xarray Dataset, damage refused)
 - :mod:`~diffsketch.store.diskspace`: ``DiskSpaceError``, ``DiskFullError``
 - :mod:`~diffsketch.store.kept`: ``kept_stores``, ``replace_other_key``, ``resume_kept``, ``take_back``
 
@@ -24,6 +25,7 @@ __getattr__, __dir__, __all__ = attach(
         "zarr_store": ["PAIR", "StoreError", "CorruptStoreError", "StoreBusyError", "compressors", "summary"],
         "collect": ["SampleInputError", "run_sample"],
         "integrity": ["verify", "repair"],
+        "xarray_view": ["open_dataset"],
         "diskspace": ["DiskSpaceError", "DiskFullError"],
         "kept": ["kept_stores", "replace_other_key", "resume_kept", "take_back"],
     },

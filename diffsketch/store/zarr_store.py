@@ -16,8 +16,10 @@ Layout (N trajectories, T timesteps, K kept CFG halves)::
     seeds, labels, prompt_ids (N,)    int64     labels index attrs["classes"], prompt_ids attrs["prompts"]
     complete       (N,)               bool      set only after all of a trajectory's arrays are written
 
-Every array carries Zarr v3 ``dimension_names``, so ``xarray.open_zarr(path, group="unet")`` (or
-``"vae"``, or the root) gives a Dataset with named dimensions:
+Every array carries Zarr v3 ``dimension_names``, so each group (``"unet"``, ``"vae"``, the root)
+opens as an xarray Dataset with named dimensions: open it with
+:func:`diffsketch.store.xarray_view.open_dataset`, which refuses a store with absent chunk files
+(zarr alone reads them as zeros) and leaves out incomplete trajectories:
 
     trajectory                          axis 0 of every per-trajectory array
     timestep, half                      UNet axes 1 and 2; ``timesteps`` is along ``timestep``
@@ -687,30 +689,36 @@ def exponent_rows(root: zarr.Group, unet: dict, vae: dict, rows: list[int]) -> d
     return out
 
 
-def read_features(root: zarr.Group, group: str, name: str, selection=slice(None), opened: dict | None = None) -> np.ndarray:
+def read_features(root: zarr.Group, group: str, name: str, selection=slice(None)) -> np.ndarray:
     """``root[f"{group}/{name}"][selection]`` as the features were: each stored row times ``2**e``
     with its exponent ``e`` (float32 where one is not 0, else as stored, float16). Damage raises as
     in :func:`read`. ``selection`` indexes (trajectory, timestep, ...) for ``unet``, (trajectory,
-    ...) for ``vae``, with integers and slices. ``opened``: arrays already opened, by path in the
-    store (e.g. under another codec pipeline), used instead of opening them again.
+    ...) for ``vae``, with integers and slices.
 
     Example:
         >>> root = open_store("data/features.zarr")  # doctest: +SKIP
         >>> read_features(root, "unet", "up1_res0", (0, slice(None), 1)).shape  # doctest: +SKIP
         (50, 1280, 2, 2)
     """
-    opened = opened or {}
-    array = opened.get(f"{group}/{name}")
-    x = read(array if array is not None else root[f"{group}/{name}"], selection)
-    exponents = opened.get(exponent_array(group))
-    if exponents is None:
-        if exponent_array(group) not in root:
-            return x
-        exponents = root[exponent_array(group)]
+    x = read(root[f"{group}/{name}"], selection)
+    if exponent_array(group) not in root:
+        return x
+    exponents = root[exponent_array(group)]
     lead = exponents.ndim - 1  # trajectory (and timestep for the UNet)
     sel = selection if isinstance(selection, tuple) else (selection,)
     sel = (tuple(sel[:lead]) + (slice(None),) * lead)[:lead]
-    e = np.asarray(read(exponents, (*sel, exponents.attrs["layers"].index(name))))
+    return scale_back(x, read(exponents, (*sel, exponents.attrs["layers"].index(name))))
+
+
+def scale_back(x: np.ndarray, exponents: np.ndarray) -> np.ndarray:
+    """Stored features ``x`` times ``2**exponents``, broadcast over ``x``'s leading axes (``x`` as
+    is where every exponent is 0, else float32).
+
+    Example:
+        >>> scale_back(np.full((2, 3), 0.5, np.float16), np.array([0, 2])).tolist()
+        [[0.5, 0.5, 0.5], [2.0, 2.0, 2.0]]
+    """
+    e = np.asarray(exponents)
     if not e.any():
         return x
     return np.ldexp(np.asarray(x, dtype=np.float32), e.reshape(e.shape + (1,) * (np.ndim(x) - e.ndim)).astype(np.int32))

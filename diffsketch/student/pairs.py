@@ -13,8 +13,9 @@ Store (Zarr v3, ``data/pairs.zarr``)::
     seeds     (N,)         int64
     complete  (N,)         bool     one chunk per pair, written last
 
-Dimension names (Zarr v3 ``dimension_names``, read by ``xarray.open_zarr``): ``pair``, then
-``pixel_y``, ``pixel_x`` and (images) ``rgb``. Stores written before them (no ``format_version``
+Dimension names (Zarr v3 ``dimension_names``, read by xarray; open the store with
+``diffsketch.store.open_dataset``, which refuses absent chunk files that ``xarray.open_zarr`` would
+read as zeros): ``pair``, then ``pixel_y``, ``pixel_x`` and (images) ``rgb``. Stores written before them (no ``format_version``
 attribute) work as before.
 
 A rerun resumes: only incomplete pairs are generated. A store made from another generator,
