@@ -85,11 +85,11 @@ def test_killed_process_resumes(prompts_dir, tmp_path):
     """SIGKILL a real `diffsketch sample` part-way; the rerun completes it and equals a clean run."""
     params = tmp_path / "params.yaml"
     params.write_text(
-        f"model: {{id: tiny, device: cpu}}\nsample: {{prompts: {prompts_dir}, trajectories: 8, steps: 30, "
+        f"model: {{id: tiny, device: cpu}}\nsample: {{prompts: {prompts_dir}, trajectories: 5, steps: 16, "
         "resolution: 64, pool: 1, batch_size: 1}\n"
     )
     cmd = [sys.executable, "-m", "diffsketch", "sample", "--params", str(params), "--no-progress", "--out"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd + [str(tmp_path / "killed.zarr")], env=env, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     done = 0
@@ -104,7 +104,7 @@ def test_killed_process_resumes(prompts_dir, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = int(store.complete_mask(store.open_store(tmp_path / "killed.zarr")).sum())
-    assert 1 <= partial < 8, "the kill should land part-way"
+    assert 1 <= partial < 5, "the kill should land part-way"
     subprocess.run(cmd + [str(tmp_path / "killed.zarr")], env=env, check=True, capture_output=True)
     subprocess.run(cmd + [str(tmp_path / "clean.zarr")], env=env, check=True, capture_output=True)
     assert_same_stores(tmp_path / "clean.zarr", tmp_path / "killed.zarr")
