@@ -146,3 +146,27 @@ def test_a_store_without_dimension_names_names_the_fix(features):
     _strip_to_old_layout(features)
     with pytest.raises(store.StoreError, match=r"without Zarr dimension names .*`--overwrite` \(`diffsketch sample`"):
         open_dataset(features, "unet")
+
+
+@pytest.mark.parametrize("group", ["unet", "vae"])
+def test_features_stored_with_an_exponent_come_back_as_sampled(features, group):
+    """A layer stored divided by 2**e in some rows (as `sample` stores features beyond float16) opens
+    multiplied back; the other layers stay as stored."""
+    root = zarr.open_group(str(features), mode="r+")
+    layer, other = root[store.exponent_array(group)].attrs["layers"][:2]
+    original = root[f"{group}/{layer}"][...].astype(np.float32)
+    with store.writing():  # arrays opened inside: all-zero chunks are written, not deleted
+        exponents = root[store.exponent_array(group)]
+        e = exponents[1]
+        e[..., 0] = 3  # trajectory 1 (all its timesteps for the UNet) of the first layer
+        exponents[1] = e
+        root[f"{group}/{layer}"][1] = (original[1] / 8).astype(np.float16)
+    ds = open_dataset(features, group)
+    np.testing.assert_allclose(ds[layer].values, original, rtol=1e-3, atol=1e-3)
+    assert ds[layer].dims == tuple(root[f"{group}/{layer}"].metadata.dimension_names)
+    assert ds[other].dtype == np.float16
+    np.testing.assert_array_equal(ds[other].values, root[f"{group}/{other}"][...])
+    _clear(features, 0)  # left out: the remaining trajectory 1 keeps its own exponents
+    ds = open_dataset(features, group)
+    assert ds["trajectory"].values.tolist() == [1]
+    np.testing.assert_allclose(ds[layer].values, original[1:], rtol=1e-3, atol=1e-3)

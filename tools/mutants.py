@@ -1019,6 +1019,27 @@ MUTANTS += [
         "            pass\n",
         ("tests/test_analysis.py::test_analysis_reads_features_with_their_exponents",),
     ),
+    M(
+        "open_dataset: features as stored, exponents ignored",
+        "diffsketch/store/xarray_view.py",
+        "        ds = _scaled_back(ds, root[store.exponent_array(group)], done)\n",
+        "        pass\n",
+        ("tests/test_xarray_view.py::test_features_stored_with_an_exponent_come_back_as_sampled",),
+    ),
+    M(
+        "open_dataset: the exponents of every trajectory, not the completed ones",
+        "diffsketch/store/xarray_view.py",
+        "    e = np.asarray(store.read(exponents))[done]",
+        "    e = np.asarray(store.read(exponents))[: len(done)]",
+        ("tests/test_xarray_view.py",),
+    ),
+    M(
+        "open_dataset: absent chunk files not checked",
+        "diffsketch/store/xarray_view.py",
+        "    damaged = _absent_files(_checked_arrays(root, node), done)\n",
+        "    damaged = {}\n",
+        ("tests/test_xarray_view.py",),
+    ),
 ]
 
 def _copy_repo(dst: Path) -> None:

@@ -88,10 +88,11 @@ def open_dataset(path: str | Path, group: str | None = None) -> xr.Dataset:
     read (no value is returned); ``diffsketch inspect --verify PATH`` lists every such chunk. A
     pairs store opens the same way, along ``pair``. Needs xarray (``pip install -e ".[xarray]"``).
 
-    UNet and VAE features are returned as stored: where a layer's features exceeded float16, the
-    stored values are divided by ``2**e``, with ``e`` in the root group's ``unet_exponent`` /
-    ``vae_exponent`` (0 for features stored as they are); multiply them back as
-    ``diffsketch.store.zarr_store.read_features`` does.
+    UNet and VAE features are returned as they were sampled: a layer whose features exceeded
+    float16 somewhere is stored divided by ``2**e`` there (``e`` in the root group's
+    ``unet_exponent`` / ``vae_exponent``), and that layer comes back multiplied by ``2**e``, in
+    float32 (computed when it is read with dask installed, else at once); every other layer is
+    as stored, float16.
 
     Parameters
     ----------
@@ -153,4 +154,20 @@ def open_dataset(path: str | Path, group: str | None = None) -> xr.Dataset:
         if not complete.all():
             ds = ds.isel({kind: done})
         ds = ds.assign_coords({kind: done})
+    if group in ("unet", "vae") and store.exponent_array(group) in root:
+        ds = _scaled_back(ds, root[store.exponent_array(group)], done)
+    return ds
+
+
+def _scaled_back(ds: xr.Dataset, exponents: zarr.Array, done: np.ndarray) -> xr.Dataset:
+    """``ds`` with each layer that has a non-zero exponent multiplied by ``2**e`` (see
+    :func:`~diffsketch.store.zarr_store.read_features`); ``done``: the trajectories ``ds`` holds."""
+    import xarray as xr
+
+    e = np.asarray(store.read(exponents))[done]  # (n, [T,] layers) int8: small, read whole
+    dims = store.dimension_names(exponents)[:-1]
+    for column, layer in enumerate(exponents.attrs["layers"]):
+        if layer in ds and e[..., column].any():
+            factor = xr.DataArray(np.ldexp(np.float32(1), e[..., column].astype(np.int32)), dims=dims)
+            ds[layer] = (ds[layer].astype(np.float32) * factor).transpose(*ds[layer].dims)
     return ds
