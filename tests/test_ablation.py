@@ -310,7 +310,8 @@ def test_the_runner_streams_each_experiment_names_failures_and_resumes(fake_dvc,
 def test_seeds_run_each_row_with_shifted_training_seeds_and_show_fits_100_columns(fake_dvc, monkeypatch):
     monkeypatch.setenv("FAKE_STAGE_SECONDS", "0")
     rows = {"full": {"description": "the full method", "set": {}},
-            "a-very-long-row-name-for-the-width": {"description": "w/o CDST", "set": {"train.cdst": "off"}}}  # fmt: skip
+            "a-very-long-row-name-for-the-width": {"description": "w/o CDST", "set": {"train.cdst": "off"}},
+            **{f"never-run-row-with-a-long-name-{i}": {"description": "-", "set": {"train.lr": 0.1 * i}} for i in (1, 2, 3)}}  # fmt: skip
     _write_rows(fake_dvc.parent / "rows.yaml", rows)
     result = CliRunner().invoke(app, ["ablate", "--rows", str(fake_dvc.parent / "rows.yaml"), "--seeds", "2", "--only", "full"])
     assert result.exit_code == 0, result.output
@@ -319,13 +320,17 @@ def test_seeds_run_each_row_with_shifted_training_seeds_and_show_fits_100_column
     assert "params.yaml:train.seed=1 -S params.yaml:pairs.seed=1 -S params.yaml:distill.seed=1" in calls  # params.yaml's seeds are 0
     assert "[2/2] ablate-full-seed1: done in" in result.output and "wrote reports/ablation/index.html (1 rows)" in result.output
 
-    result = CliRunner().invoke(app, ["ablate", "--rows", str(fake_dvc.parent / "rows.yaml"), "--seeds", "2"])
+    only = "full,a-very-long-row-name-for-the-width"
+    result = CliRunner().invoke(app, ["ablate", "--rows", str(fake_dvc.parent / "rows.yaml"), "--seeds", "2", "--only", only])
     assert result.exit_code == 0 and _runs(fake_dvc)[2:] == ["ablate-a-very-long-row-name-for-the-width",
                                                              "ablate-a-very-long-row-name-for-the-width-seed1"]  # fmt: skip
     shown = CliRunner().invoke(app, ["ablate", "--rows", str(fake_dvc.parent / "rows.yaml"), "--seeds", "2", "--show"])
     assert shown.exit_code == 0, shown.output
     lines = shown.output.splitlines()
     assert max(map(len, lines)) <= 100 and len(_runs(fake_dvc)) == 4  # --show runs nothing
+    assert all(f"never-run-row-with-a-long-name-{i}" in shown.output for i in (1, 2, 3))  # wrapped, not cut
+    flat = " ".join(shown.output.split())  # the notes wrap at 100 columns
+    assert "sd = seeds; mean±95% half-width; * = interval" in flat and "drawn (not ranked)" in flat
     assert lines[0].split() == ["row", "sd", "gen", "ssim", "↑", "gen", "F", "↑", "gen", "chamfer", "↓", "stu", "ssim", "↑", "stu", "F", "↑",
                                 "stu", "chamfer", "↓"]  # fmt: skip
     full = next(line for line in lines if line.startswith("full "))

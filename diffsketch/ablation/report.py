@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
+import textwrap
 from pathlib import Path
 
 from diffsketch.ablation.runner import METHODS, RowResult, Score
@@ -181,7 +182,8 @@ def show_table(results: list[RowResult], width: int = 100) -> str:
              "* = interval clears every other row's; no lines = no line pixels drawn (not ranked)"]  # fmt: skip
     if is_smoke(results):
         notes.insert(0, "tiny random model: these figures check the pipeline, not the method")
-    return "\n".join(line[:width] for line in [*out, *notes])
+    notes = [wrapped for note in notes for wrapped in textwrap.wrap(note, width, subsequent_indent="  ", break_on_hyphens=False)]
+    return "\n".join([*(line[:width] for line in out), *notes])
 
 
 def _png_uri(data: bytes) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Annotated
 
@@ -38,7 +39,8 @@ def ablate(
         if show:
             typer.echo(show_table(results))
         if missing:
-            typer.echo(f"not in the report (not run yet, or run with other params): {', '.join(missing)}")
+            text = f"not in the report (not run yet, or run with other params): {', '.join(missing)}"
+            typer.echo(textwrap.fill(text, width=100, subsequent_indent="  ", break_on_hyphens=False))
         if show:
             return
         page = write_report(results, out, head_commit(Path.cwd()))
