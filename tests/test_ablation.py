@@ -330,7 +330,7 @@ def test_seeds_run_each_row_with_shifted_training_seeds_and_show_fits_100_column
     assert max(map(len, lines)) <= 100 and len(_runs(fake_dvc)) == 4  # --show runs nothing
     assert all(f"never-run-row-with-a-long-name-{i}" in shown.output for i in (1, 2, 3))  # wrapped, not cut
     flat = " ".join(shown.output.split())  # the notes wrap at 100 columns
-    assert "sd = seeds; mean±95% half-width; * = interval" in flat and "drawn (not ranked)" in flat
+    assert "sd: seeds; mean±95% half-width * = interval" in flat and "drawn (not ranked)" in flat
     assert lines[0].split() == ["row", "sd", "gen", "ssim", "↑", "gen", "F", "↑", "gen", "chamfer", "↓", "stu", "ssim", "↑", "stu", "F", "↑",
                                 "stu", "chamfer", "↓"]  # fmt: skip
     full = next(line for line in lines if line.startswith("full "))

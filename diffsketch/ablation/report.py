@@ -178,7 +178,7 @@ def show_table(results: list[RowResult], width: int = 100) -> str:
     for r, row_cells in zip(results, cells):
         name = r.row.name if len(r.row.name) <= name_width else r.row.name[: name_width - 1] + "…"
         out.append(f"{name:<{name_width}}  {r.seeds:>2}  " + "  ".join(f"{c:>{w}}" for c, w in zip(row_cells, widths)))
-    notes = ["gen = the generator on the test photos, stu = the distilled student; sd = seeds; mean±95% half-width;",
+    notes = ["gen: the generator on the test photos; stu: the distilled student; sd: seeds; mean±95% half-width",
              "* = interval clears every other row's; no lines = no line pixels drawn (not ranked)"]  # fmt: skip
     if is_smoke(results):
         notes.insert(0, "tiny random model: these figures check the pipeline, not the method")
