@@ -1034,6 +1034,20 @@ MUTANTS += [
         ("tests/test_xarray_view.py",),
     ),
     M(
+        "ablate --show: the rows not in the report listed on one line",
+        "diffsketch/cli/ablate.py",
+        '            typer.echo(textwrap.fill(text, width=100, subsequent_indent="  ", break_on_hyphens=False))\n',
+        "            typer.echo(text)\n",
+        ("tests/test_ablation.py::test_seeds_run_each_row_with_shifted_training_seeds_and_show_fits_100_columns",),
+    ),
+    M(
+        "ablate --show: notes cut at the width",
+        "diffsketch/ablation/report.py",
+        '    notes = [wrapped for note in notes for wrapped in textwrap.wrap(note, width, subsequent_indent="  ", break_on_hyphens=False)]\n',
+        "    notes = [note[: width - 30] for note in notes]\n",
+        ("tests/test_ablation.py::test_seeds_run_each_row_with_shifted_training_seeds_and_show_fits_100_columns",),
+    ),
+    M(
         "open_dataset: absent chunk files not checked",
         "diffsketch/store/xarray_view.py",
         "    damaged = _absent_files(_checked_arrays(root, node), done)\n",
