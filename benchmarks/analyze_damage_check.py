@@ -1,8 +1,9 @@
 """What the readers' damage checks cost `diffsketch analyze`, on a store sampled with the tiny model.
 
 Every trajectory a reader takes goes through ``diffsketch.store.zarr_store.read``: one ``stat`` per
-chunk file of it (an absent file would otherwise read as zeros), and every chunk carries a CRC32C
-checksum that is verified when it is decoded. This script samples a small store with the tiny
+chunk file of it (an absent file would otherwise read as zeros; the analysis, which reads each
+trajectory once per pass of its streamed PCA, stats each file on its first read only), and every
+chunk carries a CRC32C checksum that is verified when it is decoded. This script samples a small store with the tiny
 random model (``diffsketch.store.collect.run_sample``), and a twin of it written without the
 checksum codec (same params and seeds, so the same values), then times, interleaved with the order
 rotated each round:
@@ -20,7 +21,7 @@ checks <= 1.05 x without them.
 
 The differences are a few percent of runs under a second, below the run-to-run noise of a busy
 machine, so the script also times the check inside each instrumented ``analyze`` run (every call of
-``_absent``, and the bytes of the files it checked, costed at this machine's CRC32C speed) and
+``_absent``, and the bytes of every file read, costed at this machine's CRC32C speed) and
 prints that share as a ratio too: the steadier figure. The tiny model's features are small, so a
 check is a large part of each read here; the paper's stores (pool 8, 50 steps, 10,560 channels)
 read far more bytes per checked file (``benchmarks/store_checks.py`` times that on a synthetic
@@ -54,30 +55,41 @@ VARIANTS = ("checked", "no absent check", "no checks")
 TARGET = 1.05
 
 
+def _entry_keys(array, selection) -> list[str]:
+    """The chunk files of the entry that ``selection`` reads (none for a whole-array read)."""
+    first = selection[0] if isinstance(selection, tuple) else selection
+    whole = not isinstance(first, (int, np.integer)) or (array.shards or array.chunks)[0] != 1
+    return [] if whole else store.chunk_keys(array, int(first))
+
+
 @contextmanager
-def absent_check(enabled: bool, spent: list | None = None):
+def absent_check(enabled: bool, spent: list | None = None, read: list | None = None):
     """The readers' absent-chunk check as it is, or switched off (every file taken as present).
-    ``spent``: collects ``(seconds, chunk keys)`` of each check (an instrumented run, not compared)."""
-    real = store._absent
+    ``spent``: collects ``(seconds, chunk keys)`` of each check, and ``read`` the chunk keys of every
+    read, checked or not, each of whose bytes go through the CRC32C (an instrumented run, not compared)."""
+    real, real_read = store._absent, store.read
     if not enabled:
         store._absent = lambda array, selection: None
     elif spent is not None:
+
+        def counted(array, selection=slice(None), check_files=True):
+            read.extend(_entry_keys(array, selection))
+            return real_read(array, selection, check_files)
+
+        store.read = counted
 
         def measured(array, selection):
             started = time.perf_counter()
             try:
                 return real(array, selection)
             finally:
-                seconds = time.perf_counter() - started
-                first = selection[0] if isinstance(selection, tuple) else selection
-                whole = not isinstance(first, (int, np.integer)) or (array.shards or array.chunks)[0] != 1
-                spent.append((seconds, [] if whole else store.chunk_keys(array, int(first))))
+                spent.append((time.perf_counter() - started, _entry_keys(array, selection)))
 
         store._absent = measured
     try:
         yield
     finally:
-        store._absent = real
+        store._absent, store.read = real, real_read
 
 
 @contextmanager
@@ -173,11 +185,11 @@ def main() -> None:
                 with absent_check(check):
                     times["analyze", variant].append(timed(run_analyze, path, cfg))
                     times["read", variant].append(timed(read_all, path))
-            spent = []  # the same run instrumented: its own share of the check, free of run-to-run noise
-            with absent_check(True, spent):
+            spent, read = [], []  # the same run instrumented: its own share of the checks, free of run-to-run noise
+            with absent_check(True, spent, read):
                 total = timed(run_analyze, checked, cfg)[0]
             keys = [key for _, ks in spent for key in ks]
-            attributed.append((total, sum(t for t, _ in spent), len(keys), sum(os.path.getsize(checked / k) for k in keys)))
+            attributed.append((total, sum(t for t, _ in spent), len(keys), sum(os.path.getsize(checked / k) for k in read)))
         per_byte = crc32c_seconds_per_byte()
 
     print(f"store: tiny model, {args.trajectories} trajectories x {args.steps} steps, pool {args.pool}, 64 px "
@@ -197,7 +209,7 @@ def main() -> None:
             )
             print(f"{label:13s} checked / {off}: {cells}")
     total, in_check, stats, read_bytes = (statistics.median(x) for x in zip(*attributed))
-    crc = read_bytes * per_byte  # every checked file's bytes go through the CRC32C once per read
+    crc = read_bytes * per_byte  # every read file's bytes go through the CRC32C once per read
     print(f"attributed, within the checked analyze() runs (medians): {total * 1e3:.1f} ms, of it the absent check "
           f"{in_check * 1e3:.2f} ms ({stats:.0f} stats, {in_check / max(stats, 1) * 1e6:.1f} us each) and CRC32C about "
           f"{crc * 1e3:.2f} ms ({read_bytes / 1e6:.1f} MB checksummed)")

@@ -394,3 +394,22 @@ def test_analysis_reads_features_with_their_exponents(tmp_path):
     a, b = analyze(plain, cfg(), progress=False), analyze(scaled, cfg(), progress=False)
     np.testing.assert_array_equal(a.selected, b.selected)
     np.testing.assert_allclose(np.abs(a.projection), np.abs(b.projection), rtol=1e-3, atol=1e-3)
+
+
+def test_analysis_checks_each_trajectorys_files_once_over_its_passes(tmp_path, monkeypatch):
+    """The streamed PCA reads every trajectory several times; the absent-file check (a stat per file)
+    runs on the first read of each (array, trajectory) only, and on every one of them."""
+    path = synthetic_store(tmp_path / "s.zarr")
+    real, checked = store._absent, []
+
+    def recording(array, selection):
+        first = selection[0] if isinstance(selection, tuple) else selection
+        if isinstance(first, (int, np.integer)):
+            checked.append((array.path, int(first)))
+        return real(array, selection)
+
+    monkeypatch.setattr(store, "_absent", recording)
+    analyze(path, cfg(), progress=False)
+    features = {(name, i) for name in ("unet/up0_res0", "unet/up3_res0", "unet_exponent") for i in range(12)}
+    assert features <= set(checked)
+    assert len(checked) == len(set(checked)), sorted(c for c in checked if checked.count(c) > 1)[:5]

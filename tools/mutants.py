@@ -1048,6 +1048,20 @@ MUTANTS += [
         ("tests/test_ablation.py::test_seeds_run_each_row_with_shifted_training_seeds_and_show_fits_100_columns",),
     ),
     M(
+        "analysis: absent files checked on every pass",
+        "diffsketch/analysis/timesteps.py",
+        "check_files=(name, index) not in self.present)",
+        "check_files=True)",
+        ("tests/test_analysis.py::test_analysis_checks_each_trajectorys_files_once_over_its_passes",),
+    ),
+    M(
+        "analysis: absent files never checked",
+        "diffsketch/analysis/timesteps.py",
+        "check_files=(name, index) not in self.present)",
+        "check_files=False)",
+        ("tests/test_verify.py::test_analyze_refuses_a_deleted_unet_chunk_file",),
+    ),
+    M(
         "open_dataset: absent chunk files not checked",
         "diffsketch/store/xarray_view.py",
         "    damaged = _absent_files(_checked_arrays(root, node), done)\n",

@@ -94,6 +94,9 @@ class FeatureReader:
     arrays: dict = field(default_factory=dict)  # "unet/<layer>" and "unet_exponent" -> zarr array (opened for fast reads)
     scales: dict[str, float] = field(default_factory=dict)
     means: dict[str, np.ndarray] = field(default_factory=dict)
+    # (array path, trajectory) whose chunk files were found present on an earlier pass: the
+    # analysis reads every trajectory several times, and one stat per file is enough
+    present: set = field(default_factory=set)
 
     @classmethod
     def open(cls, path: str | Path) -> FeatureReader:
@@ -129,7 +132,7 @@ class FeatureReader:
         """(T, C * g * g): one trajectory's chunks of one layer, read once; float16 as stored, or
         float32 where the store scaled a timestep's features down to fit float16. ``exponents``:
         the trajectory's :meth:`exponents`, when already read."""
-        x = store.read(self.arrays[f"unet/{name}"], (index, slice(None), self.half))  # (T, C, g, g); damage: a clear message
+        x = self._read(f"unet/{name}", (index, slice(None), self.half))  # (T, C, g, g); damage: a clear message
         exponents = self.exponents(index) if exponents is None else exponents
         if exponents is not None:
             x = store.scale_back(x, exponents[:, self.layers.index(name)])
@@ -138,8 +141,16 @@ class FeatureReader:
     def exponents(self, index: int) -> np.ndarray | None:
         """(T, layers): the powers of two one trajectory's features were stored divided by (None in
         stores written before them, format < 3)."""
-        array = self.arrays.get(store.exponent_array("unet"))
-        return None if array is None else store.read(array, index)
+        name = store.exponent_array("unet")
+        return self._read(name, index) if name in self.arrays else None
+
+    def _read(self, name: str, selection) -> np.ndarray:
+        """:func:`~diffsketch.store.zarr_store.read` of ``self.arrays[name]``, checking for absent
+        chunk files on the first read of each trajectory only."""
+        index = int(selection[0] if isinstance(selection, tuple) else selection)
+        x = store.read(self.arrays[name], selection, check_files=(name, index) not in self.present)
+        self.present.add((name, index))
+        return x
 
     def blocks(self, index: int) -> list[np.ndarray]:
         """Every layer's (T, C * g * g) block of one trajectory (its exponents read once)."""

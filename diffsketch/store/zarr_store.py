@@ -215,13 +215,15 @@ def _absent(array: zarr.Array, selection) -> str | None:
     return next((key for key in keys if not sync(backend.exists(key))), None)
 
 
-def read(array: zarr.Array, selection=slice(None)) -> np.ndarray:
+def read(array: zarr.Array, selection=slice(None), check_files: bool = True) -> np.ndarray:
     """``array[selection]``, with a damaged chunk raised as a :class:`CorruptStoreError` naming the
     store, the entry (the selection's first index, when it is one) and the `inspect --verify` command.
-    A chunk file absent from the store is damage too (zarr alone would give the fill value)."""
+    A chunk file absent from the store is damage too (zarr alone would give the fill value).
+    ``check_files=False`` skips the check for absent files: for a reader that read this entry of
+    ``array`` with it before (checksums and decoding are checked on every read)."""
     first = selection[0] if isinstance(selection, tuple) and selection else selection
     where = f"{entry_name(array)} {int(first)} of" if isinstance(first, (int, np.integer)) else "array"
-    missing = _absent(array, selection)
+    missing = _absent(array, selection) if check_files else None
     if missing is not None:
         raise _damage(array, where, f"has no chunk file {missing}")
     try:
