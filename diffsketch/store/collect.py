@@ -143,8 +143,8 @@ def _retry_in_float32(params: Params, model, root, out, failed: list, denoise) -
     raise NonFiniteFeaturesError(
         f"{out}: {len(lost)} trajectories ({', '.join(str(t.index) for t, _ in lost)}) gave NaN or infinite values even "
         f"sampled again in float32 (trajectory {item.index}: {name}), so they are not written and stay incomplete "
-        "(the store's attribute `failed` lists them). Check "
-        "the model (model.id, model.dtype) and these prompts; rerunning the same command tries them again"
+        "(the store's attribute `failed` lists them). Check the model (model.id, model.dtype) and these prompts; "
+        "rerunning the same command tries them again"
     )
 
 

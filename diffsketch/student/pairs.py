@@ -13,10 +13,10 @@ Store (Zarr v3, ``data/pairs.zarr``)::
     seeds     (N,)         int64
     complete  (N,)         bool     one chunk per pair, written last
 
-Dimension names (Zarr v3 ``dimension_names``, read by xarray; open the store with
-``diffsketch.store.open_dataset``, which refuses absent chunk files that ``xarray.open_zarr`` would
-read as zeros): ``pair``, then ``pixel_y``, ``pixel_x`` and (images) ``rgb``. Stores written before them (no ``format_version``
-attribute) work as before.
+Dimension names (Zarr v3 ``dimension_names``, read by xarray): ``pair``, then ``pixel_y``,
+``pixel_x`` and (images) ``rgb``. Open the store with ``diffsketch.store.open_dataset``, which
+refuses absent chunk files that ``xarray.open_zarr`` would read as zeros. Stores written before
+the dimension names (no ``format_version`` attribute) work as before.
 
 A rerun resumes: only incomplete pairs are generated. A store made from another generator,
 prior or settings is kept under its key (:mod:`diffsketch.store.kept`; deleted with ``overwrite``). As for `sample`, the projected size is logged
