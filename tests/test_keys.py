@@ -275,3 +275,41 @@ def test_the_evaluation_page_warns_when_the_student_was_made_with_random_loss_ne
     note = page[page.index('id="random-networks"'):]
     note = note[: note.index("</p>")]
     assert "tiny random CLIP" in note and "distillation&#x27;s LPIPS" in note and "generator&#x27;s LPIPS" not in note
+
+
+def test_train_does_not_resume_checkpoints_made_with_other_model_weights(tiny, tmp_path, caplog):
+    """`train` on a local model folder: new weights under the same file names start afresh, naming the file,
+    and keep the old run's checkpoints (its key folder); the same weights again resume the first run."""
+    import torch
+
+    from diffsketch.diffusion.models import build_random
+    from diffsketch.training import run_train
+    from diffsketch.training.generator import load_generator
+    from test_training import make_params, prepare
+
+    folder = tmp_path / "sd"
+    tiny.as_pipeline().save_pretrained(folder)
+    paths = prepare(tmp_path / "run", model=str(folder))
+    params = make_params(model={"id": str(folder), "device": "cpu"}, train={"iterations": 2, "checkpoint_every": 2})
+    run_train(params, paths, progress=False)
+    (first_key,) = [p.name for p in paths.checkpoints.iterdir()]
+    first, _ = load_generator(paths.generator)
+    original = (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    build_random("tiny", seed=5)["unet"].save_pretrained(folder / "unet")  # new weights, same file names
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="diffsketch"):
+        run_train(params, paths, progress=False)
+    (warning,) = [r for r in caplog.records if "not resuming" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert "changed file model/unet/diffusion_pytorch_model.safetensors" in warning.getMessage()
+    keys = sorted(p.name for p in paths.checkpoints.iterdir())
+    assert len(keys) == 2 and first_key in keys  # the first run's checkpoints are kept
+    second, _ = load_generator(paths.generator)
+    assert any(not torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(original)  # the old weights back
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="diffsketch"):
+        run_train(params, paths, progress=False)
+    assert not [r for r in caplog.records if "not resuming" in r.getMessage()]
+    again, _ = load_generator(paths.generator)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))

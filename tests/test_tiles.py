@@ -141,17 +141,19 @@ def test_reduced_decoding_keeps_the_size_and_the_picture(student, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_24_megapixel_photo_stays_under_2_gb(narrow_student, tmp_path):
-    """``diffsketch extract`` of a 6000 x 4000 JPEG at its own size, in a child process that reports its peak RSS."""
+@pytest.mark.parametrize("size", [(6000, 4000), (8000, 6000)], ids=["24MP", "48MP"])
+def test_a_big_photo_stays_under_2_gb(narrow_student, tmp_path, size):
+    """``diffsketch extract`` of a JPEG at its own size, in a child process that reports its peak RSS: 6000 x 4000,
+    and 8000 x 6000 with the megapixel cap raised to 50 (the default cap of 40 refuses it: the cap test)."""
     photo = tmp_path / "big.jpg"
     with Image.open(PHOTOS["coffee"].source_path()) as im:
-        im.convert("RGB").resize((6000, 4000), Image.Resampling.BILINEAR).save(photo, quality=90)
+        im.convert("RGB").resize(size, Image.Resampling.BILINEAR).save(photo, quality=90)
     code = textwrap.dedent(f"""
         import sys
         from typer.testing import CliRunner
         from diffsketch.cli.main import app
         result = CliRunner().invoke(app, ["extract", {str(photo)!r}, "-o", {str(tmp_path / "out")!r}, "-m", {str(narrow_student)!r},
-                                          "--no-progress"])
+                                          "--no-progress", "--max-megapixels", "50"])
         print(result.output)
         print("peak", next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))  # KiB
         sys.exit(result.exit_code)
@@ -161,4 +163,4 @@ def test_a_24_megapixel_photo_stays_under_2_gb(narrow_student, tmp_path):
     peak_gb = int(done.stdout.split("peak")[-1]) / 2**20
     assert 0.1 < peak_gb < 2.0, done.stdout
     with Image.open(tmp_path / "out" / "big.png") as sketch:
-        assert sketch.size == (6000, 4000)
+        assert sketch.size == size
