@@ -110,7 +110,7 @@ def test_killed_process_resumes(prompts_dir, tmp_path):
     assert_same_stores(tmp_path / "clean.zarr", tmp_path / "killed.zarr")
 
 
-def test_changed_settings_keep_the_store_under_its_key(prompts_dir, tmp_path, caplog):
+def test_changed_settings_keep_the_store_under_its_key(prompts_dir, tmp_path, caplog, capsys):
     """Other settings set the store aside (never delete it), setting them back resumes it, and a lower
     batch size (not part of the key) finds every trajectory done."""
     out = tmp_path / "f.zarr"
@@ -125,8 +125,10 @@ def test_changed_settings_keep_the_store_under_its_key(prompts_dir, tmp_path, ca
 
     caplog.clear()
     with caplog.at_level("INFO", logger="diffsketch"):
-        run_sample(small_params(prompts_dir, trajectories=2, batch_size=1), out, progress=False)  # set back
+        capsys.readouterr()
+        run_sample(small_params(prompts_dir, trajectories=2, batch_size=1), out, progress=True)  # set back
     assert "is complete (2 trajectories); nothing to do" in caplog.text
+    assert "trajectories" not in capsys.readouterr().err  # no empty progress bar beside the log line
     after = store_arrays(out)
     for key in before:
         np.testing.assert_array_equal(before[key], after[key])

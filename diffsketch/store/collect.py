@@ -266,7 +266,7 @@ def _run_sample(params: Params, out, overwrite: bool, progress: bool, model, wor
         log.info("worker %d of %d takes %d trajectories", workers.rank, workers.world, missing)
     # 6. Denoise each batch and write its unfinished trajectories (a trajectory's completion flag
     #    is written after its arrays, so a killed run leaves nothing that looks finished).
-    bar = tqdm(total=missing, desc="trajectories", unit="traj", disable=not progress)
+    bar = tqdm(total=missing, desc="trajectories", unit="traj", disable=not progress or not missing)
     halving = batching.Halving(batch_size, model.device, "sample")  # out of memory: the block is redone in halves
 
     def denoise(model, batch):

@@ -269,7 +269,7 @@ def _run_pairs(
     mine = [i for i in todo if i // batch_size in set(blocks)]
     if workers.world > 1:
         log.info("worker %d of %d takes %d pairs", workers.rank, workers.world, len(mine))
-    bar = tqdm(total=len(mine), desc="pairs", disable=not (progress and workers.main))
+    bar = tqdm(total=len(mine), desc="pairs", disable=not (progress and workers.main and mine))
     halving = batching.Halving(batch_size, model.device, "pairs")
     for block in blocks:
         batch = [i for i in range(block * batch_size, min((block + 1) * batch_size, cfg.count)) if i in pending]
