@@ -1068,6 +1068,21 @@ MUTANTS += [
         "    damaged = {}\n",
         ("tests/test_xarray_view.py",),
     ),
+    M(
+        "train: the model's weights left out of the train key",
+        "diffsketch/training/trainer.py",
+        "        inputs={**model_inputs, **file_inputs(files)},\n",
+        "        inputs={**file_inputs(files)},\n",
+        ("tests/test_keys.py::test_train_does_not_resume_checkpoints_made_with_other_model_weights",),
+        "a training run would resume checkpoints made with other weights under the same model id",
+    ),
+    M(
+        "sample: an empty progress bar when every trajectory is done",
+        "diffsketch/store/collect.py",
+        'disable=not progress or not missing)',
+        'disable=not progress)',
+        ("tests/test_store.py::test_changed_settings_keep_the_store_under_its_key",),
+    ),
 ]
 
 def _copy_repo(dst: Path) -> None:
