@@ -188,7 +188,13 @@ def test_resume_point_names_a_changed_weight_file_and_starts_afresh(tmp_path, ca
     save_checkpoint(tmp_path / new.digest, 4, {"w": torch.ones(1)}, {"key": new.digest})
     assert resume_point(tmp_path, new, 3, "train")[1].name == "checkpoint-000002.safetensors"
     assert resume_point(tmp_path, new, 4, "train")[1].name == "checkpoint-000004.safetensors"
-    assert resume_point(tmp_path, new, 1, "train")[1] is None
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="diffsketch"):
+        assert resume_point(tmp_path, new, 1, "train")[1] is None
+    # only the own key's checkpoints past the target are named: the other key's input did not change now
+    assert [r.getMessage() for r in caplog.records] == [
+        "train: checkpoint-000004.safetensors is past the requested 1 iterations; it is kept, and the run starts from the beginning"
+    ]
     save_checkpoint(tmp_path / new.digest, 3, {"w": torch.ones(1)}, {"key": new.digest})  # a shorter run after a longer one
     names = sorted(p.name for p in (tmp_path / new.digest).iterdir())
     assert names == ["checkpoint-000002.safetensors", "checkpoint-000003.safetensors", "checkpoint-000004.safetensors"]

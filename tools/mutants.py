@@ -1077,6 +1077,14 @@ MUTANTS += [
         "a training run would resume checkpoints made with other weights under the same model id",
     ),
     M(
+        "checkpoints: other keys named when this key's only checkpoints are past the target",
+        "diffsketch/training/checkpoint.py",
+        "    if beyond is None and others:",
+        "    if checkpoint is None and others:",
+        ("tests/test_keys.py::test_resume_point_names_a_changed_weight_file_and_starts_afresh",),
+        "lowering iterations warned that another key's input had changed",
+    ),
+    M(
         "sample: an empty progress bar when every trajectory is done",
         "diffsketch/store/collect.py",
         'disable=not progress or not missing)',

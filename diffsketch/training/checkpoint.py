@@ -179,9 +179,9 @@ def other_keys(folder: Path, key: str) -> list[Path]:
 def resume_point(folder: Path, key: ResultKey, target: int, stage: str, overwrite: bool = False) -> tuple[Path, Path | None]:
     """The folder for the checkpoints of ``key`` and the checkpoint to resume from (None: start afresh).
 
-    Resumes from the latest checkpoint of ``key`` at or below ``target`` iterations. When none exists
-    but checkpoints of other keys do, says once what changed (a setting, or an input file: that one at
-    WARNING) and that those are kept. ``overwrite`` deletes every checkpoint in ``folder`` first.
+    Resumes from the latest checkpoint of ``key`` at or below ``target`` iterations. When ``key`` has
+    no checkpoint at all but other keys do, says once what changed (a setting, or an input file: that
+    one at WARNING) and that those are kept. ``overwrite`` deletes every checkpoint in ``folder`` first.
     """
     folder = Path(folder)
     if overwrite and folder.exists():
@@ -194,7 +194,7 @@ def resume_point(folder: Path, key: ResultKey, target: int, stage: str, overwrit
         log.info("%s: %s is past the requested %d iterations; it is kept, and %s", stage, beyond.name, target,
                  f"the run resumes from {checkpoint.name}" if checkpoint else "the run starts from the beginning")  # fmt: skip
     others = other_keys(folder, key.digest)
-    if checkpoint is None and others:
+    if beyond is None and others:  # no checkpoint of this key at all: say why the others are not used
         what, files = key.change_summary(checkpoint_meta(latest_checkpoint(others[0])).get("record"))
         log.log(
             logging.WARNING if files else logging.INFO,
