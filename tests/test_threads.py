@@ -1,6 +1,7 @@
 """The threads setting: the cores a process may use, the pools it sizes, idle threads that sleep,
 and results that do not depend on it."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from diffsketch.cli.main import app
 from diffsketch.core import DiffsketchError
+from diffsketch.core import threads as threads_module
 from diffsketch.core.threads import (
     ThreadsError,
     apply_threads,
@@ -23,6 +25,7 @@ from diffsketch.core.threads import (
 )
 
 COUNTS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+REAL_BUSY_ELSEWHERE = threads_module.busy_elsewhere
 
 
 @pytest.fixture
@@ -32,6 +35,7 @@ def restored(monkeypatch):
     for name in (*COUNTS, "OMP_WAIT_POLICY", "KMP_BLOCKTIME"):
         monkeypatch.setenv(name, "x")  # recorded by monkeypatch, so restored (or removed) afterwards
         monkeypatch.delenv(name)
+    monkeypatch.setattr(threads_module, "busy_elsewhere", lambda *args, **kwargs: 0)  # as on a quiet machine
     yield monkeypatch
     from threadpoolctl import threadpool_limits
 
@@ -85,6 +89,29 @@ def test_auto_follows_omp_num_threads_and_bad_settings_are_refused(restored):
         with pytest.raises(ThreadsError, match="auto or a whole number"):
             resolve_threads(bad)
     assert issubclass(ThreadsError, DiffsketchError)
+
+
+def test_auto_leaves_the_cores_other_processes_keep_busy_unless_they_keep_all(restored, caplog):
+    """Busy cores read from /proc/stat's runnable threads (less the reader): left out while some core is
+    free, all cores again when every core of the machine is busy; a count below the cores is logged."""
+    restored.setattr(threads_module, "busy_elsewhere", REAL_BUSY_ELSEWHERE)
+    restored.setattr(threads_module, "cgroup_cpu_limit", lambda *args, **kwargs: None)
+    restored.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    cases = [(2, 0, 2), (2, 1, 1), (2, 2, 2), (2, 12, 2), (8, 3, 2), (8, 6, 2), (8, 7, 1), (8, 8, 2), (8, 20, 2)]
+    for cpus, busy, expected in cases:
+        restored.setattr(os, "cpu_count", lambda cpus=cpus: cpus)
+        stat = f"cpu  1 2\nprocs_running {busy + 1}\nprocs_blocked 0\n"  # the thread reading it runs too
+        restored.setattr(threads_module, "_read", lambda path, stat=stat: stat if path.name == "stat" else "")
+        assert threads_module.busy_elsewhere(interval=0) == busy
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="diffsketch"):
+            assert resolve_threads("auto") == expected, (cpus, busy)
+        logged = [r.getMessage() for r in caplog.records]
+        assert logged == ([f"threads: 1 of the 2 cores this process may use (other processes keep {busy} busy; "
+                           "threads: 2 or --threads 2 uses them all)"] if expected == 1 else [])  # fmt: skip
+    restored.setenv("OMP_NUM_THREADS", "2")  # the environment's count wins over the busy cores
+    assert resolve_threads("auto") == 2
+    assert resolve_threads(2) == 2  # a number is taken as it is
 
 
 # --- what the setting does ------------------------------------------------------------------------

@@ -42,7 +42,8 @@ ThreadsOption = Annotated[
     typer.Option(
         "--threads",
         metavar="auto|N",
-        help="CPU threads for PyTorch and the BLAS libraries: auto (the cores this process may use) or a number "
+        help="CPU threads for PyTorch and the BLAS libraries: auto (the cores this process may use and other processes "
+        "leave free) or a number "
         "[default: the threads param of a command that reads params, else auto]",
         show_default=False,
     ),

@@ -385,8 +385,9 @@ class Params(_Section):
     threads: Literal["auto"] | Annotated[int, Field(ge=1)] = Field(
         "auto",
         description="CPU threads of PyTorch and the BLAS / OpenMP libraries in every stage: auto = the cores this "
-        "process may use (CPU affinity and cgroup quota; OMP_NUM_THREADS when set), or a number; idle threads sleep "
-        "rather than spin. Not part of any result key. --threads overrides it per command",
+        "process may use (CPU affinity and cgroup quota; OMP_NUM_THREADS when set) less those other processes keep "
+        "busy when the stage starts (all of them when every core is busy), or a number; idle threads sleep rather "
+        "than spin. Not part of any result key. --threads overrides it per command",
         exclude=True,
     )
     model: ModelConfig = ModelConfig()

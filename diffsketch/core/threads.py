@@ -8,14 +8,18 @@ default pools than with one thread. One setting, ``threads`` in ``params.yaml`` 
 the command line, ``threads=`` in :meth:`~diffsketch.extractor.api.SketchExtractor.load`), sizes all
 of them:
 
-- ``auto``: the cores this process may use (:func:`available_cores`: its CPU affinity and the
-  cgroup CPU quota of a container), or ``OMP_NUM_THREADS`` when that is set in the environment;
+- ``auto``: ``OMP_NUM_THREADS`` when that is set in the environment; else the cores this process
+  may use (:func:`available_cores`: its CPU affinity and the cgroup CPU quota of a container), less
+  the cores other processes keep busy when the setting is applied (:func:`busy_elsewhere`), at
+  least one; and all of its cores again when other processes keep every core busy;
 - a number: that many threads.
 
-Cores that other processes keep busy are not left out: with idle threads asleep, ``auto`` came
-within 1.15 of the best fixed count next to a busy process, and on a crowded machine the scheduler
-shares CPU time per thread, so one thread got less of it than two (``benchmarks/contention.py``,
-docs/performance.md).
+Why leave the busy cores: a parallel region ends when its slowest thread does, and a thread that
+shares a core with a busy process waits for its turn at every one of the thousands of small
+operations of a step. Next to one busy process on two cores, a smoke training step took 1.8 times
+as long with two threads as with one (``benchmarks/contention.py``, docs/performance.md). Why take
+every core on a crowded machine: there the scheduler shares CPU time per thread, so one thread gets
+less of it than two (46.6 s against 29.2 s per step with a dozen busy processes on two cores).
 
 :func:`apply_threads` applies it: ``torch.set_num_threads``, the inter-op pool (when no inter-op
 work has started yet), ``threadpoolctl`` for the BLAS and OpenMP libraries already loaded, and the
@@ -28,9 +32,10 @@ OpenMP: a waiting thread sleeps at once) and ``KMP_BLOCKTIME=0`` (Intel OpenMP: 
 they are set already, and the command line calls it before anything imports torch. In a Python
 program, call it (or set the two variables) before ``import torch``.
 
-The thread count never changes a result's key: PyTorch's CPU kernels give the same numbers for any
-count in the operations the tests check (convolutions, matrix products, reductions), and where a
-reduction's split does change the last bits, no stored output depends on which count made it.
+The thread count is in no result key: results agree across counts up to float rounding (forward
+convolutions and matrix products give the same bits for any count, but a long reduction, or a
+convolution's backward pass, sums in an order the threads set). A rerun is bit-identical to an
+earlier run with the same count; set a number where the machine's load may change ``auto``'s.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import logging
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -146,10 +152,54 @@ def available_cores(root: Path = CGROUP_ROOT) -> int:
     return max(1, cores)
 
 
+def _running(stat: str) -> int | None:
+    r"""``procs_running`` of a ``/proc/stat`` text: the runnable threads of the whole machine.
+
+    Example:
+        >>> _running("cpu  1 2 3\nprocs_running 3\nprocs_blocked 0\n"), _running("")
+        (3, None)
+    """
+    for line in stat.splitlines():
+        if line.startswith("procs_running "):
+            return int(line.split()[1])
+    return None
+
+
+def busy_elsewhere(samples: int = 9, interval: float = 0.025) -> int:
+    """How many cores other processes keep busy now: the machine's runnable threads (``/proc/stat``),
+    less the one reading them, the median of ``samples`` readings ``interval`` seconds apart; 0 when
+    they cannot be read (not on Linux)."""
+    readings = []
+    for i in range(samples):
+        running = _running(_read(Path("/proc/stat")))
+        if running is None:
+            return 0
+        readings.append(max(0, running - 1))
+        if i + 1 < samples:
+            time.sleep(interval)
+    return sorted(readings)[len(readings) // 2]
+
+
+def auto_threads(cores: int, machine_cores: int, busy: int) -> int:
+    """``auto``'s count: the ``cores`` this process may use less those that ``busy`` other threads hold
+    (of the machine's ``machine_cores``: the affinity may cover only some), at least 1; all ``cores``
+    when the others keep every core of the machine busy (the scheduler then shares time per thread).
+
+    Example:
+        >>> auto_threads(2, 2, 0), auto_threads(2, 2, 1), auto_threads(2, 2, 2), auto_threads(2, 2, 12)
+        (2, 1, 2, 2)
+        >>> auto_threads(4, 16, 10), auto_threads(4, 16, 14), auto_threads(4, 16, 16)
+        (4, 2, 4)
+    """
+    free = machine_cores - busy
+    return cores if free < 1 else max(1, min(cores, free))
+
+
 def resolve_threads(setting: Threads | str, root: Path = CGROUP_ROOT) -> int:
     """The number of threads a ``threads`` setting means (``auto``, a number, or a number as text).
 
-    ``auto``: the cores this process may use, at most ``OMP_NUM_THREADS`` when that is set.
+    ``auto``: ``OMP_NUM_THREADS`` when that is set (at most the cores this process may use); else
+    :func:`auto_threads` of the cores this process may use and those other processes keep busy now.
 
     Raises:
         ThreadsError: the setting is neither ``auto`` nor a positive whole number.
@@ -163,7 +213,14 @@ def resolve_threads(setting: Threads | str, root: Path = CGROUP_ROOT) -> int:
     if setting == "auto":
         from_env = os.environ.get("OMP_NUM_THREADS", "").strip()
         cores = available_cores(root)
-        return min(cores, int(from_env)) if from_env.isdigit() and int(from_env) > 0 else cores
+        if from_env.isdigit() and int(from_env) > 0:
+            return min(cores, int(from_env))
+        busy = busy_elsewhere()
+        count = auto_threads(cores, max(cores, os.cpu_count() or cores), busy)
+        if count < cores:
+            log.info("threads: %d of the %d cores this process may use (other processes keep %d busy; threads: %d "
+                     "or --threads %d uses them all)", count, cores, busy, cores, cores)  # fmt: skip
+        return count
     try:
         count = int(setting)
     except (TypeError, ValueError):
