@@ -109,6 +109,12 @@ def test_auto_leaves_the_cores_other_processes_keep_busy_unless_they_keep_all(re
         logged = [r.getMessage() for r in caplog.records]
         assert logged == ([f"threads: 1 of the 2 cores this process may use (other processes keep {busy} busy; "
                            "threads: 2 or --threads 2 uses them all)"] if expected == 1 else [])  # fmt: skip
+    readings = iter([1, 3, 3, 2, 1, 3, 3, 3, 2])  # runnable threads, the reader included: busy 0, 2, 2, 1, 0, 2, ...
+    restored.setattr(threads_module, "_read", lambda path: f"procs_running {next(readings)}\n")
+    assert threads_module.busy_elsewhere(interval=0) == 0  # a quiet first reading is taken at once
+    readings = iter([3, 1, 2, 3, 1, 3, 3, 2, 1, 3])
+    assert threads_module.busy_elsewhere(interval=0) == 1  # else the median of 9: 2 0 1 2 0 2 2 1 0
+    assert next(readings) == 3  # no tenth reading
     restored.setenv("OMP_NUM_THREADS", "2")  # the environment's count wins over the busy cores
     assert resolve_threads("auto") == 2
     assert resolve_threads(2) == 2  # a number is taken as it is

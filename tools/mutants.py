@@ -836,6 +836,13 @@ MUTANTS += [
         "on a crowded machine one thread got less CPU time than two",
     ),
     M(
+        "threads: a quiet first reading of /proc/stat waits for eight more",
+        "diffsketch/core/threads.py",
+        "        if readings == [0]:\n            return 0\n",
+        "",
+        ("tests/test_threads.py::test_auto_leaves_the_cores_other_processes_keep_busy_unless_they_keep_all",),
+    ),
+    M(
         "threads: the reader of /proc/stat counted as a busy process",
         "diffsketch/core/threads.py",
         "        readings.append(max(0, running - 1))\n",

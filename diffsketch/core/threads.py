@@ -167,14 +167,17 @@ def _running(stat: str) -> int | None:
 
 def busy_elsewhere(samples: int = 9, interval: float = 0.025) -> int:
     """How many cores other processes keep busy now: the machine's runnable threads (``/proc/stat``),
-    less the one reading them, the median of ``samples`` readings ``interval`` seconds apart; 0 when
-    they cannot be read (not on Linux)."""
+    less the one reading them. A first reading of 0 is taken at once (a quiet machine costs no
+    wait); otherwise the median of ``samples`` readings ``interval`` seconds apart. 0 when they
+    cannot be read (not on Linux)."""
     readings = []
     for i in range(samples):
         running = _running(_read(Path("/proc/stat")))
         if running is None:
             return 0
         readings.append(max(0, running - 1))
+        if readings == [0]:
+            return 0
         if i + 1 < samples:
             time.sleep(interval)
     return sorted(readings)[len(readings) // 2]
