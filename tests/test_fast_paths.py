@@ -4,7 +4,7 @@ Oracles: a second tiny model with the plain settings (classic attention processo
 memory format, no compilation), sampling one trajectory at a time, and the bit-exact stores of
 an uninterrupted run. Inductor's code generation takes minutes on a 2-core CPU, so most checks
 of the compiled path trace it with a recording backend (the same dynamo graphs, run without
-generated code); one slow test repeats them with inductor (about 1.5-2.5 minutes on 2 cores; skipped
+generated code); one slow test repeats them with inductor (1 to 2.5 minutes on 2 cores; skipped
 where no C++ compiler is installed, or with ``DIFFSKETCH_TEST_INDUCTOR=0``).
 """
 

@@ -120,6 +120,22 @@ def test_auto_leaves_the_cores_other_processes_keep_busy_unless_they_keep_all(re
     assert resolve_threads(2) == 2  # a number is taken as it is
 
 
+def test_a_command_reads_the_busy_cores_once_and_logs_its_count_once(restored, caplog):
+    """The command line resolves ``auto`` once: one look at the busy cores (up to 0.2 s of readings on a
+    busy machine), one log line, and the count it logs is the count it applies."""
+    from diffsketch.cli.common import use_threads
+
+    calls = []
+    restored.setattr(threads_module, "busy_elsewhere", lambda *args, **kwargs: calls.append(1) or 1)
+    restored.setattr(threads_module, "cgroup_cpu_limit", lambda *args, **kwargs: None)
+    restored.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    restored.setattr(os, "cpu_count", lambda: 2)
+    with caplog.at_level(logging.INFO, logger="diffsketch"):
+        assert use_threads(None) == 1
+    assert len(calls) == 1 and torch.get_num_threads() == 1
+    assert len([r for r in caplog.records if r.getMessage().startswith("threads: 1 of the 2 cores")]) == 1
+
+
 # --- what the setting does ------------------------------------------------------------------------
 
 

@@ -850,6 +850,13 @@ MUTANTS += [
         ("tests/test_threads.py::test_auto_leaves_the_cores_other_processes_keep_busy_unless_they_keep_all",),
     ),
     M(
+        "threads: the command line resolves auto twice (two looks at the busy cores, two log lines)",
+        "diffsketch/cli/common.py",
+        "    return apply_threads(count)\n",
+        "    return apply_threads(setting)\n",
+        ("tests/test_threads.py::test_a_command_reads_the_busy_cores_once_and_logs_its_count_once",),
+    ),
+    M(
         "threads: zero threads accepted",
         "diffsketch/core/threads.py",
         "count < 1 or str(count)",

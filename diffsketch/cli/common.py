@@ -74,10 +74,10 @@ def use_threads(option: str | None, params: Params | None = None) -> int:
 
     setting = option if option is not None else params.threads if params is not None else "auto"
     try:
-        resolve_threads(setting)
+        count = resolve_threads(setting)  # once: auto reads the busy cores and logs what it takes
     except ThreadsError:
         fail(f"--threads {option!r} is not a thread count; use auto or a whole number of at least 1, e.g. --threads 2")
-    return apply_threads(setting)
+    return apply_threads(count)
 
 
 def setup_logging(verbose: VerboseOption = False) -> None:
